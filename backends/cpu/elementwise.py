@@ -1,0 +1,90 @@
+"""Elementwise CPU kernels: activations, add, mul, and the plain copy that dropout (inference),
+flatten and reshape lower to.
+
+Layout: every buffer is flat; shapes do not matter to these kernels. ``unary`` selects its
+function by ``kind`` once, outside the loop, so each loop body stays one vectorisable line.
+Buffers: unary(x, y, consts) with consts = [negative_slope]; binary(a, b, y).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from backends.cpu.kernels import kernel
+from backends.cpu.lowering import NodeIO, lowers
+from graph.ir import Node
+
+RELU, LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH, COPY = range(7)
+ADD, MUL = range(2)
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+@kernel(buffers=3)
+def unary(x, y, consts, a):
+    """a = [kind]; consts = [negative_slope] for leaky_relu, else unused."""
+    kind, n = a[0], x.shape[0]
+    if kind == RELU:
+        for i in prange(n):
+            y[i] = 0 if x[i] <= 0 else x[i]  # keeps NaN, as torch.relu
+    elif kind == LEAKY_RELU:
+        slope = consts[0]
+        for i in prange(n):
+            y[i] = x[i] * slope if x[i] <= 0 else x[i]
+    elif kind == SIGMOID:
+        for i in prange(n):
+            y[i] = 1.0 / (1.0 + np.exp(-x[i]))
+    elif kind == TANH:
+        for i in prange(n):
+            y[i] = np.tanh(x[i])
+    elif kind == GELU:
+        for i in prange(n):
+            y[i] = 0.5 * x[i] * (1.0 + math.erf(x[i] * _SQRT_HALF))
+    elif kind == GELU_TANH:
+        for i in prange(n):
+            v = x[i]
+            y[i] = 0.5 * v * (1.0 + np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+    else:
+        for i in prange(n):
+            y[i] = x[i]
+    return 0
+
+
+@kernel(buffers=3)
+def binary(p, q, y, a):
+    """a = [kind]: y = p + q or y = p * q, same shapes."""
+    kind, n = a[0], y.shape[0]
+    if kind == ADD:
+        for i in prange(n):
+            y[i] = p[i] + q[i]
+    else:
+        for i in prange(n):
+            y[i] = p[i] * q[i]
+    return 0
+
+
+_UNARY_KINDS = {"relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID, "tanh": TANH}
+
+
+def _unary_kind(node: Node) -> int:
+    if node.op == "gelu":
+        return GELU if node.attrs["approximate"] == "none" else GELU_TANH
+    return _UNARY_KINDS.get(node.op, COPY)
+
+
+@lowers("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "dropout", "flatten", "reshape")
+def _lower_unary(node: Node, io: NodeIO):
+    x, y = io.input(0), io.output()
+    consts = io.const([node.attrs.get("negative_slope", 0.0)])
+    return [unary.step(node.name, io.dtype, io.parallel(y[1]), [x, y, consts], [_unary_kind(node)])]
+
+
+@lowers("add", "mul")
+def _lower_binary(node: Node, io: NodeIO):
+    y = io.output()
+    kind = ADD if node.op == "add" else MUL
+    return [binary.step(node.name, io.dtype, io.parallel(y[1]), [io.input(0), io.input(1), y],
+                        [kind])]

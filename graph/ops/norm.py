@@ -1,0 +1,70 @@
+"""Normalisation: batch_norm (inference form), layer_norm2d (over channels) and softmax.
+
+batch_norm inputs follow ``F.batch_norm``: x [N, C, ...], running_mean [C], running_var [C],
+then optional weight [C] and bias [C]; ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+layer_norm2d (ConvNeXt's channel LayerNorm) normalises each pixel over C with the biased
+variance: inputs x [N, C, H, W] and optional weight [C], bias [C]. softmax normalises along
+``dim`` (a non-negative axis) with the max subtracted first, as PyTorch does.
+Normalisation counts no MACs, as torchvision's published figures count only weight layers
+(an inference-mode BatchNorm folds into the preceding conv).
+"""
+
+from __future__ import annotations
+
+from graph.ir import TensorType
+from graph.ops import expect_rank, no_macs, register
+
+
+def _expect_channel_vectors(op: str, x: TensorType, vectors: list[TensorType], names) -> None:
+    for name, t in zip(names, vectors):
+        if t.shape != (x.shape[1],):
+            raise ValueError(
+                f"{op} {name} must have shape [{x.shape[1]}] (the input's channels), but got "
+                f"{list(t.shape)} for input shape {list(x.shape)}"
+            )
+
+
+def _check_eps(op: str, attrs: dict) -> None:
+    if not attrs["eps"] > 0:
+        raise ValueError(f"{op} eps must be positive, but got eps={attrs['eps']}")
+
+
+def _batch_norm_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    if len(in_types) not in (3, 5):
+        raise ValueError(
+            "batch_norm takes x, running_mean, running_var and optionally weight and bias, "
+            f"but got {len(in_types)} inputs"
+        )
+    x = in_types[0]
+    if len(x.shape) not in (2, 4):
+        raise ValueError(f"batch_norm expects a rank-2 or rank-4 input, but got {list(x.shape)}")
+    names = ("running_mean", "running_var", "weight", "bias")
+    _expect_channel_vectors("batch_norm", x, in_types[1:], names)
+    _check_eps("batch_norm", attrs)
+    return [x]
+
+
+def _layer_norm2d_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    if len(in_types) not in (1, 3):
+        raise ValueError(f"layer_norm2d takes x and optionally weight and bias, not {in_types}")
+    x = in_types[0]
+    expect_rank("layer_norm2d", x, 4)
+    _expect_channel_vectors("layer_norm2d", x, in_types[1:], ("weight", "bias"))
+    _check_eps("layer_norm2d", attrs)
+    return [x]
+
+
+def _softmax_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    x = in_types[0]
+    if not 0 <= attrs["dim"] < len(x.shape):
+        raise ValueError(
+            f"softmax dim must index the input's {len(x.shape)} axes, but got dim={attrs['dim']} "
+            f"for shape {list(x.shape)}"
+        )
+    return [x]
+
+
+register("batch_norm", _batch_norm_shape, no_macs, arity=None, eps=1e-5)
+register("layer_norm2d", _layer_norm2d_shape, no_macs, arity=None)
+register("softmax", _softmax_shape, no_macs)
+
