@@ -67,12 +67,37 @@ class Executable:
         self._execute()
         return self._output.copy()
 
+    def poison_buffers(self) -> None:
+        """Fill the arena and the output with NaN bit patterns (a testing aid: an element no
+        kernel writes then shows up as NaN instead of a stale value)."""
+        self._keep_alive[0].fill(0xFF)
+        self._output.fill(np.nan)
+
     def _execute(self, repeat: int = 1) -> None:
         step, code = self._runner.run(repeat)
         if code:
             raise RuntimeError(
                 f"{self._step_nodes[step]}: kernel failed with error code {code} (step {step})"
             )
+
+    def profile(self, x: np.ndarray, repeat: int = 20) -> list[dict[str, object]]:
+        """Run ``x`` ``repeat`` times and time every step; one row per node (name, op, output
+        shape, mean microseconds, share of the total), slowest first."""
+        self.run(x)
+        times, step, code = self._runner.profile(repeat)
+        if code:
+            raise RuntimeError(f"{self._step_nodes[step]}: kernel failed with error code {code}")
+        per_node: dict[str, float] = {}
+        for name, seconds in zip(self._step_nodes, times):
+            per_node[name] = per_node.get(name, 0.0) + seconds / repeat
+        total = sum(per_node.values()) or 1.0
+        nodes = {node.name: node for node in self.graph.nodes}
+        rows = [
+            {"name": name, "op": nodes[name].op, "output": str(nodes[name].outputs[0].type),
+             "us": seconds * 1e6, "share": seconds / total}
+            for name, seconds in per_node.items()
+        ]
+        return sorted(rows, key=lambda row: -row["us"])
 
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of parameters and buffers with PyTorch's keys (``num_batches_tracked`` too,

@@ -485,6 +485,11 @@ class AdaptiveAvgPool2d(Module):
 
 
 class AdaptiveMaxPool2d(AdaptiveAvgPool2d):
+    def __init__(self, output_size, return_indices: bool = False) -> None:
+        super().__init__(output_size)
+        if return_indices:
+            raise ValueError("AdaptiveMaxPool2d(return_indices=True) is not supported")
+
     def forward(self, x):
         return F.adaptive_max_pool2d(x, self.output_size)
 

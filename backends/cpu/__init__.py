@@ -8,10 +8,13 @@ import numpy as np
 
 from backends.base import Backend
 from backends.cpu import conv, elementwise, norm, pooling, shape  # noqa: F401  (registration)
+from backends.cpu.blas import single_threaded_blas
 from backends.cpu.kernels import Step
 from backends.cpu.lowering import LOWERINGS, SCRATCH, NodeIO
 from graph.ir import Node
 from graph.memory import ALIGN
+
+single_threaded_blas()
 
 
 class CpuBackend(Backend):

@@ -103,10 +103,14 @@ class Kernel:
         return Step(self.shim(dtype, parallel).address, tuple(a for a, _ in buffers), ints, name)
 
 
+KERNELS: list[Kernel] = []
+
+
 def kernel(buffers: int) -> Callable[[Callable], Kernel]:
     """Declare a kernel over ``buffers`` flat arrays (see the module docstring)."""
 
     def wrap(func: Callable) -> Kernel:
-        return Kernel(func, buffers)
+        KERNELS.append(Kernel(func, buffers))
+        return KERNELS[-1]
 
     return wrap

@@ -1,12 +1,13 @@
 """CPU pooling kernels over NCHW planes, parallel over (image, channel) planes.
 
-- ``window_pool``: max or average over sliding windows, with PyTorch's rules: max propagates
-  NaN and ignores padding; average divides by the window clipped to the padded input
-  (``count_include_pad``) or to the input alone, where the padded window end is
-  ``min(start + K, size + pad)``.
+- ``window_pool``: max or average over sliding windows, tap by tap (each kernel tap is a
+  branch-free run over the outputs that read inside the input, as in ``conv2d_direct``), with
+  PyTorch's rules: max propagates NaN and ignores padding; average divides by the window
+  clipped to the padded input (``count_include_pad``) or to the input alone, where the padded
+  window end is ``min(start + K, size + pad)``; both counts factor into rows x columns.
 - ``adaptive_pool``: max or average over PyTorch's adaptive windows
   ``[floor(i*H/OH), ceil((i+1)*H/OH))``; ``global_avg_pool2d`` is the 1x1 case.
-Sums accumulate in float64.
+Adaptive sums accumulate in float64.
 
 Buffers: (x, y). Attrs: window_pool [planes, H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW,
 is_max, count_include_pad]; adaptive_pool [planes, H, W, OH, OW, is_max].
@@ -15,44 +16,49 @@ is_max, count_include_pad]; adaptive_pool [planes, H, W, OH, OW, is_max].
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
+from backends.cpu.windows import valid_range
 from graph.ir import Node
+
+
+@njit(inline="always", cache=True)
+def _window_count(o, stride, pad, kernel, size, count_pad):
+    """Elements PyTorch divides by along one axis for output o of an average pool."""
+    start = o * stride - pad
+    end = min(start + kernel, size + pad)
+    return end - start if count_pad else min(end, size) - max(start, 0)
 
 
 @kernel(buffers=2)
 def window_pool(x, y, a):
     planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, is_max, count_pad = a[:15]
     for p in prange(planes):
-        src, dst = p * h * w, p * oh * ow
-        for oy in range(oh):
-            y0 = oy * sh - ph
-            for ox in range(ow):
-                x0 = ox * sw - pw
-                if is_max:
-                    best = -np.inf
-                    for ki in range(kh):
-                        iy = y0 + ki * dh
-                        if 0 <= iy < h:
-                            for kj in range(kw):
-                                ix = x0 + kj * dw
-                                if 0 <= ix < w:
-                                    v = x[src + iy * w + ix]
-                                    if v > best or v != v:
-                                        best = v
-                    y[dst + oy * ow + ox] = best
-                else:
-                    y_end, x_end = min(y0 + kh, h + ph), min(x0 + kw, w + pw)
-                    padded_count = (y_end - y0) * (x_end - x0)
-                    ys, ye, xs, xe = max(y0, 0), min(y_end, h), max(x0, 0), min(x_end, w)
-                    total = 0.0
-                    for iy in range(ys, ye):
-                        for ix in range(xs, xe):
-                            total += x[src + iy * w + ix]
-                    count = padded_count if count_pad else (ye - ys) * (xe - xs)
-                    y[dst + oy * ow + ox] = total / count
+        src = p * h * w
+        out = y[p * oh * ow : (p + 1) * oh * ow]
+        out[:] = -np.inf if is_max else 0
+        for ki in range(kh):
+            y_lo, y_hi = valid_range(oh, h, sh, ph, ki * dh)
+            for kj in range(kw):
+                x_lo, x_hi = valid_range(ow, w, sw, pw, kj * dw)
+                for oy in range(y_lo, y_hi):
+                    base = src + (oy * sh - ph + ki * dh) * w - pw + kj * dw
+                    row = oy * ow
+                    if is_max:
+                        for ox in range(x_lo, x_hi):
+                            v = x[base + ox * sw]
+                            if v > out[row + ox] or v != v:
+                                out[row + ox] = v
+                    else:
+                        for ox in range(x_lo, x_hi):
+                            out[row + ox] += x[base + ox * sw]
+        if not is_max:
+            for oy in range(oh):
+                rows = _window_count(oy, sh, ph, kh, h, count_pad)
+                for ox in range(ow):
+                    out[oy * ow + ox] /= rows * _window_count(ox, sw, pw, kw, w, count_pad)
     return 0
 
 

@@ -1,8 +1,8 @@
 """Pooling over NCHW: max_pool2d, avg_pool2d, global_avg_pool2d and adaptive max/avg pooling.
 
 Sliding-window attributes are tuples: ``kernel=(KH, KW)``, ``stride``, ``padding=(PH, PW)``
-(symmetric, at most half the dilated kernel, as PyTorch requires), ``dilation`` (max only),
-``ceil_mode``, and ``count_include_pad`` (avg only). Output size follows PyTorch's
+(symmetric, at most half the kernel, as PyTorch requires: dilation does not raise the limit),
+``dilation`` (max only), ``ceil_mode``, and ``count_include_pad`` (avg only). Output size follows PyTorch's
 ``pooling_output_shape``: ``floor((H + 2P - D*(K-1) - 1 + (S-1 if ceil_mode)) / S) + 1``, minus
 one when ceil_mode would start the last window inside the bottom padding.
 
@@ -21,11 +21,10 @@ def pool_extent(
     op: str, axis: str, size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool
 ) -> int:
     """PyTorch's pooling output size along one axis, with the arithmetic in any error."""
-    effective = dilation * (kernel - 1) + 1
-    if pad > effective // 2:
+    if pad > kernel // 2:
         raise ValueError(
-            f"{op} padding must be at most half of the dilated kernel along {axis}, but got "
-            f"padding={pad}, kernel={kernel}, dilation={dilation} (limit {effective // 2})"
+            f"{op} padding must be at most half of the kernel along {axis}, but got "
+            f"padding={pad}, kernel={kernel} (limit {kernel // 2})"
         )
     if not ceil:
         return pooled_extent(op, axis, size, kernel, stride, pad, pad, dilation)

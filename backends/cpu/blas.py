@@ -1,0 +1,83 @@
+"""BLAS GEMM with leading dimensions, callable from Numba kernels.
+
+``np.dot`` inside njit needs contiguous operands, so a kernel could not multiply into a block
+of columns of a larger matrix. ``gemm`` calls the same BLAS that ``np.dot`` uses (SciPy's
+OpenBLAS, through Numba's ``numba_xxgemm`` helper, so cached kernels stay cacheable) with
+explicit offsets and leading dimensions, row-major::
+
+    C[m, n] = op(A)[m, k] @ op(B)[k, n] + beta * C      (op = transpose when the flag is set)
+
+where A, B and C are flat arrays with element offsets and row strides lda, ldb, ldc.
+
+Threads: convolutions run one GEMM per (image, pixel block) task on Numba's threads, so BLAS
+itself is pinned to one thread here (``single_threaded_blas``): two thread pools on two cores
+spin against each other (DESIGN.md, known traps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.extending import intrinsic
+from numba.np.linalg import ensure_blas, get_blas_kind, make_constant_slot
+
+_char = ir.IntType(8)
+_void_p = _char.as_pointer()
+
+
+@intrinsic
+def gemm(typingctx, trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c,
+         c_offset, ldc):
+    """Row-major GEMM on flat arrays; returns BLAS's status (0 = ok)."""
+    ensure_blas()
+    sig = types.int32(trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c,
+                      c_offset, ldc)
+    dtype = c.dtype
+
+    def codegen(context, builder, signature, args):
+        ta, tb, m_, n_, k_, a_, ao, lda_, b_, bo, ldb_, beta_, c_, co, ldc_ = args
+        arg_types = signature.args
+
+        def intp(value, index):
+            return context.cast(builder, value, arg_types[index], types.intp)
+
+        def pointer(value, index, offset, offset_index):
+            array = context.make_array(arg_types[index])(context, builder, value)
+            return builder.bitcast(builder.gep(array.data, [intp(offset, offset_index)]), _void_p)
+
+        def trans_char(flag, index):
+            is_set = builder.icmp_signed("!=", intp(flag, index), ir.Constant(intp(flag, index).type, 0))
+            return builder.select(is_set, ir.Constant(_char, ord("t")), ir.Constant(_char, ord("n")))
+
+        fnty = ir.FunctionType(
+            ir.IntType(32),
+            [_char, _char, _char, cgutils.intp_t, cgutils.intp_t, cgutils.intp_t, _void_p,
+             _void_p, cgutils.intp_t, _void_p, cgutils.intp_t, _void_p, _void_p, cgutils.intp_t],
+        )
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        alpha = make_constant_slot(context, builder, dtype, 1.0)
+        beta_slot = cgutils.alloca_once(builder, context.get_value_type(dtype))
+        builder.store(context.cast(builder, beta_, arg_types[11], dtype), beta_slot)
+        # Column-major BLAS sees each row-major matrix transposed: C^T = op(B)^T op(A)^T.
+        return builder.call(fn, (
+            ir.Constant(_char, ord(get_blas_kind(dtype))), trans_char(tb, 1), trans_char(ta, 0),
+            intp(n_, 3), intp(m_, 2), intp(k_, 4), builder.bitcast(alpha, _void_p),
+            pointer(b_, 8, bo, 9), intp(ldb_, 10), pointer(a_, 5, ao, 6), intp(lda_, 7),
+            builder.bitcast(beta_slot, _void_p), pointer(c_, 12, co, 13), intp(ldc_, 14),
+        ))
+
+    return sig, codegen
+
+
+def single_threaded_blas() -> None:
+    """Pin SciPy's OpenBLAS (the one Numba calls) to one thread; NumPy's BLAS is untouched."""
+    from threadpoolctl import ThreadpoolController
+
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library to be limited)
+
+    for pool in ThreadpoolController().lib_controllers:
+        # SciPy's wheel keeps its OpenBLAS in scipy.libs/; NumPy's lives in numpy.libs/.
+        if pool.internal_api == "openblas" and Path(pool.filepath).parent.name == "scipy.libs":
+            pool.set_num_threads(1)
