@@ -17,12 +17,12 @@ setup(
     description="A small static-graph compiler for convolutional neural networks",
     python_requires=">=3.11",
     packages=find_packages(include=["graph", "graph.*", "backends", "backends.*", "engine", "zoo"]),
-    package_data={"backends.gpu": ["kernels/*.cu"]},
     ext_modules=cythonize([runtime], language_level=3),
-    install_requires=["numpy>=2.0", "numba>=0.60", "scipy>=1.10"],
+    install_requires=["numpy>=2.0", "numba>=0.60", "scipy>=1.10", "threadpoolctl>=3.1"],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0"],
         "gpu": ["cupy-cuda12x"],
+        "gpu-cuda13": ["cupy-cuda13x"],
     },
     entry_points={"console_scripts": ["convforge = engine.cli:main"]},
 )

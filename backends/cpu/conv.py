@@ -35,6 +35,8 @@ from graph.ir import Node
 BLOCK_BYTES = 256 * 1024
 # Below this many output channels per group, a GEMM's M dimension is too thin for BLAS.
 DIRECT_MAX_CHANNELS = 8
+# Below this many MACs per image, im2col and a BLAS call cost more than direct loops.
+DIRECT_MAX_MACS = 1 << 20
 
 
 @njit(cache=True)
@@ -143,9 +145,11 @@ def linear(x, w, b, y, a):
 
 def _is_direct(node: Node) -> bool:
     """Depthwise convs, and convs whose GEMM would be too thin (few output channels per group
-    or few taps), run as direct loops."""
+    or few taps) or too small to repay im2col and a BLAS call, run as direct loops."""
     oc, cg, kh, kw = node.inputs[1].shape
-    return cg == 1 or oc // node.attrs["groups"] < DIRECT_MAX_CHANNELS or cg * kh * kw < 16
+    _, _, oh, ow = node.outputs[0].shape
+    thin = oc // node.attrs["groups"] < DIRECT_MAX_CHANNELS or cg * kh * kw < 16
+    return cg == 1 or thin or oc * cg * kh * kw * oh * ow < DIRECT_MAX_MACS
 
 
 def _is_pointwise(node: Node) -> bool:
