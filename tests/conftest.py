@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import engine
+from graph import nn
 
 OP_TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 NET_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
@@ -55,3 +56,58 @@ def rng() -> np.random.Generator:
     seed = int(np.random.SeedSequence().entropy % (2**32))
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)
+
+
+class Lambda(nn.Module):
+    """A parameter-free layer that applies ``fn`` (graph.functional calls) to its input."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class Net(nn.Module):
+    """``layer`` after an optional Flatten, so its parameters are named ``layer.*``."""
+
+    def __init__(self, layer: nn.Module, flatten: bool = False) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten() if flatten else nn.Identity()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(self.flatten(x))
+
+
+def check(
+    model: nn.Module, oracle, shape, dtype: str, rng: np.random.Generator, exact: bool = False
+) -> None:
+    """Run ``model`` on a fresh random batch and compare with ``oracle`` (a torch function);
+    ``exact`` also demands bit equality (for ops that only move data)."""
+    x = rng.standard_normal(shape).astype(dtype)
+    out = run_poisoned(model, x, dtype)
+    with torch.no_grad():
+        ref = oracle(torch.from_numpy(x)).numpy()
+    err = rel_error(out, ref)
+    assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
+    if exact:
+        np.testing.assert_array_equal(out, ref)
+
+
+def run_with_random_params(
+    model: nn.Module, x: np.ndarray, dtype: str, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """Compile for ``x``, write fresh random parameters in ``dtype`` (BatchNorm variances in
+    [0.1, 4]), poison, run once. Returns the output and the parameters as torch tensors."""
+    exe = engine.compile(model, x.shape[1:], batch=x.shape[0], dtype=dtype)
+    params = {}
+    for name, array in exe.params.items():
+        if name.endswith("running_var"):
+            array[...] = rng.uniform(0.1, 4.0, array.shape)
+        else:
+            array[...] = 2.0 * rng.standard_normal(array.shape)
+        params[name] = torch.from_numpy(array.copy())
+    exe.poison_buffers()
+    return exe.run(x), params

@@ -1,0 +1,116 @@
+"""CPU conv2d and linear kernels (``backends/cpu/conv.py``) against ``torch.nn.functional``.
+
+Weights are drawn fresh in the tested dtype and written into the compiled executable, so float64
+runs use float64 weights; the oracle gets the same arrays. The conv grid covers stride, padding
+(ints, pairs, asymmetric "same", "valid", reflect), dilation, groups (grouped, depthwise, depthwise
+with a channel multiplier), rectangular, pointwise and 5x5 kernels, odd input sizes, and sizes
+above ``PARALLEL_MIN_WORK`` so both the serial and the parallel kernels run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from conftest import DTYPES, OP_TOLERANCE, Net, rel_error, run_with_random_params
+
+import graph.nn as nn
+
+
+def check_conv(rng, dtype, cin, cout, kernel, input_hw, batch=2, **kwargs) -> None:
+    """``nn.Conv2d(cin, cout, kernel, **kwargs)`` against ``torch.nn.Conv2d`` with the same
+    arguments and weights, on a random [batch, cin, *input_hw] input."""
+    x = rng.standard_normal((batch, cin, *input_hw)).astype(dtype)
+    conv = nn.Conv2d(cin, cout, kernel, **kwargs)
+    out, p = run_with_random_params(Net(conv), x, dtype, rng)
+    ref_conv = torch.nn.Conv2d(cin, cout, kernel, **kwargs).to(getattr(torch, dtype))
+    with torch.no_grad():
+        ref_conv.weight.copy_(p["layer.weight"])
+        if conv.bias is not None:
+            ref_conv.bias.copy_(p["layer.bias"])
+        ref = ref_conv(torch.from_numpy(x)).numpy()
+    err = rel_error(out, ref)
+    assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
+
+
+# **** conv2d: stride x padding x dilation on a 3x3 kernel, odd 7x9 input ****
+
+STRIDES = [1, 2, (2, 1)]
+PADDINGS = [0, 1, (1, 2), "same", "valid"]
+WINDOW_GRID = [
+    (stride, padding, dilation)
+    for stride in STRIDES
+    for padding in PADDINGS
+    for dilation in (1, 2)
+    if not (padding == "same" and stride != 1)  # torch: padding='same' needs stride 1
+]
+
+
+@pytest.mark.parametrize("stride,padding,dilation", WINDOW_GRID, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_stride_padding_dilation(stride, padding, dilation, dtype, rng):
+    check_conv(rng, dtype, 4, 6, 3, (7, 9), stride=stride, padding=padding, dilation=dilation)
+
+
+# **** conv2d: groups, kernel shapes, bias, reflect padding ****
+
+# (C_in, C_out, kernel, input HxW, Conv2d kwargs and the batch (default 2))
+CONV_CASES = {
+    "groups2": (4, 6, 3, (7, 9), dict(padding=1, groups=2)),
+    "groups3_s2_d2": (6, 9, 3, (11, 10), dict(batch=3, stride=2, padding=2, dilation=2, groups=3)),
+    "groups2_pointwise": (4, 8, 1, (5, 7), dict(groups=2)),
+    "depthwise": (5, 5, 3, (7, 9), dict(padding=1, groups=5)),
+    "depthwise_stride2": (4, 4, 3, (9, 8), dict(batch=3, stride=2, padding=1, groups=4)),
+    "depthwise_multiplier2": (3, 6, 3, (7, 9), dict(padding=1, groups=3)),
+    "dw_x2_rect": (4, 8, (3, 5), (9, 11), dict(stride=(1, 2), padding=2, dilation=2, groups=4)),
+    "depthwise_5x5_same_no_bias": (4, 4, 5, (7, 9), dict(padding="same", groups=4, bias=False)),
+    "kernel_1x3": (3, 5, (1, 3), (7, 9), dict(padding=(0, 1))),
+    "kernel_3x1": (3, 5, (3, 1), (7, 9), dict(padding=(1, 0))),
+    "kernel_1x3_same": (3, 5, (1, 3), (6, 7), dict(padding="same")),
+    "pointwise": (6, 4, 1, (7, 9), dict(batch=3)),
+    "pointwise_no_bias": (6, 4, 1, (7, 9), dict(bias=False)),
+    "pointwise_stride2": (4, 6, 1, (7, 9), dict(stride=2)),
+    "pointwise_padding1": (4, 6, 1, (5, 6), dict(padding=1)),
+    "kernel_5x5": (3, 4, 5, (9, 11), dict(padding=2)),
+    "kernel_5x5_stride2_valid": (3, 4, 5, (9, 11), dict(stride=2)),
+    "kernel_whole_input": (3, 4, (7, 9), (7, 9), {}),
+    "even_kernel_same": (3, 4, 4, (7, 9), dict(padding="same")),
+    "even_kernel_same_dilation2": (3, 4, (2, 4), (7, 9), dict(padding="same", dilation=2)),
+    "no_bias": (4, 6, 3, (7, 9), dict(padding=1, bias=False)),
+    "reflect": (3, 5, 3, (7, 9), dict(padding=1, padding_mode="reflect")),
+    "reflect_asymmetric_pair": (3, 5, 3, (7, 9), dict(padding=(1, 2), padding_mode="reflect")),
+    "reflect_same_g2": (4, 4, 3, (6, 7), dict(padding="same", groups=2, padding_mode="reflect")),
+    "padding_wider_than_kernel": (3, 4, 3, (4, 5), dict(stride=2, padding=(4, 5))),
+    "depthwise_padding_wider_than_kernel": (3, 3, 3, (4, 5), dict(padding=(4, 3), groups=3)),
+    "single_channel_batch1": (1, 3, 3, (8, 8), dict(batch=1, padding=1)),
+    "parallel_gemm": (8, 16, 3, (24, 24), dict(padding=1)),
+    "parallel_pointwise": (16, 16, 1, (24, 24), {}),
+    "parallel_depthwise": (16, 16, 3, (32, 32), dict(padding=1, groups=16)),
+    "parallel_groups_stride2": (8, 8, 3, (40, 40), dict(stride=2, padding=1, groups=2)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize("case", list(CONV_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_cases(case, dtype, rng):
+    cin, cout, kernel, input_hw, kwargs = CONV_CASES[case]
+    check_conv(rng, dtype, cin, cout, kernel, input_hw, **kwargs)
+
+
+# **** linear ****
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch,features", [(1, (7, 1, 1)), (3, (5, 1, 1)), (4, (6, 5, 7))])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear(batch, features, bias, dtype, rng):
+    """[N, C, H, W] -> Flatten -> Linear(C*H*W, 11)."""
+    in_features = int(np.prod(features))
+    x = rng.standard_normal((batch, *features)).astype(dtype)
+    out, p = run_with_random_params(Net(nn.Linear(in_features, 11, bias), True), x, dtype, rng)
+    flat = torch.from_numpy(x).reshape(batch, -1)
+    ref = TF.linear(flat, p["layer.weight"], p.get("layer.bias")).numpy()
+    err = rel_error(out, ref)
+    assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
