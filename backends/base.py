@@ -33,7 +33,10 @@ class Backend(ABC):
 
     @abstractmethod
     def lower(
-        self, node: Node, address: Callable[[str], int], scratch_address: int,
+        self,
+        node: Node,
+        address: Callable[[str], int],
+        scratch_address: int,
         consts: list[np.ndarray],
     ) -> list:
         """Steps that compute ``node``; ``address`` maps a value name to its buffer address.

@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 
 
-def median_time(func: Callable[[], object], repeat: int = 15, warmup: int = 3,
-                min_seconds: float = 0.0) -> float:
+def median_time(
+    func: Callable[[], object], repeat: int = 15, warmup: int = 3, min_seconds: float = 0.0
+) -> float:
     """Median wall time of ``func()`` in seconds, after ``warmup`` untimed calls. With
     ``min_seconds``, each sample loops ``func`` until that long has passed (for µs timings)."""
     for _ in range(warmup):
@@ -48,7 +49,8 @@ def environment_line() -> str:
 def print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cells: "  ".join(  # noqa: E731
-        str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        str(c).ljust(w) if i == 0 else str(c).rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=False))
     )
     print(line(header))
     print("  ".join("-" * w for w in widths))

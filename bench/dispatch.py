@@ -18,21 +18,31 @@ import torch
 from numba import cfunc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import graph.nn as nn  # noqa: E402
 from common import environment_line, median_time, print_table  # noqa: E402
+from engine._runtime import Runner  # noqa: E402
 
 import engine  # noqa: E402
+import graph.nn as nn  # noqa: E402
 from backends.cpu.kernels import STEP_SIGNATURE  # noqa: E402
-from engine._runtime import Runner  # noqa: E402
 
 LAYERS, CHANNELS, SIZE = 20, 8, 8
 
 
 def _nets() -> tuple[nn.Module, torch.nn.Module]:
-    ours = nn.Sequential(*[m for _ in range(LAYERS) for m in (nn.Conv2d(CHANNELS, CHANNELS, 3,
-                                                                        padding=1), nn.ReLU())])
-    theirs = torch.nn.Sequential(*[m for _ in range(LAYERS) for m in (
-        torch.nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), torch.nn.ReLU())])
+    ours = nn.Sequential(
+        *[
+            m
+            for _ in range(LAYERS)
+            for m in (nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), nn.ReLU())
+        ]
+    )
+    theirs = torch.nn.Sequential(
+        *[
+            m
+            for _ in range(LAYERS)
+            for m in (torch.nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), torch.nn.ReLU())
+        ]
+    )
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     return ours, theirs.eval()
 
@@ -43,8 +53,13 @@ def _noop(ptrs, ints):
 
 
 def _dispatch_seconds_per_step(count: int = 10_000) -> float:
-    runner = Runner(np.full(count, _noop.address, np.uintp), np.zeros(1, np.uintp),
-                    np.zeros(1, np.int64), np.zeros(count, np.int64), np.zeros(count, np.int64))
+    runner = Runner(
+        np.full(count, _noop.address, np.uintp),
+        np.zeros(1, np.uintp),
+        np.zeros(1, np.int64),
+        np.zeros(count, np.int64),
+        np.zeros(count, np.int64),
+    )
     return median_time(lambda: runner.run(), 25) / count
 
 
@@ -64,10 +79,12 @@ def main() -> None:
     us = lambda s: f"{s * 1e6:.3f}"  # noqa: E731
     print_table(
         ["", "total us", "us per step", "vs torch"],
-        [["convforge run()", us(run_s), us(run_s / steps), f"{torch_s / run_s:.1f}x"],
-         ["convforge executor loop", us(loop_s), us(loop_s / steps), f"{torch_s / loop_s:.1f}x"],
-         ["pytorch eager", us(torch_s), us(torch_s / steps), "1.0x"],
-         ["dispatch only (no-op steps)", "-", us(dispatch), "-"]],
+        [
+            ["convforge run()", us(run_s), us(run_s / steps), f"{torch_s / run_s:.1f}x"],
+            ["convforge executor loop", us(loop_s), us(loop_s / steps), f"{torch_s / loop_s:.1f}x"],
+            ["pytorch eager", us(torch_s), us(torch_s / steps), "1.0x"],
+            ["dispatch only (no-op steps)", "-", us(dispatch), "-"],
+        ],
     )
     print(f"relative difference to PyTorch: {error:.1e}")
 

@@ -36,12 +36,12 @@ cdef class Runner:
 
     def run(self, Py_ssize_t repeat=1):
         """Run every step ``repeat`` times; returns (failed step index, code) or (-1, 0)."""
-        cdef Py_ssize_t i = 0, r
+        cdef Py_ssize_t i = 0, _
         cdef int32_t code = 0
         cdef void** pointers = <void**>&self._pointers[0]
         cdef int64_t* ints = <int64_t*>&self._ints[0]
         with nogil:
-            for r in range(repeat):
+            for _ in range(repeat):
                 for i in range(self.count):
                     code = (<StepFunction>self._functions[i])(
                         pointers + self._pointer_start[i], ints + self._int_start[i]
@@ -57,7 +57,7 @@ cdef class Runner:
     def profile(self, Py_ssize_t repeat=1):
         """Run the plan ``repeat`` times timing each step; returns (seconds per step summed
         over the repeats as an array, failed step index, code)."""
-        cdef Py_ssize_t i = 0, r
+        cdef Py_ssize_t i = 0, _
         cdef int32_t code = 0
         cdef timespec before, after
         cdef void** pointers = <void**>&self._pointers[0]
@@ -65,7 +65,7 @@ cdef class Runner:
         times = np.zeros(self.count, np.float64)
         cdef double[::1] seconds = times
         with nogil:
-            for r in range(repeat):
+            for _ in range(repeat):
                 for i in range(self.count):
                     clock_gettime(CLOCK_MONOTONIC, &before)
                     code = (<StepFunction>self._functions[i])(

@@ -34,17 +34,21 @@ def demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     exe = engine.compile(model, shape, batch=args.batch, dtype=args.dtype)
     compile_s = time.perf_counter() - start
-    print(f"LeNet-5: {model.num_parameters():,} parameters, compiled for "
-          f"[{args.batch}, {', '.join(map(str, shape))}] {args.dtype} in {compile_s:.2f} s\n")
+    print(
+        f"LeNet-5: {model.num_parameters():,} parameters, compiled for "
+        f"[{args.batch}, {', '.join(map(str, shape))}] {args.dtype} in {compile_s:.2f} s\n"
+    )
     print(exe.graph)
     print()
     exe.graph.print_tabular()
     x = np.random.default_rng(0).standard_normal((args.batch, *shape)).astype(args.dtype)
     y = exe.run(x)
     ours = _median_ms(lambda: exe.run(x), args.repeat)
-    print(f"\nconvforge: {ours:.3f} ms per batch of {args.batch} "
-          f"({ours * 1e3 / args.batch:.1f} us per image), {exe._runner.count} steps, "
-          f"arena {exe.plan.arena_bytes / 1024:.0f} KiB")
+    print(
+        f"\nconvforge: {ours:.3f} ms per batch of {args.batch} "
+        f"({ours * 1e3 / args.batch:.1f} us per image), {exe._runner.count} steps, "
+        f"arena {exe.plan.arena_bytes / 1024:.0f} KiB"
+    )
     print(f"predicted classes of the first 8 images: {y.argmax(axis=1)[:8].tolist()}")
     return 0
 

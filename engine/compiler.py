@@ -16,7 +16,10 @@ from graph.trace import trace
 
 
 def compile(
-    model: Module, input_shape: Sequence[int], batch: int = 1, backend: str = "cpu",
+    model: Module,
+    input_shape: Sequence[int],
+    batch: int = 1,
+    backend: str = "cpu",
     dtype: str = "float32",
 ) -> Executable:
     """Compile ``model`` for inputs of shape [batch, *input_shape].

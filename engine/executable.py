@@ -29,8 +29,14 @@ class Executable:
     """
 
     def __init__(
-        self, graph: Graph, plan: MemoryPlan, runner: Runner, step_nodes: list[str],
-        storage: dict[str, np.ndarray], extra_state: dict[str, np.ndarray], keep_alive: list,
+        self,
+        graph: Graph,
+        plan: MemoryPlan,
+        runner: Runner,
+        step_nodes: list[str],
+        storage: dict[str, np.ndarray],
+        extra_state: dict[str, np.ndarray],
+        keep_alive: list,
     ) -> None:
         self.graph = graph
         self.plan = plan
@@ -88,13 +94,18 @@ class Executable:
         if code:
             raise RuntimeError(f"{self._step_nodes[step]}: kernel failed with error code {code}")
         per_node: dict[str, float] = {}
-        for name, seconds in zip(self._step_nodes, times):
+        for name, seconds in zip(self._step_nodes, times, strict=False):
             per_node[name] = per_node.get(name, 0.0) + seconds / repeat
         total = sum(per_node.values()) or 1.0
         nodes = {node.name: node for node in self.graph.nodes}
         rows = [
-            {"name": name, "op": nodes[name].op, "output": str(nodes[name].outputs[0].type),
-             "us": seconds * 1e6, "share": seconds / total}
+            {
+                "name": name,
+                "op": nodes[name].op,
+                "output": str(nodes[name].outputs[0].type),
+                "us": seconds * 1e6,
+                "share": seconds / total,
+            }
             for name, seconds in per_node.items()
         ]
         return sorted(rows, key=lambda row: -row["us"])
@@ -114,9 +125,7 @@ class Executable:
         missing = sorted(set(self.params) - set(state))
         unexpected = sorted(set(state) - set(self.params) - ignored)
         if missing or unexpected:
-            raise KeyError(
-                f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
-            )
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         arrays = {name: np.asarray(state[name]) for name in self.params}
         for name, array in arrays.items():
             if array.shape != self.params[name].shape:

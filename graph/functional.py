@@ -18,7 +18,7 @@ def pair(value: IntOrPair, name: str = "value") -> tuple[int, int]:
     """``3 -> (3, 3)``; ``(1, 3) -> (1, 3)``, as torch's ``_pair``."""
     if isinstance(value, int):
         return (value, value)
-    items = tuple(value)
+    items = tuple(value) if isinstance(value, Sequence) else ()
     if len(items) != 2 or not all(isinstance(v, int) for v in items):
         raise TypeError(f"{name} must be an int or a pair of ints, but got {name}={value!r}")
     return items
@@ -45,7 +45,7 @@ def conv_padding(
     if padding == "same":
         if pair(stride) != (1, 1):
             raise ValueError(f"padding='same' needs stride 1, but got stride={stride}")
-        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=False)]
         return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
     if isinstance(padding, str):
         raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
@@ -58,7 +58,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     pads = conv_padding(padding, tuple(weight.shape[2:]), dilation, stride)
     inputs = [input, weight] + ([bias] if bias is not None else [])
     return _emit(
-        "conv2d", inputs, stride=pair(stride, "stride"), padding=pads, dilation=dilation,
+        "conv2d",
+        inputs,
+        stride=pair(stride, "stride"),
+        padding=pads,
+        dilation=dilation,
         groups=groups,
     )
 
@@ -100,14 +104,16 @@ def mul(input, other) -> Tensor:
     return _emit("mul", [input, other])
 
 
-def max_pool2d(
-    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
-) -> Tensor:
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> Tensor:
     kernel = pair(kernel_size, "kernel_size")
     return _emit(
-        "max_pool2d", [input], kernel=kernel,
-        stride=pair(stride, "stride") if stride else kernel, padding=pair(padding, "padding"),
-        dilation=pair(dilation, "dilation"), ceil_mode=bool(ceil_mode),
+        "max_pool2d",
+        [input],
+        kernel=kernel,
+        stride=kernel if stride is None else pair(stride, "stride"),
+        padding=pair(padding, "padding"),
+        dilation=pair(dilation, "dilation"),
+        ceil_mode=bool(ceil_mode),
     )
 
 
@@ -116,9 +122,13 @@ def avg_pool2d(
 ) -> Tensor:
     kernel = pair(kernel_size, "kernel_size")
     return _emit(
-        "avg_pool2d", [input], kernel=kernel,
-        stride=pair(stride, "stride") if stride else kernel, padding=pair(padding, "padding"),
-        ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad),
+        "avg_pool2d",
+        [input],
+        kernel=kernel,
+        stride=kernel if stride is None else pair(stride, "stride"),
+        padding=pair(padding, "padding"),
+        ceil_mode=bool(ceil_mode),
+        count_include_pad=bool(count_include_pad),
     )
 
 
@@ -143,7 +153,13 @@ def adaptive_max_pool2d(input, output_size) -> Tensor:
 
 
 def batch_norm(
-    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
     eps=1e-5,
 ) -> Tensor:
     if (weight is None) != (bias is None):
@@ -164,7 +180,9 @@ def softmax(input, dim: int) -> Tensor:
 def flatten(input, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     rank = input.dim()
     return _emit(
-        "flatten", [input], start_dim=_axis(start_dim, rank, "start_dim"),
+        "flatten",
+        [input],
+        start_dim=_axis(start_dim, rank, "start_dim"),
         end_dim=_axis(end_dim, rank, "end_dim"),
     )
 

@@ -166,7 +166,10 @@ class Graph:
             rows.append((node.name, node.op, str(out), f"{macs:,}", f"{out.nbytes:,}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         text = "\n".join(
-            "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            "  ".join(
+                c.ljust(w) if i < 3 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=False))
+            )
             for r in rows
         )
         print(text)

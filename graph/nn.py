@@ -146,7 +146,9 @@ class Module:
             raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
         for name, t in own.items():
             target = t.data if isinstance(t, Parameter) else t
-            array = np.asarray(state[name].numpy() if hasattr(state[name], "numpy") else state[name])
+            array = np.asarray(
+                state[name].numpy() if hasattr(state[name], "numpy") else state[name]
+            )
             if array.shape != target.shape:
                 raise ValueError(
                     f"{name}: expected shape {list(target.shape)}, but got {list(array.shape)}"
@@ -183,8 +185,10 @@ class Module:
 class Sequential(Module):
     def __init__(self, *args: Module | Mapping[str, Module]) -> None:
         super().__init__()
-        items = args[0].items() if len(args) == 1 and isinstance(args[0], Mapping) else (
-            (str(i), m) for i, m in enumerate(args)
+        items = (
+            args[0].items()
+            if len(args) == 1 and isinstance(args[0], Mapping)
+            else ((str(i), m) for i, m in enumerate(args))
         )
         for name, module in items:
             setattr(self, name, module)
@@ -250,25 +254,48 @@ class Conv2d(Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-        dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         kernel, stride, dilation = pair(kernel_size), pair(stride), pair(dilation)
-        _check_positive("Conv2d", in_channels=in_channels, out_channels=out_channels,
-                        kernel_size=kernel, stride=stride, dilation=dilation, groups=groups)
+        _check_positive(
+            "Conv2d",
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=kernel,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+        )
         if in_channels % groups:
-            raise ValueError(f"Conv2d in_channels must be divisible by groups, but got "
-                             f"in_channels={in_channels}, groups={groups}")
+            raise ValueError(
+                f"Conv2d in_channels must be divisible by groups, but got "
+                f"in_channels={in_channels}, groups={groups}"
+            )
         if out_channels % groups:
-            raise ValueError(f"Conv2d out_channels must be divisible by groups, but got "
-                             f"out_channels={out_channels}, groups={groups}")
+            raise ValueError(
+                f"Conv2d out_channels must be divisible by groups, but got "
+                f"out_channels={out_channels}, groups={groups}"
+            )
         if padding_mode not in ("zeros", "reflect"):
-            raise ValueError(f"Conv2d padding_mode must be one of ('zeros', 'reflect'), but got "
-                             f"padding_mode={padding_mode!r}")
+            raise ValueError(
+                f"Conv2d padding_mode must be one of ('zeros', 'reflect'), but got "
+                f"padding_mode={padding_mode!r}"
+            )
         if isinstance(padding, str) and padding not in ("same", "valid"):
-            raise ValueError(f"Conv2d padding must be 'same', 'valid', an int or a pair, but "
-                             f"got padding={padding!r}")
+            raise ValueError(
+                f"Conv2d padding must be 'same', 'valid', an int or a pair, but "
+                f"got padding={padding!r}"
+            )
         if padding == "same" and stride != (1, 1):
             raise ValueError(f"Conv2d padding='same' needs stride 1, but got stride={stride}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -285,8 +312,7 @@ class Conv2d(Module):
             pads = F.conv_padding(padding, self.kernel_size, self.dilation, self.stride)
             x = F.pad(x, (pads[2], pads[3], pads[0], pads[1]), mode="reflect")
             padding = 0
-        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
-                        self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
@@ -319,7 +345,11 @@ class _BatchNorm(Module):
     """Inference-form batch norm with running statistics, as torch's ``_BatchNorm``."""
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
         track_running_stats: bool = True,
     ) -> None:
         super().__init__()
@@ -327,8 +357,10 @@ class _BatchNorm(Module):
         if not eps > 0:
             raise ValueError(f"{type(self).__name__} eps must be positive, but got eps={eps}")
         if not track_running_stats:
-            raise ValueError(f"{type(self).__name__}(track_running_stats=False) normalises with "
-                             "batch statistics at inference, which ConvForge does not support")
+            raise ValueError(
+                f"{type(self).__name__}(track_running_stats=False) normalises with "
+                "batch statistics at inference, which ConvForge does not support"
+            )
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         if affine:
             self.weight = Parameter(np.ones(num_features, np.float32))
@@ -340,8 +372,9 @@ class _BatchNorm(Module):
         self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
     def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            eps=self.eps)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, eps=self.eps
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -415,12 +448,16 @@ class GELU(Module):
 
 
 class Softmax(Module):
-    def __init__(self, dim: int = 1) -> None:
+    """Softmax along ``dim``; ``dim=None`` picks torch's legacy axis (0 for 1-D and 3-D
+    inputs, else 1)."""
+
+    def __init__(self, dim: int | None = None) -> None:
         super().__init__()
         self.dim = dim
 
     def forward(self, x):
-        return F.softmax(x, self.dim)
+        dim = self.dim if self.dim is not None else (0 if x.dim() in (0, 1, 3) else 1)
+        return F.softmax(x, dim)
 
 
 class Dropout(Module):
@@ -436,7 +473,12 @@ class Dropout(Module):
 
 class MaxPool2d(Module):
     def __init__(
-        self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        dilation=1,
+        return_indices: bool = False,
         ceil_mode: bool = False,
     ) -> None:
         super().__init__()
@@ -446,8 +488,9 @@ class MaxPool2d(Module):
         self.dilation, self.ceil_mode = dilation, ceil_mode
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                            self.ceil_mode)
+        return F.max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+        )
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -455,8 +498,13 @@ class MaxPool2d(Module):
 
 class AvgPool2d(Module):
     def __init__(
-        self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-        count_include_pad: bool = True, divisor_override: int | None = None,
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
     ) -> None:
         super().__init__()
         if divisor_override is not None:
@@ -465,8 +513,9 @@ class AvgPool2d(Module):
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad)
+        return F.avg_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        )
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -531,9 +580,31 @@ class ReflectionPad2d(ZeroPad2d):
 
 
 __all__ = [
-    "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
-    "ChannelShuffle", "Conv2d", "Dropout", "Flatten", "GELU", "Identity", "LayerNorm2d",
-    "LeakyReLU", "Linear", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
-    "ReflectionPad2d", "Sequential", "Sigmoid", "Softmax", "Tanh", "Tensor", "ZeroPad2d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "ChannelShuffle",
+    "Conv2d",
+    "Dropout",
+    "Flatten",
+    "GELU",
+    "Identity",
+    "LayerNorm2d",
+    "LeakyReLU",
+    "Linear",
+    "MaxPool2d",
+    "Module",
+    "ModuleList",
+    "Parameter",
+    "ReLU",
+    "ReflectionPad2d",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+    "Tensor",
+    "ZeroPad2d",
     "manual_seed",
 ]

@@ -73,20 +73,23 @@ class Tracer:
     def __init__(self, graph: Graph, module_paths: dict[int, str]) -> None:
         self.graph = graph
         self.module_paths = module_paths
-        self.path_stack: list[tuple[str, bool]] = []  # (layer path, is a leaf module)
+        self.path_stack: list[list] = []  # [layer path, is a leaf module, ops emitted so far]
         self.param_values: dict[int, Value] = {}
 
     def enter(self, module: object) -> None:
         path = self.module_paths.get(id(module), type(module).__name__)
-        self.path_stack.append((path, not getattr(module, "_modules", None)))
+        self.path_stack.append([path, not getattr(module, "_modules", None), 0])
 
     def leave(self) -> None:
         self.path_stack.pop()
 
     def _node_name(self, op: str) -> str:
-        """A leaf module's op is named by its path; ops a container calls get ``path.op``."""
-        path, leaf = self.path_stack[-1] if self.path_stack else ("", False)
-        if leaf and path:
+        """A leaf module's first op is named by its path (``_1`` on a repeated call); other ops
+        get ``path.op`` (a container's functional calls, a leaf's helper ops)."""
+        frame = self.path_stack[-1] if self.path_stack else ["", False, 0]
+        path, leaf, emitted = frame
+        frame[2] = emitted + 1
+        if leaf and path and not emitted:
             return self.graph.unique_name(path)
         return self.graph.unique_name(f"{path}.{op}" if path else op)
 

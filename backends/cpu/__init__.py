@@ -34,7 +34,10 @@ class CpuBackend(Backend):
         return raw[start : start + nbytes]
 
     def lower(
-        self, node: Node, address: Callable[[str], int], scratch_address: int,
+        self,
+        node: Node,
+        address: Callable[[str], int],
+        scratch_address: int,
         consts: list[np.ndarray],
     ) -> list[Step]:
         return LOWERINGS[node.op](node, NodeIO(node, address, scratch_address, consts))

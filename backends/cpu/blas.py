@@ -28,12 +28,14 @@ _void_p = _char.as_pointer()
 
 
 @intrinsic
-def gemm(typingctx, trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c,
-         c_offset, ldc):
+def gemm(
+    typingctx, trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c, c_offset, ldc
+):
     """Row-major GEMM on flat arrays; returns BLAS's status (0 = ok)."""
     ensure_blas()
-    sig = types.int32(trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c,
-                      c_offset, ldc)
+    sig = types.int32(
+        trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c, c_offset, ldc
+    )
     dtype = c.dtype
 
     def codegen(context, builder, signature, args):
@@ -48,34 +50,64 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ld
             return builder.bitcast(builder.gep(array.data, [intp(offset, offset_index)]), _void_p)
 
         def trans_char(flag, index):
-            is_set = builder.icmp_signed("!=", intp(flag, index), ir.Constant(intp(flag, index).type, 0))
-            return builder.select(is_set, ir.Constant(_char, ord("t")), ir.Constant(_char, ord("n")))
+            is_set = builder.icmp_signed(
+                "!=", intp(flag, index), ir.Constant(intp(flag, index).type, 0)
+            )
+            return builder.select(
+                is_set, ir.Constant(_char, ord("t")), ir.Constant(_char, ord("n"))
+            )
 
         fnty = ir.FunctionType(
             ir.IntType(32),
-            [_char, _char, _char, cgutils.intp_t, cgutils.intp_t, cgutils.intp_t, _void_p,
-             _void_p, cgutils.intp_t, _void_p, cgutils.intp_t, _void_p, _void_p, cgutils.intp_t],
+            [
+                _char,
+                _char,
+                _char,
+                cgutils.intp_t,
+                cgutils.intp_t,
+                cgutils.intp_t,
+                _void_p,
+                _void_p,
+                cgutils.intp_t,
+                _void_p,
+                cgutils.intp_t,
+                _void_p,
+                _void_p,
+                cgutils.intp_t,
+            ],
         )
         fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
         alpha = make_constant_slot(context, builder, dtype, 1.0)
         beta_slot = cgutils.alloca_once(builder, context.get_value_type(dtype))
         builder.store(context.cast(builder, beta_, arg_types[11], dtype), beta_slot)
         # Column-major BLAS sees each row-major matrix transposed: C^T = op(B)^T op(A)^T.
-        return builder.call(fn, (
-            ir.Constant(_char, ord(get_blas_kind(dtype))), trans_char(tb, 1), trans_char(ta, 0),
-            intp(n_, 3), intp(m_, 2), intp(k_, 4), builder.bitcast(alpha, _void_p),
-            pointer(b_, 8, bo, 9), intp(ldb_, 10), pointer(a_, 5, ao, 6), intp(lda_, 7),
-            builder.bitcast(beta_slot, _void_p), pointer(c_, 12, co, 13), intp(ldc_, 14),
-        ))
+        return builder.call(
+            fn,
+            (
+                ir.Constant(_char, ord(get_blas_kind(dtype))),
+                trans_char(tb, 1),
+                trans_char(ta, 0),
+                intp(n_, 3),
+                intp(m_, 2),
+                intp(k_, 4),
+                builder.bitcast(alpha, _void_p),
+                pointer(b_, 8, bo, 9),
+                intp(ldb_, 10),
+                pointer(a_, 5, ao, 6),
+                intp(lda_, 7),
+                builder.bitcast(beta_slot, _void_p),
+                pointer(c_, 12, co, 13),
+                intp(ldc_, 14),
+            ),
+        )
 
     return sig, codegen
 
 
 def single_threaded_blas() -> None:
     """Pin SciPy's OpenBLAS (the one Numba calls) to one thread; NumPy's BLAS is untouched."""
-    from threadpoolctl import ThreadpoolController
-
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library to be limited)
+    from threadpoolctl import ThreadpoolController
 
     for pool in ThreadpoolController().lib_controllers:
         # SciPy's wheel keeps its OpenBLAS in scipy.libs/; NumPy's lives in numpy.libs/.

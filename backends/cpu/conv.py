@@ -40,8 +40,9 @@ DIRECT_MAX_MACS = 1 << 20
 
 
 @njit(cache=True)
-def _im2col_block(x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width,
-                  cols, slot):
+def _im2col_block(
+    x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot
+):
     """cols[slot + r*width + j] = the input under tap r for output pixel start + j (0 if the
     tap falls in the padding)."""
     for r in range(rows):
@@ -81,14 +82,31 @@ def conv2d_gemm(x, w, b, y, cols, a):
         width = min(block, ohw - start)
         src, dst = (i * c + g * cg) * hw, (i * oc + g * ocg) * ohw + start
         if pointwise:
-            code = gemm(0, 0, ocg, width, rows, w, g * ocg * rows, rows, x, src + start, hw, 0.0,
-                        y, dst, ohw)
+            code = gemm(
+                0,
+                0,
+                ocg,
+                width,
+                rows,
+                w,
+                g * ocg * rows,
+                rows,
+                x,
+                src + start,
+                hw,
+                0.0,
+                y,
+                dst,
+                ohw,
+            )
         else:
             slot = get_thread_id() * rows * block
-            _im2col_block(x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width,
-                          cols, slot)
-            code = gemm(0, 0, ocg, width, rows, w, g * ocg * rows, rows, cols, slot, width, 0.0,
-                        y, dst, ohw)
+            _im2col_block(
+                x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot
+            )
+            code = gemm(
+                0, 0, ocg, width, rows, w, g * ocg * rows, rows, cols, slot, width, 0.0, y, dst, ohw
+            )
         if code != 0:
             status = code
         if b.shape[0]:
@@ -131,8 +149,23 @@ def linear(x, w, b, y, a):
     for task in prange((out_features + block - 1) // block):
         start = task * block
         width = min(block, out_features - start)
-        code = gemm(0, 1, n, width, in_features, x, 0, in_features, w, start * in_features,
-                    in_features, 0.0, y, start, out_features)
+        code = gemm(
+            0,
+            1,
+            n,
+            width,
+            in_features,
+            x,
+            0,
+            in_features,
+            w,
+            start * in_features,
+            in_features,
+            0.0,
+            y,
+            start,
+            out_features,
+        )
         if code != 0:
             status = code
         if b.shape[0]:
@@ -154,9 +187,7 @@ def _is_direct(node: Node) -> bool:
 
 def _is_pointwise(node: Node) -> bool:
     kh, kw = node.inputs[1].shape[2:]
-    return (kh, kw) == (1, 1) and node.attrs["stride"] == (1, 1) and not any(
-        node.attrs["padding"]
-    )
+    return (kh, kw) == (1, 1) and node.attrs["stride"] == (1, 1) and not any(node.attrs["padding"])
 
 
 def _rows_and_block(node: Node) -> tuple[int, int]:
@@ -182,11 +213,31 @@ def _lower_conv2d(node: Node, io: NodeIO):
     (n, c, h, wd), (oc, cg, kh, kw) = x.shape, w.shape
     _, _, oh, ow = node.outputs[0].shape
     (sh, sw), (pt, _, pl, _), (dh, dw) = (
-        node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"],
+        node.attrs["stride"],
+        node.attrs["padding"],
+        node.attrs["dilation"],
     )
     rows, block = _rows_and_block(node)
-    attrs = [n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, node.attrs["groups"],
-             int(_is_pointwise(node)), block]
+    attrs = [
+        n,
+        c,
+        h,
+        wd,
+        oc,
+        oh,
+        ow,
+        kh,
+        kw,
+        sh,
+        sw,
+        pt,
+        pl,
+        dh,
+        dw,
+        node.attrs["groups"],
+        int(_is_pointwise(node)),
+        block,
+    ]
     bias = io.input(2) if len(node.inputs) == 3 else io.empty()
     work = io.output()[1] * cg * kh * kw
     if _is_direct(node):
@@ -205,5 +256,8 @@ def _lower_linear(node: Node, io: NodeIO):
     threads = numba.config.NUMBA_NUM_THREADS
     block = max(16, -(-out_features // threads))
     work = n * in_features * out_features
-    return [linear.step(node.name, io.dtype, io.parallel(work), buffers,
-                        [n, in_features, out_features, block])]
+    return [
+        linear.step(
+            node.name, io.dtype, io.parallel(work), buffers, [n, in_features, out_features, block]
+        )
+    ]

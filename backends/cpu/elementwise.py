@@ -86,5 +86,6 @@ def _lower_unary(node: Node, io: NodeIO):
 def _lower_binary(node: Node, io: NodeIO):
     y = io.output()
     kind = ADD if node.op == "add" else MUL
-    return [binary.step(node.name, io.dtype, io.parallel(y[1]), [io.input(0), io.input(1), y],
-                        [kind])]
+    return [
+        binary.step(node.name, io.dtype, io.parallel(y[1]), [io.input(0), io.input(1), y], [kind])
+    ]

@@ -93,7 +93,11 @@ class Kernel:
         return self._shims[key]
 
     def step(
-        self, name: str, dtype: str, parallel: bool, buffers: Sequence[tuple[int, int]],
+        self,
+        name: str,
+        dtype: str,
+        parallel: bool,
+        buffers: Sequence[tuple[int, int]],
         attrs: Sequence[int],
     ) -> Step:
         """A step running this kernel on ``buffers`` ((address, numel) pairs) with ``attrs``."""

@@ -45,7 +45,10 @@ class NodeIO:
     """Addresses of one node's buffers, as the executable laid them out."""
 
     def __init__(
-        self, node: Node, address: Callable[[str], int], scratch_address: int,
+        self,
+        node: Node,
+        address: Callable[[str], int],
+        scratch_address: int,
         consts: list[np.ndarray],
     ) -> None:
         self.node = node

@@ -91,22 +91,45 @@ def _affine(node: Node, io: NodeIO, first: int) -> list[tuple[int, int]]:
 def _lower_batch_norm(node: Node, io: NodeIO):
     shape = node.inputs[0].shape
     inner = shape[2] * shape[3] if len(shape) == 4 else 1
-    buffers = [io.input(0), io.input(1), io.input(2), *_affine(node, io, 3), io.output(),
-               io.const([node.attrs["eps"]])]
-    return [batch_norm.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers,
-                            [shape[0], shape[1], inner])]
+    buffers = [
+        io.input(0),
+        io.input(1),
+        io.input(2),
+        *_affine(node, io, 3),
+        io.output(),
+        io.const([node.attrs["eps"]]),
+    ]
+    return [
+        batch_norm.step(
+            node.name, io.dtype, io.parallel(io.output()[1]), buffers, [shape[0], shape[1], inner]
+        )
+    ]
 
 
 @lowers("layer_norm2d")
 def _lower_layer_norm2d(node: Node, io: NodeIO):
     buffers = [io.input(0), *_affine(node, io, 1), io.output(), io.const([node.attrs["eps"]])]
-    return [layer_norm2d.step(node.name, io.dtype, io.parallel(3 * io.output()[1]), buffers,
-                              list(node.inputs[0].shape))]
+    return [
+        layer_norm2d.step(
+            node.name,
+            io.dtype,
+            io.parallel(3 * io.output()[1]),
+            buffers,
+            list(node.inputs[0].shape),
+        )
+    ]
 
 
 @lowers("softmax")
 def _lower_softmax(node: Node, io: NodeIO):
     shape, dim = node.inputs[0].shape, node.attrs["dim"]
     outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
-    return [softmax.step(node.name, io.dtype, io.parallel(3 * io.output()[1]),
-                         [io.input(0), io.output()], [outer, shape[dim], inner])]
+    return [
+        softmax.step(
+            node.name,
+            io.dtype,
+            io.parallel(3 * io.output()[1]),
+            [io.input(0), io.output()],
+            [outer, shape[dim], inner],
+        )
+    ]

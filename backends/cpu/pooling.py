@@ -95,13 +95,17 @@ def _lower_window_pool(node: Node, io: NodeIO):
     flags = [int(node.op == "max_pool2d"), int(attrs.get("count_include_pad", False))]
     ints = _planes(node) + [*attrs["kernel"], *attrs["stride"], *attrs["padding"], *dilation]
     work = io.output()[1] * attrs["kernel"][0] * attrs["kernel"][1]
-    return [window_pool.step(node.name, io.dtype, io.parallel(work), [io.input(0), io.output()],
-                             ints + flags)]
+    return [
+        window_pool.step(
+            node.name, io.dtype, io.parallel(work), [io.input(0), io.output()], ints + flags
+        )
+    ]
 
 
 @lowers("adaptive_max_pool2d", "adaptive_avg_pool2d", "global_avg_pool2d")
 def _lower_adaptive_pool(node: Node, io: NodeIO):
     ints = _planes(node) + [int(node.op == "adaptive_max_pool2d")]
     work = io.input(0)[1]
-    return [adaptive_pool.step(node.name, io.dtype, io.parallel(work), [io.input(0), io.output()],
-                               ints)]
+    return [
+        adaptive_pool.step(node.name, io.dtype, io.parallel(work), [io.input(0), io.output()], ints)
+    ]

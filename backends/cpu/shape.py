@@ -67,8 +67,15 @@ def _lower_concat(node: Node, io: NodeIO):
     for i, value in enumerate(node.inputs):
         src_inner = value.shape[dim] * after
         ints = [outer, src_inner, out_shape[dim] * after, offset]
-        steps.append(copy_block.step(f"{node.name}[{i}]", io.dtype, io.parallel(value.type.numel),
-                                     [io.input(i), io.output()], ints))
+        steps.append(
+            copy_block.step(
+                f"{node.name}[{i}]",
+                io.dtype,
+                io.parallel(value.type.numel),
+                [io.input(i), io.output()],
+                ints,
+            )
+        )
         offset += src_inner
     return steps
 
@@ -77,8 +84,15 @@ def _lower_concat(node: Node, io: NodeIO):
 def _lower_channel_shuffle(node: Node, io: NodeIO):
     n, c, h, w = node.inputs[0].shape
     groups = node.attrs["groups"]
-    return [channel_shuffle.step(node.name, io.dtype, io.parallel(io.output()[1]),
-                                 [io.input(0), io.output()], [n, groups, c // groups, h * w])]
+    return [
+        channel_shuffle.step(
+            node.name,
+            io.dtype,
+            io.parallel(io.output()[1]),
+            [io.input(0), io.output()],
+            [n, groups, c // groups, h * w],
+        )
+    ]
 
 
 @lowers("pad")
@@ -87,5 +101,12 @@ def _lower_pad(node: Node, io: NodeIO):
     _, _, oh, ow = node.outputs[0].shape
     left, _, top, _ = node.attrs["pads"]
     ints = [n * c, h, w, oh, ow, top, left, int(node.attrs["mode"] == "reflect")]
-    return [pad.step(node.name, io.dtype, io.parallel(io.output()[1]),
-                     [io.input(0), io.output(), io.const([node.attrs["value"]])], ints)]
+    return [
+        pad.step(
+            node.name,
+            io.dtype,
+            io.parallel(io.output()[1]),
+            [io.input(0), io.output(), io.const([node.attrs["value"]])],
+            ints,
+        )
+    ]

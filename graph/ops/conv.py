@@ -59,9 +59,7 @@ def _conv2d_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
             f"{list(w.shape)}"
         )
     if len(in_types) == 3 and in_types[2].shape != (oc,):
-        raise ValueError(
-            f"conv2d bias must have shape [{oc}], but got {list(in_types[2].shape)}"
-        )
+        raise ValueError(f"conv2d bias must have shape [{oc}], but got {list(in_types[2].shape)}")
     oh = pooled_extent("conv2d", "height", h, kh, sh, pt, pb, dh)
     ow = pooled_extent("conv2d", "width", wd, kw, sw, pl, pr, dw)
     return [TensorType((n, oc, oh, ow), x.dtype)]
@@ -73,6 +71,12 @@ def _conv2d_macs(in_types: list[TensorType], out_types: list[TensorType], attrs:
 
 
 register(
-    "conv2d", _conv2d_shape, _conv2d_macs, arity=None, stride=(1, 1), padding=(0, 0, 0, 0),
-    dilation=(1, 1), groups=1,
+    "conv2d",
+    _conv2d_shape,
+    _conv2d_macs,
+    arity=None,
+    stride=(1, 1),
+    padding=(0, 0, 0, 0),
+    dilation=(1, 1),
+    groups=1,
 )

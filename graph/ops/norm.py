@@ -16,7 +16,7 @@ from graph.ops import expect_rank, no_macs, register
 
 
 def _expect_channel_vectors(op: str, x: TensorType, vectors: list[TensorType], names) -> None:
-    for name, t in zip(names, vectors):
+    for name, t in zip(names, vectors, strict=False):
         if t.shape != (x.shape[1],):
             raise ValueError(
                 f"{op} {name} must have shape [{x.shape[1]}] (the input's channels), but got "
@@ -67,4 +67,3 @@ def _softmax_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
 register("batch_norm", _batch_norm_shape, no_macs, arity=None, eps=1e-5)
 register("layer_norm2d", _layer_norm2d_shape, no_macs, arity=None)
 register("softmax", _softmax_shape, no_macs)
-

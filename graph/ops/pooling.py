@@ -2,9 +2,10 @@
 
 Sliding-window attributes are tuples: ``kernel=(KH, KW)``, ``stride``, ``padding=(PH, PW)``
 (symmetric, at most half the kernel, as PyTorch requires: dilation does not raise the limit),
-``dilation`` (max only), ``ceil_mode``, and ``count_include_pad`` (avg only). Output size follows PyTorch's
-``pooling_output_shape``: ``floor((H + 2P - D*(K-1) - 1 + (S-1 if ceil_mode)) / S) + 1``, minus
-one when ceil_mode would start the last window inside the bottom padding.
+``dilation`` (max only), ``ceil_mode``, and ``count_include_pad`` (avg only). Output size
+follows PyTorch's ``pooling_output_shape``:
+``floor((H + 2P - D*(K-1) - 1 + (S-1 if ceil_mode)) / S) + 1``, minus one when ceil_mode would
+start the last window inside the bottom padding.
 
 Adaptive pooling (``output_size=(OH, OW)``; the SPP-net bins) uses PyTorch's windows:
 ``start = floor(i*H/OH)``, ``end = ceil((i+1)*H/OH)``, so sizes that do not divide work too.
@@ -79,11 +80,13 @@ def _adaptive_avg_pool2d_shape(in_types: list[TensorType], attrs: dict) -> list[
     return _adaptive_shape("adaptive_avg_pool2d", in_types, attrs)
 
 
+register("max_pool2d", _max_pool2d_shape, no_macs, padding=(0, 0), dilation=(1, 1), ceil_mode=False)
 register(
-    "max_pool2d", _max_pool2d_shape, no_macs, padding=(0, 0), dilation=(1, 1), ceil_mode=False
-)
-register(
-    "avg_pool2d", _avg_pool2d_shape, no_macs, padding=(0, 0), ceil_mode=False,
+    "avg_pool2d",
+    _avg_pool2d_shape,
+    no_macs,
+    padding=(0, 0),
+    ceil_mode=False,
     count_include_pad=True,
 )
 register("global_avg_pool2d", _global_avg_pool2d_shape, no_macs)

@@ -46,7 +46,7 @@ def _concat_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
         raise ValueError(f"concat dim must be in [0, {len(first.shape)}), but got dim={dim}")
     for t in in_types[1:]:
         if len(t.shape) != len(first.shape) or any(
-            a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != dim
+            a != b for i, (a, b) in enumerate(zip(t.shape, first.shape, strict=False)) if i != dim
         ):
             raise ValueError(
                 f"concat inputs must match on every axis but dim={dim}, but got "
