@@ -28,7 +28,7 @@ from numba import get_thread_id, njit, prange
 from backends.cpu.blas import gemm
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
-from backends.cpu.windows import valid_range
+from backends.cpu.windows import axpy, valid_range
 from graph.ir import Node
 
 # im2col blocks aim at this many bytes, so a block stays in L2 while the GEMM reads it.
@@ -64,8 +64,7 @@ def _im2col_block(
                 if sw == 1:
                     cols[out + lo : out + hi] = x[base + lo : base + hi]
                 else:
-                    for ox in range(lo, hi):
-                        cols[out + ox] = x[base + ox * sw]
+                    cols[out + lo : out + hi] = x[base + lo * sw : base + (hi - 1) * sw + 1 : sw]
                 cols[out + hi : out + ox1] = 0
             p += ox1 - ox0
 
@@ -132,13 +131,11 @@ def conv2d_direct(x, w, b, y, a):
                     weight = w[((o * cg + ci) * kh + ki) * kw + kj]
                     for oy in range(y_lo, y_hi):
                         base = plane + (oy * sh - pt + ki * dh) * wd - pl + kj * dw
-                        row = oy * ow
+                        dst = out[oy * ow + x_lo : oy * ow + x_hi]
                         if sw == 1:
-                            for ox in range(x_lo, x_hi):
-                                out[row + ox] += weight * x[base + ox]
+                            axpy(dst, x[base + x_lo : base + x_hi], weight)
                         else:
-                            for ox in range(x_lo, x_hi):
-                                out[row + ox] += weight * x[base + ox * sw]
+                            axpy(dst, x[base + x_lo * sw : base + (x_hi - 1) * sw + 1 : sw], weight)
     return 0
 
 

@@ -1,8 +1,9 @@
 """Elementwise CPU kernels: activations, add, mul, and the plain copy that dropout (inference),
 flatten and reshape lower to.
 
-Layout: every buffer is flat; shapes do not matter to these kernels. ``unary`` selects its
-function by ``kind`` once, outside the loop, so each loop body stays one vectorisable line.
+Layout: every buffer is flat; shapes do not matter to these kernels. Work is cut into chunks
+of ``CHUNK`` elements; ``unary`` selects its function by ``kind`` once per chunk, outside the
+loop, so each loop body stays one vectorisable line.
 Buffers: unary(x, y, consts) with consts = [negative_slope]; binary(a, b, y).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
@@ -21,48 +22,57 @@ RELU, LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH, COPY = range(7)
 ADD, MUL = range(2)
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+# Elements per parallel task; each task loops over slice views (see windows.py on why).
+CHUNK = 4096
+
+
+@njit(inline="always", cache=True)
+def _unary_chunk(x, y, kind, slope):
+    if kind == RELU:
+        for i in range(x.shape[0]):
+            y[i] = 0 if x[i] <= 0 else x[i]  # keeps NaN, as torch.relu
+    elif kind == LEAKY_RELU:
+        for i in range(x.shape[0]):
+            y[i] = x[i] * slope if x[i] <= 0 else x[i]
+    elif kind == SIGMOID:
+        for i in range(x.shape[0]):
+            y[i] = 1.0 / (1.0 + np.exp(-x[i]))
+    elif kind == TANH:
+        for i in range(x.shape[0]):
+            y[i] = np.tanh(x[i])
+    elif kind == GELU:
+        for i in range(x.shape[0]):
+            y[i] = 0.5 * x[i] * (1.0 + math.erf(x[i] * _SQRT_HALF))
+    elif kind == GELU_TANH:
+        for i in range(x.shape[0]):
+            v = x[i]
+            y[i] = 0.5 * v * (1.0 + np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+    else:
+        y[:] = x
 
 
 @kernel(buffers=3)
 def unary(x, y, consts, a):
     """a = [kind]; consts = [negative_slope] for leaky_relu, else unused."""
-    kind, n = a[0], x.shape[0]
-    if kind == RELU:
-        for i in prange(n):
-            y[i] = 0 if x[i] <= 0 else x[i]  # keeps NaN, as torch.relu
-    elif kind == LEAKY_RELU:
-        slope = consts[0]
-        for i in prange(n):
-            y[i] = x[i] * slope if x[i] <= 0 else x[i]
-    elif kind == SIGMOID:
-        for i in prange(n):
-            y[i] = 1.0 / (1.0 + np.exp(-x[i]))
-    elif kind == TANH:
-        for i in prange(n):
-            y[i] = np.tanh(x[i])
-    elif kind == GELU:
-        for i in prange(n):
-            y[i] = 0.5 * x[i] * (1.0 + math.erf(x[i] * _SQRT_HALF))
-    elif kind == GELU_TANH:
-        for i in prange(n):
-            v = x[i]
-            y[i] = 0.5 * v * (1.0 + np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
-    else:
-        for i in prange(n):
-            y[i] = x[i]
+    kind, slope = a[0], consts[0]
+    for c in prange((x.shape[0] + CHUNK - 1) // CHUNK):
+        _unary_chunk(x[c * CHUNK : (c + 1) * CHUNK], y[c * CHUNK : (c + 1) * CHUNK], kind, slope)
     return 0
 
 
 @kernel(buffers=3)
 def binary(p, q, y, a):
     """a = [kind]: y = p + q or y = p * q, same shapes."""
-    kind, n = a[0], y.shape[0]
-    if kind == ADD:
-        for i in prange(n):
-            y[i] = p[i] + q[i]
-    else:
-        for i in prange(n):
-            y[i] = p[i] * q[i]
+    kind = a[0]
+    for c in prange((y.shape[0] + CHUNK - 1) // CHUNK):
+        lo, hi = c * CHUNK, (c + 1) * CHUNK
+        pc, qc, yc = p[lo:hi], q[lo:hi], y[lo:hi]
+        if kind == ADD:
+            for i in range(yc.shape[0]):
+                yc[i] = pc[i] + qc[i]
+        else:
+            for i in range(yc.shape[0]):
+                yc[i] = pc[i] * qc[i]
     return 0
 
 

@@ -34,9 +34,9 @@ def batch_norm(x, mean, var, weight, bias, y, consts, a):
         if affine:
             alpha = alpha * weight[ch]
             beta = bias[ch] - mean[ch] * alpha
-        start = p * inner
-        for j in range(start, start + inner):
-            y[j] = x[j] * alpha + beta
+        src, dst = x[p * inner : (p + 1) * inner], y[p * inner : (p + 1) * inner]
+        for j in range(inner):
+            dst[j] = src[j] * alpha + beta
     return 0
 
 

@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
-from backends.cpu.windows import valid_range
+from backends.cpu.windows import max_into, valid_range
 from graph.ir import Node
 
 
@@ -30,6 +30,16 @@ def _window_count(o, stride, pad, kernel, size, count_pad):
     start = o * stride - pad
     end = min(start + kernel, size + pad)
     return end - start if count_pad else min(end, size) - max(start, 0)
+
+
+@njit(inline="always", cache=True)
+def _pool_row(dst, row, is_max):
+    """Fold one tap's row of inputs into the outputs: running max, or running sum."""
+    if is_max:
+        max_into(dst, row)
+    else:
+        for j in range(dst.shape[0]):
+            dst[j] += row[j]
 
 
 @kernel(buffers=2)
@@ -45,15 +55,13 @@ def window_pool(x, y, a):
                 x_lo, x_hi = valid_range(ow, w, sw, pw, kj * dw)
                 for oy in range(y_lo, y_hi):
                     base = src + (oy * sh - ph + ki * dh) * w - pw + kj * dw
-                    row = oy * ow
-                    if is_max:
-                        for ox in range(x_lo, x_hi):
-                            v = x[base + ox * sw]
-                            if v > out[row + ox] or v != v:
-                                out[row + ox] = v
+                    dst = out[oy * ow + x_lo : oy * ow + x_hi]
+                    if sw == 1:
+                        _pool_row(dst, x[base + x_lo : base + x_hi], is_max)
                     else:
-                        for ox in range(x_lo, x_hi):
-                            out[row + ox] += x[base + ox * sw]
+                        _pool_row(
+                            dst, x[base + x_lo * sw : base + (x_hi - 1) * sw + 1 : sw], is_max
+                        )
         if not is_max:
             for oy in range(oh):
                 rows = _window_count(oy, sh, ph, kh, h, count_pad)
