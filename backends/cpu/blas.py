@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llvmlite import ir
+from numba import njit
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 from numba.np.linalg import ensure_blas, get_blas_kind, make_constant_slot
@@ -113,3 +114,9 @@ def single_threaded_blas() -> None:
         # SciPy's wheel keeps its OpenBLAS in scipy.libs/; NumPy's lives in numpy.libs/.
         if pool.internal_api == "openblas" and Path(pool.filepath).parent.name == "scipy.libs":
             pool.set_num_threads(1)
+
+
+@njit(inline="always", cache=True)
+def matmul(m, n, k, a, b, c, beta=0.0, trans_b=0):
+    """``C = A @ op(B) + beta*C`` with each operand given as (flat array, offset, row stride)."""
+    return gemm(0, trans_b, m, n, k, a[0], a[1], a[2], b[0], b[1], b[2], beta, c[0], c[1], c[2])

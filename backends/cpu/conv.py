@@ -1,23 +1,31 @@
 """CPU convolution and linear kernels.
 
-Layout: NCHW activations, OIHW weights, flat buffers (see ``kernels.py``).
+Layout: NCHW activations, OIHW weights, flat buffers (see ``kernels.py``). Every GEMM is a
+single-threaded BLAS call inside a parallel task (``blas.py``), with explicit leading
+dimensions so it reads and writes sub-matrices in place. The lowering picks one of:
 
-- ``conv2d_gemm``: the output pixels of each (image, group) are cut into blocks of ``block``
-  pixels; each block is one task on Numba's threads: im2col of just that block into the task's
-  thread slot of the scratch buffer (rows ``(ci, ki, kj)``, ``block`` columns, sized to stay
-  in the L2 cache), then one single-threaded GEMM ``W_g [OC/g, C/g*KH*KW] @ cols`` written
-  straight into the block's columns of the output (leading dimension OH*OW), then the bias.
-  A pointwise conv (1x1, stride 1, no padding) skips im2col: the image is the column matrix.
+- ``conv2d_shifted`` (stride 1, not pointwise): no im2col. The image is copied once into a
+  zero-bordered buffer of row length Wp = W + PL + PR; on the "wide" output grid OH x Wp, tap
+  (ki, kj) reads the padded image shifted by ``ki*DH*Wp + kj*DW`` elements, so the conv is a sum
+  of KH*KW GEMMs ``W[:, :, ki, kj] [OC/g, C/g] @ shifted image [C/g, band of wide pixels]``
+  whose B operand is a strided view of the padded image (leading dimension: the padded plane).
+  Columns ox >= OW of the wide grid are garbage and dropped when the band is copied out (with
+  the bias). Each task is one band of output rows of one group.
+- ``conv2d_gemm`` (strided): the output pixels of each (image, group) are cut into blocks; each
+  block is one task: im2col of just that block into the task's thread slot of the scratch
+  (rows ``(ci, ki, kj)``, sized to stay in L2), then ``W_g [OC/g, C/g*KH*KW] @ cols`` straight
+  into the block's columns of the output, then the bias. A pointwise conv (1x1, stride 1, no
+  padding) skips im2col: the image is the column matrix.
 - ``conv2d_direct``: direct loops, parallel over (image, output channel) planes; each tap
-  (input channel, ki, kj) is a branch-free, vectorisable run over the outputs whose input lies
-  inside the image. Chosen for depthwise convs and for convs too small in output channels or
-  taps for a GEMM to pay off.
+  (input channel, ki, kj) is a vectorisable run over the outputs whose input lies inside the
+  image. For depthwise convs and convs too thin or too small for a GEMM to pay off.
 - ``linear``: ``y = x @ W.T + b``, one GEMM per block of output features.
 
-Buffers: conv2d_gemm(x, w, b, y, cols), conv2d_direct(x, w, b, y), linear(x, w, b, y);
-``b`` is empty when the layer has no bias.
-Attrs: [N, C, H, W, OC, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, groups, pointwise, block];
-linear [N, in_features, out_features, block].
+Buffers: conv2d_shifted/conv2d_gemm(x, w, b, y, scratch), conv2d_direct(x, w, b, y),
+linear(x, w, b, y); ``b`` is empty when the layer has no bias.
+Attrs: [N, C, H, W, OC, OH, OW, KH, KW] then shifted [PT, PB, PL, PR, DH, DW, groups, band],
+gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block], direct [SH, SW, PT, PL, DH, DW,
+groups]; linear [N, in_features, out_features, block].
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import numba
 from numba import get_thread_id, njit, prange
 
-from backends.cpu.blas import gemm
+from backends.cpu.blas import matmul
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
 from backends.cpu.windows import axpy, valid_range
@@ -33,6 +41,8 @@ from graph.ir import Node
 
 # im2col blocks aim at this many bytes, so a block stays in L2 while the GEMM reads it.
 BLOCK_BYTES = 256 * 1024
+# Wide pixels (output rows x padded width) per shifted-GEMM task.
+SHIFTED_PIXELS = 256
 # Below this many output channels per group, a GEMM's M dimension is too thin for BLAS.
 DIRECT_MAX_CHANNELS = 8
 # Below this many MACs per image, im2col and a BLAS call cost more than direct loops.
@@ -48,25 +58,33 @@ def _im2col_block(
     for r in range(rows):
         ci, kk = r // (kh * kw), r % (kh * kw)
         ki, kj = kk // kw, kk % kw
-        x_lo, x_hi = valid_range(ow, wd, sw, pl, kj * dw)
-        p = start
-        while p < start + width:
-            oy, ox0 = p // ow, p % ow
-            ox1 = min(ow, ox0 + start + width - p)
-            out = slot + r * width + p - start - ox0  # cols index of output column ox
-            iy = oy * sh - pt + ki * dh
-            lo, hi = max(ox0, x_lo), min(ox1, x_hi)
-            if iy < 0 or iy >= h or lo >= hi:
-                cols[out + ox0 : out + ox1] = 0
+        plane = src + ci * h * wd
+        row = cols[slot + r * width : slot + (r + 1) * width]
+        _im2col_row(x, plane, h, wd, ow, sh, sw, pt, pl, ki * dh, kj * dw, start, row)
+
+
+@njit(inline="always", cache=True)
+def _im2col_row(x, plane, h, wd, ow, sh, sw, pt, pl, dy, dx, start, row):
+    """One tap's row of the column matrix, output row by output row."""
+    x_lo, x_hi = valid_range(ow, wd, sw, pl, dx)
+    width, p = row.shape[0], start
+    while p < start + width:
+        oy, ox0 = p // ow, p % ow
+        ox1 = min(ow, ox0 + start + width - p)
+        out = p - start - ox0  # row index of output column ox
+        iy = oy * sh - pt + dy
+        lo, hi = max(ox0, x_lo), min(ox1, x_hi)
+        if iy < 0 or iy >= h or lo >= hi:
+            row[out + ox0 : out + ox1] = 0
+        else:
+            row[out + ox0 : out + lo] = 0
+            base = plane + iy * wd - pl + dx
+            if sw == 1:
+                row[out + lo : out + hi] = x[base + lo : base + hi]
             else:
-                cols[out + ox0 : out + lo] = 0
-                base = src + (ci * h + iy) * wd - pl + kj * dw
-                if sw == 1:
-                    cols[out + lo : out + hi] = x[base + lo : base + hi]
-                else:
-                    cols[out + lo : out + hi] = x[base + lo * sw : base + (hi - 1) * sw + 1 : sw]
-                cols[out + hi : out + ox1] = 0
-            p += ox1 - ox0
+                row[out + lo : out + hi] = x[base + lo * sw : base + (hi - 1) * sw + 1 : sw]
+            row[out + hi : out + ox1] = 0
+        p += ox1 - ox0
 
 
 @kernel(buffers=5)
@@ -80,38 +98,82 @@ def conv2d_gemm(x, w, b, y, cols, a):
         start = (task % blocks) * block
         width = min(block, ohw - start)
         src, dst = (i * c + g * cg) * hw, (i * oc + g * ocg) * ohw + start
+        weights = (w, g * ocg * rows, rows)
         if pointwise:
-            code = gemm(
-                0,
-                0,
-                ocg,
-                width,
-                rows,
-                w,
-                g * ocg * rows,
-                rows,
-                x,
-                src + start,
-                hw,
-                0.0,
-                y,
-                dst,
-                ohw,
-            )
+            code = matmul(ocg, width, rows, weights, (x, src + start, hw), (y, dst, ohw))
         else:
             slot = get_thread_id() * rows * block
             _im2col_block(
                 x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot
             )
-            code = gemm(
-                0, 0, ocg, width, rows, w, g * ocg * rows, rows, cols, slot, width, 0.0, y, dst, ohw
-            )
-        if code != 0:
-            status = code
+            code = matmul(ocg, width, rows, weights, (cols, slot, width), (y, dst, ohw))
+        status = code if code != 0 else status
         if b.shape[0]:
             for o in range(ocg):
                 y[dst + o * ohw : dst + o * ohw + width] += b[g * ocg + o]
     return status
+
+
+@kernel(buffers=5)
+def conv2d_shifted(x, w, b, y, scratch, a):
+    n, c, h, wd, oc, oh, ow, kh, kw, pt, pb, pl, pr, dh, dw, groups, band = a[:17]
+    cg, ocg, taps = c // groups, oc // groups, kh * kw
+    wp, hp = wd + pl + pr, h + pt + pb
+    plane, wide = hp * wp, band * wp
+    # scratch: [per-tap weights: groups x taps x OC/g x C/g | padded image + slack | wide slots]
+    tapped, padded = scratch[: oc * cg * taps], scratch[oc * cg * taps :]
+    slack = (kw - 1) * dw  # the last band's garbage columns read this far past the image
+    padded[c * plane : c * plane + slack] = 0
+    slots = padded[c * plane + slack :]
+    for o in prange(oc):
+        for ci in range(cg):
+            for t in range(taps):
+                tapped[((o // ocg * taps + t) * ocg + o % ocg) * cg + ci] = w[
+                    (o * cg + ci) * taps + t
+                ]
+    bands, status = (oh + band - 1) // band, 0
+    for i in range(n):
+        for ci in prange(c):
+            _pad_plane(
+                x[(i * c + ci) * h * wd : (i * c + ci + 1) * h * wd],
+                padded,
+                ci * plane,
+                h,
+                wd,
+                pt,
+                pl,
+                wp,
+                plane,
+            )
+        for task in prange(groups * bands):
+            g, oy0 = task // bands, (task % bands) * band
+            width = min(band, oh - oy0) * wp
+            slot = get_thread_id() * ocg * wide
+            for t in range(taps):
+                shift = (oy0 + t // kw * dh) * wp + t % kw * dw
+                tap_weights = (tapped, (g * taps + t) * ocg * cg, cg)
+                image = (padded, g * cg * plane + shift, plane)
+                code = matmul(
+                    ocg, width, cg, tap_weights, image, (slots, slot, width), 0.0 if t == 0 else 1.0
+                )
+                status = code if code != 0 else status
+            for o in range(ocg):
+                bias = b[g * ocg + o] if b.shape[0] else 0.0
+                for r in range(width // wp):
+                    out = ((i * oc + g * ocg + o) * oh + oy0 + r) * ow
+                    dst, row = y[out : out + ow], slots[slot + o * width + r * wp :]
+                    for k in range(ow):
+                        dst[k] = row[k] + bias
+    return status
+
+
+@njit(inline="always", cache=True)
+def _pad_plane(src, padded, start, h, wd, pt, pl, wp, plane):
+    """Copy one H x W plane into a zero-bordered plane of row length wp at ``start``."""
+    padded[start : start + plane] = 0
+    for iy in range(h):
+        row = start + (iy + pt) * wp + pl
+        padded[row : row + wd] = src[iy * wd : (iy + 1) * wd]
 
 
 @kernel(buffers=4)
@@ -146,30 +208,16 @@ def linear(x, w, b, y, a):
     for task in prange((out_features + block - 1) // block):
         start = task * block
         width = min(block, out_features - start)
-        code = gemm(
-            0,
-            1,
-            n,
-            width,
-            in_features,
-            x,
-            0,
-            in_features,
-            w,
-            start * in_features,
-            in_features,
-            0.0,
-            y,
-            start,
-            out_features,
+        weights = (w, start * in_features, in_features)
+        code = matmul(
+            n, width, in_features, (x, 0, in_features), weights, (y, start, out_features), trans_b=1
         )
-        if code != 0:
-            status = code
+        status = code if code != 0 else status
         if b.shape[0]:
             for i in range(n):
-                y[i * out_features + start : i * out_features + start + width] += b[
-                    start : start + width
-                ]
+                row = y[i * out_features + start : i * out_features + start + width]
+                for k in range(width):
+                    row[k] += b[start + k]
     return status
 
 
@@ -188,61 +236,73 @@ def _is_pointwise(node: Node) -> bool:
 
 
 def _rows_and_block(node: Node) -> tuple[int, int]:
-    """im2col rows, and the pixel block: the L2 budget's worth of columns, a multiple of 16."""
+    """im2col rows, and the pixel block: about the L2 budget's worth of columns, a multiple of
+    16, with the image cut into a multiple of the thread count of equal blocks (so the
+    threads finish together)."""
     _, cg, kh, kw = node.inputs[1].shape
     _, _, oh, ow = node.outputs[0].shape
-    rows = cg * kh * kw
-    columns = BLOCK_BYTES // (rows * node.outputs[0].type.itemsize)
-    return rows, min(oh * ow, max(64, columns // 16 * 16))
+    rows, ohw, threads = cg * kh * kw, oh * ow, numba.config.NUMBA_NUM_THREADS
+    target = max(64, BLOCK_BYTES // (rows * node.outputs[0].type.itemsize))
+    blocks = -(-ohw // target)
+    blocks = -(-blocks // threads) * threads if blocks > 1 or node.inputs[0].shape[0] == 1 else 1
+    block = -(-ohw // blocks)
+    return rows, min(ohw, -(-block // 16) * 16)
+
+
+def _is_shifted(node: Node) -> bool:
+    return node.attrs["stride"] == (1, 1) and not _is_pointwise(node)
+
+
+def _band(node: Node) -> int:
+    """Output rows per shifted-GEMM task: about SHIFTED_PIXELS wide pixels, in a multiple of
+    the thread count of equal bands."""
+    (_, _, oh, _), (_, _, pl, pr) = node.outputs[0].shape, node.attrs["padding"]
+    wp, threads = node.inputs[0].shape[3] + pl + pr, numba.config.NUMBA_NUM_THREADS
+    bands = -(-oh // max(1, SHIFTED_PIXELS // wp))
+    bands = -(-bands // threads) * threads
+    return max(1, -(-oh // bands))
+
+
+def _conv2d_scratch_numel(node: Node) -> int:
+    """Scratch elements: per-tap weights, the padded image and one wide band per thread for the
+    shifted GEMM; one im2col block per thread for im2col; none for direct and pointwise."""
+    (_, c, h, wd), (oc, cg, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
+    threads = numba.config.NUMBA_NUM_THREADS
+    if _is_direct(node) or _is_pointwise(node):
+        return 0
+    if _is_shifted(node):
+        pt, pb, pl, pr = node.attrs["padding"]
+        wp, dw = wd + pl + pr, node.attrs["dilation"][1]
+        band_numel = oc // node.attrs["groups"] * _band(node) * wp
+        return oc * cg * kh * kw + c * (h + pt + pb) * wp + (kw - 1) * dw + threads * band_numel
+    rows, block = _rows_and_block(node)
+    return threads * rows * block
 
 
 def _conv2d_scratch(node: Node) -> int:
-    """One im2col block per Numba thread (none for direct and pointwise convs)."""
-    if _is_direct(node) or _is_pointwise(node):
-        return 0
-    rows, block = _rows_and_block(node)
-    return numba.config.NUMBA_NUM_THREADS * rows * block * node.outputs[0].type.itemsize
+    return _conv2d_scratch_numel(node) * node.outputs[0].type.itemsize
 
 
 @lowers("conv2d", scratch=_conv2d_scratch)
 def _lower_conv2d(node: Node, io: NodeIO):
-    x, w = node.inputs[0], node.inputs[1]
-    (n, c, h, wd), (oc, cg, kh, kw) = x.shape, w.shape
+    (n, c, h, wd), (oc, cg, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
     _, _, oh, ow = node.outputs[0].shape
-    (sh, sw), (pt, _, pl, _), (dh, dw) = (
-        node.attrs["stride"],
-        node.attrs["padding"],
-        node.attrs["dilation"],
-    )
-    rows, block = _rows_and_block(node)
-    attrs = [
-        n,
-        c,
-        h,
-        wd,
-        oc,
-        oh,
-        ow,
-        kh,
-        kw,
-        sh,
-        sw,
-        pt,
-        pl,
-        dh,
-        dw,
-        node.attrs["groups"],
-        int(_is_pointwise(node)),
-        block,
-    ]
+    (sh, sw), (pt, pb, pl, pr) = node.attrs["stride"], node.attrs["padding"]
+    (dh, dw), groups = node.attrs["dilation"], node.attrs["groups"]
     bias = io.input(2) if len(node.inputs) == 3 else io.empty()
-    work = io.output()[1] * cg * kh * kw
+    parallel = io.parallel(io.output()[1] * cg * kh * kw)
+    buffers = [io.input(0), io.input(1), bias, io.output()]
+    shape = [n, c, h, wd, oc, oh, ow, kh, kw]
     if _is_direct(node):
-        buffers = [io.input(0), io.input(1), bias, io.output()]
-        return [conv2d_direct.step(node.name, io.dtype, io.parallel(work), buffers, attrs)]
-    cols = io.scratch(numba.config.NUMBA_NUM_THREADS * rows * block)
-    buffers = [io.input(0), io.input(1), bias, io.output(), cols]
-    return [conv2d_gemm.step(node.name, io.dtype, io.parallel(work), buffers, attrs)]
+        attrs = shape + [sh, sw, pt, pl, dh, dw, groups]
+        return [conv2d_direct.step(node.name, io.dtype, parallel, buffers, attrs)]
+    scratch = io.scratch(_conv2d_scratch_numel(node))
+    if _is_shifted(node):
+        attrs = shape + [pt, pb, pl, pr, dh, dw, groups, _band(node)]
+        return [conv2d_shifted.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
+    attrs = shape + [sh, sw, pt, pl, dh, dw, groups, int(_is_pointwise(node))]
+    attrs.append(_rows_and_block(node)[1])
+    return [conv2d_gemm.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
 
 
 @lowers("linear")

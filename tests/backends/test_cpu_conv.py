@@ -16,6 +16,7 @@ import torch.nn.functional as TF
 from conftest import DTYPES, OP_TOLERANCE, Net, rel_error, run_with_random_params
 
 import graph.nn as nn
+from backends.cpu import conv as cpu_conv
 
 
 def check_conv(rng, dtype, cin, cout, kernel, input_hw, batch=2, **kwargs) -> None:
@@ -88,13 +89,26 @@ CONV_CASES = {
     "parallel_pointwise": (16, 16, 1, (24, 24), {}),
     "parallel_depthwise": (16, 16, 3, (32, 32), dict(padding=1, groups=16)),
     "parallel_groups_stride2": (8, 8, 3, (40, 40), dict(stride=2, padding=1, groups=2)),
+    "same_blocks_batch3": (16, 32, 3, (20, 23), dict(batch=3, padding=1)),
+    "same_5x5_dilated_blocks": (8, 16, 5, (21, 21), dict(padding=4, dilation=2)),
+    "wide_rows_256_channels": (256, 8, 3, (6, 5), dict(padding=1)),
 }
+
+
+@pytest.fixture(params=["gemm", "direct"])
+def conv_algorithm(request, monkeypatch):
+    """Force the lowering's choice, so every case runs through im2col + GEMM (where the conv
+    has more than one input channel per group) and through the direct loops."""
+    gemm = request.param == "gemm"
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_CHANNELS", 0 if gemm else 1 << 30)
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0 if gemm else 1 << 62)
+    return request.param
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 @pytest.mark.parametrize("case", list(CONV_CASES))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_cases(case, dtype, rng):
+def test_conv2d_cases(case, dtype, rng, conv_algorithm):
     cin, cout, kernel, input_hw, kwargs = CONV_CASES[case]
     check_conv(rng, dtype, cin, cout, kernel, input_hw, **kwargs)
 
