@@ -16,16 +16,17 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   (rows ``(ci, ki, kj)``, sized to stay in L2), then ``W_g [OC/g, C/g*KH*KW] @ cols`` straight
   into the block's columns of the output, then the bias. A pointwise conv (1x1, stride 1, no
   padding) skips im2col: the image is the column matrix.
-- ``conv2d_direct``: direct loops, parallel over (image, output channel) planes; each tap
-  (input channel, ki, kj) is a vectorisable run over the outputs whose input lies inside the
-  image. For depthwise convs and convs too thin or too small for a GEMM to pay off.
+- ``conv2d_direct``: direct loops, parallel over (image, output channel) planes, for depthwise
+  convs and convs too thin or too small for a GEMM to pay off. At stride 1 it uses the wide
+  grid of ``conv2d_shifted`` (each tap is one vectorisable axpy over the whole padded plane);
+  strided, each tap is a run per output row over the outputs whose input lies in the image.
 - ``linear``: ``y = x @ W.T + b``, one GEMM per block of output features.
 
-Buffers: conv2d_shifted/conv2d_gemm(x, w, b, y, scratch), conv2d_direct(x, w, b, y),
-linear(x, w, b, y); ``b`` is empty when the layer has no bias.
+Buffers: conv2d_shifted/conv2d_gemm/conv2d_direct(x, w, b, y, scratch), linear(x, w, b, y);
+``b`` is empty when the layer has no bias; direct's scratch is empty when strided.
 Attrs: [N, C, H, W, OC, OH, OW, KH, KW] then shifted [PT, PB, PL, PR, DH, DW, groups, band],
-gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block], direct [SH, SW, PT, PL, DH, DW,
-groups]; linear [N, in_features, out_features, block].
+gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block], direct [SH, SW, PT, PB, PL, PR,
+DH, DW, groups]; linear [N, in_features, out_features, block].
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ SHIFTED_PIXELS = 256
 DIRECT_MAX_CHANNELS = 8
 # Below this many MACs per image, im2col and a BLAS call cost more than direct loops.
 DIRECT_MAX_MACS = 1 << 20
+# Below this many MACs a conv runs serially: two parallel phases cost about 4 us to start,
+# more than a LeNet-sized layer gains from the second core.
+PARALLEL_MIN_MACS = 1 << 18
 
 
 @njit(cache=True)
@@ -176,10 +180,34 @@ def _pad_plane(src, padded, start, h, wd, pt, pl, wp, plane):
         padded[row : row + wd] = src[iy * wd : (iy + 1) * wd]
 
 
-@kernel(buffers=4)
-def conv2d_direct(x, w, b, y, a):
-    n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups = a[:16]
+@kernel(buffers=5)
+def conv2d_direct(x, w, b, y, scratch, a):
+    n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups = a[:18]
     cg, ocg, hw, ohw = c // groups, oc // groups, h * wd, oh * ow
+    if sh == 1 and sw == 1:
+        # Padded planes, then one axpy per tap over the whole wide (OH x Wp) output grid.
+        wp, taps = wd + pl + pr, kh * kw
+        plane, wide = (h + pt + pb) * wp, oh * wp
+        for q in prange(n * c):
+            _pad_plane(x[q * hw : (q + 1) * hw], scratch, q * plane, h, wd, pt, pl, wp, plane)
+        slack = (kw - 1) * dw  # the last tap's garbage columns read this far past the planes
+        scratch[n * c * plane : n * c * plane + slack] = 0
+        slots = scratch[n * c * plane + slack :]
+        for p in prange(n * oc):
+            i, o = p // oc, p % oc
+            acc = slots[get_thread_id() * wide : (get_thread_id() + 1) * wide]
+            acc[:] = 0
+            for ci in range(cg):
+                src = (i * c + o // ocg * cg + ci) * plane
+                for t in range(taps):
+                    start = src + t // kw * dh * wp + t % kw * dw
+                    axpy(acc, scratch[start : start + wide], w[(o * cg + ci) * taps + t])
+            bias = b[o] if b.shape[0] else 0.0
+            for r in range(oh):
+                dst, row = y[p * ohw + r * ow : p * ohw + (r + 1) * ow], acc[r * wp :]
+                for k in range(ow):
+                    dst[k] = row[k] + bias
+        return 0
     for p in prange(n * oc):
         i, o = p // oc, p % oc
         out = y[p * ohw : (p + 1) * ohw]
@@ -268,11 +296,16 @@ def _conv2d_scratch_numel(node: Node) -> int:
     shifted GEMM; one im2col block per thread for im2col; none for direct and pointwise."""
     (_, c, h, wd), (oc, cg, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
     threads = numba.config.NUMBA_NUM_THREADS
-    if _is_direct(node) or _is_pointwise(node):
+    pt, pb, pl, pr = node.attrs["padding"]
+    wp, dw = wd + pl + pr, node.attrs["dilation"][1]
+    if _is_direct(node):
+        if node.attrs["stride"] != (1, 1):
+            return 0
+        n, oh = node.inputs[0].shape[0], node.outputs[0].shape[2]
+        return n * c * (h + pt + pb) * wp + (kw - 1) * dw + threads * oh * wp
+    if _is_pointwise(node):
         return 0
     if _is_shifted(node):
-        pt, pb, pl, pr = node.attrs["padding"]
-        wp, dw = wd + pl + pr, node.attrs["dilation"][1]
         band_numel = oc // node.attrs["groups"] * _band(node) * wp
         return oc * cg * kh * kw + c * (h + pt + pb) * wp + (kw - 1) * dw + threads * band_numel
     rows, block = _rows_and_block(node)
@@ -290,13 +323,13 @@ def _lower_conv2d(node: Node, io: NodeIO):
     (sh, sw), (pt, pb, pl, pr) = node.attrs["stride"], node.attrs["padding"]
     (dh, dw), groups = node.attrs["dilation"], node.attrs["groups"]
     bias = io.input(2) if len(node.inputs) == 3 else io.empty()
-    parallel = io.parallel(io.output()[1] * cg * kh * kw)
+    parallel = io.output()[1] * cg * kh * kw >= PARALLEL_MIN_MACS
     buffers = [io.input(0), io.input(1), bias, io.output()]
     shape = [n, c, h, wd, oc, oh, ow, kh, kw]
-    if _is_direct(node):
-        attrs = shape + [sh, sw, pt, pl, dh, dw, groups]
-        return [conv2d_direct.step(node.name, io.dtype, parallel, buffers, attrs)]
     scratch = io.scratch(_conv2d_scratch_numel(node))
+    if _is_direct(node):
+        attrs = shape + [sh, sw, pt, pb, pl, pr, dh, dw, groups]
+        return [conv2d_direct.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
     if _is_shifted(node):
         attrs = shape + [pt, pb, pl, pr, dh, dw, groups, _band(node)]
         return [conv2d_shifted.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
