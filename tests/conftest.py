@@ -1,53 +1,9 @@
-"""Shared test helpers: relative errors, tolerances, and torch twins of graph.nn models.
-
-Oracles are PyTorch (CPU, float32 and float64). Tolerances follow DESIGN.md:
-``||out - ref|| / ||ref||`` below 1e-5 (float32) or 1e-10 (float64) per op, 1e-4 / 1e-10 for
-whole networks.
-"""
+"""Fixtures shared by every test. Helpers that tests import live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-
-import engine
-from graph import nn
-
-OP_TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
-NET_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
-DTYPES = ("float32", "float64")
-
-
-def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """``||actual - expected|| / ||expected||``; NaN anywhere in ``actual`` gives inf."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    if actual.shape != expected.shape:
-        raise AssertionError(f"shape {actual.shape} != expected {expected.shape}")
-    if not np.all(np.isfinite(actual)):
-        return float("inf")
-    scale = np.linalg.norm(expected)
-    return float(np.linalg.norm(actual - expected) / (scale if scale > 0 else 1.0))
-
-
-def run_poisoned(model, x: np.ndarray, dtype: str) -> np.ndarray:
-    """Compile ``model`` for ``x``'s shape, poison every buffer with NaN, run once."""
-    exe = engine.compile(model, x.shape[1:], batch=x.shape[0], dtype=dtype)
-    exe.poison_buffers()
-    return exe.run(x.astype(dtype))
-
-
-def torch_twin(model, torch_model: torch.nn.Module, dtype: str) -> torch.nn.Module:
-    """Load ``model``'s weights into ``torch_model`` (strictly: the keys must match)."""
-    state = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
-    torch_model.load_state_dict(state, strict=True)
-    torch_model = torch_model.eval()
-    return torch_model.double() if dtype == "float64" else torch_model.float()
-
-
-def torch_run(torch_model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return torch_model(torch.from_numpy(x)).numpy()
 
 
 @pytest.fixture
@@ -56,58 +12,3 @@ def rng() -> np.random.Generator:
     seed = int(np.random.SeedSequence().entropy % (2**32))
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)
-
-
-class Lambda(nn.Module):
-    """A parameter-free layer that applies ``fn`` (graph.functional calls) to its input."""
-
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
-class Net(nn.Module):
-    """``layer`` after an optional Flatten, so its parameters are named ``layer.*``."""
-
-    def __init__(self, layer: nn.Module, flatten: bool = False) -> None:
-        super().__init__()
-        self.flatten = nn.Flatten() if flatten else nn.Identity()
-        self.layer = layer
-
-    def forward(self, x):
-        return self.layer(self.flatten(x))
-
-
-def check(
-    model: nn.Module, oracle, shape, dtype: str, rng: np.random.Generator, exact: bool = False
-) -> None:
-    """Run ``model`` on a fresh random batch and compare with ``oracle`` (a torch function);
-    ``exact`` also demands bit equality (for ops that only move data)."""
-    x = rng.standard_normal(shape).astype(dtype)
-    out = run_poisoned(model, x, dtype)
-    with torch.no_grad():
-        ref = oracle(torch.from_numpy(x)).numpy()
-    err = rel_error(out, ref)
-    assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
-    if exact:
-        np.testing.assert_array_equal(out, ref)
-
-
-def run_with_random_params(
-    model: nn.Module, x: np.ndarray, dtype: str, rng: np.random.Generator
-) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-    """Compile for ``x``, write fresh random parameters in ``dtype`` (BatchNorm variances in
-    [0.1, 4]), poison, run once. Returns the output and the parameters as torch tensors."""
-    exe = engine.compile(model, x.shape[1:], batch=x.shape[0], dtype=dtype)
-    params = {}
-    for name, array in exe.params.items():
-        if name.endswith("running_var"):
-            array[...] = rng.uniform(0.1, 4.0, array.shape)
-        else:
-            array[...] = 2.0 * rng.standard_normal(array.shape)
-        params[name] = torch.from_numpy(array.copy())
-    exe.poison_buffers()
-    return exe.run(x), params

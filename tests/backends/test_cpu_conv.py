@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import DTYPES, OP_TOLERANCE, Net, rel_error, run_with_random_params
 
 import graph.nn as nn
 from backends.cpu import conv as cpu_conv
+from tests.helpers import DTYPES, OP_TOLERANCE, Net, rel_error, run_with_random_params
 
 
 def check_conv(rng, dtype, cin, cout, kernel, input_hw, batch=2, **kwargs) -> None:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import DTYPES, OP_TOLERANCE, Lambda, check, rel_error, run_poisoned
 
 import graph.functional as F
 import graph.nn as nn
 from backends.cpu.lowering import PARALLEL_MIN_WORK
+from tests.helpers import DTYPES, OP_TOLERANCE, Lambda, check, rel_error, run_poisoned
 
 # (N, C, H, W): 210 elements (serial kernel), 36864 (parallel kernel)
 SHAPES = [(2, 3, 5, 7), (2, 8, 48, 48)]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import DTYPES, OP_TOLERANCE, Net, rel_error, run_poisoned, run_with_random_params
 
 import graph.functional as F
 import graph.nn as nn
+from tests.helpers import DTYPES, OP_TOLERANCE, Net, rel_error, run_poisoned, run_with_random_params
 
 SHAPES = [(2, 5, 7, 9), (2, 16, 40, 40)]
 SHAPE_IDS = ["serial", "parallel"]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import DTYPES, Lambda, check, run_poisoned
 
 import graph.functional as F
 import graph.nn as nn
+from tests.helpers import DTYPES, Lambda, check, run_poisoned
 
 SMALL = (2, 3, 9, 11)  # odd sizes, so ceil_mode changes the output size
 LARGE = (2, 8, 64, 64)  # above PARALLEL_MIN_WORK of output x window work

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import DTYPES, OP_TOLERANCE, Lambda, check, rel_error, run_poisoned
 
 import graph.functional as F
 import graph.nn as nn
+from tests.helpers import DTYPES, OP_TOLERANCE, Lambda, check, rel_error, run_poisoned
 
 SMALL = (2, 6, 5, 7)
 LARGE = (2, 12, 48, 48)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import DTYPES, NET_TOLERANCE, rel_error, run_poisoned, torch_run, torch_twin
 
 import engine
 from graph import functional as F
 from graph import nn
+from tests.helpers import DTYPES, NET_TOLERANCE, rel_error, run_poisoned, torch_run, torch_twin
 
 GRAPH_OPS = {"add": F.add, "cat": F.cat}
 TORCH_OPS = {"add": torch.add, "cat": torch.cat}

@@ -17,10 +17,10 @@ import textwrap
 
 import numpy as np
 import torch
-from conftest import NET_TOLERANCE, rel_error, torch_run, torch_twin
 
 from backends.cpu.lowering import PARALLEL_MIN_WORK
 from graph import nn
+from tests.helpers import NET_TOLERANCE, rel_error, torch_run, torch_twin
 
 BATCH, CHANNELS, SIZE, SEED = 2, 16, 32, 7
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
