@@ -38,10 +38,14 @@ def environment_line() -> str:
     import torch
 
     coretype = os.environ.get("OPENBLAS_CORETYPE", "unset (native AVX-512 kernels)")
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = "not started"
     return (
         f"cpu={platform.processor() or platform.machine()} cores={os.cpu_count()} "
         f"OPENBLAS_CORETYPE={coretype} numba={numba.__version__} "
-        f"threading_layer={numba.config.THREADING_LAYER} torch={torch.__version__} "
+        f"threading_layer={layer} torch={torch.__version__} "
         f"torch_threads={torch.get_num_threads()} flush-to-zero=off"
     )
 

@@ -58,7 +58,6 @@ def _macs(exe: engine.Executable) -> int:
 
 
 def main() -> None:
-    print(environment_line())
     rows = []
     torch.set_grad_enabled(False)
     for label, make, shape in CASES:
@@ -89,6 +88,7 @@ def main() -> None:
                     f"{t_nchw / ours:.2f}x",
                 ]
             )
+    print(environment_line())
     print_table(
         [
             "op",
