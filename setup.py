@@ -18,7 +18,15 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["graph", "graph.*", "backends", "backends.*", "engine", "zoo"]),
     ext_modules=cythonize([runtime], language_level=3),
-    install_requires=["numpy>=2.0", "numba>=0.60", "scipy>=1.10", "threadpoolctl>=3.1"],
+    install_requires=[
+        "numpy>=2.0",
+        "numba>=0.60",
+        "scipy>=1.10",
+        "threadpoolctl>=3.1",
+        "scikit-learn>=1.3",
+        "pillow>=10",
+        "safetensors>=0.4",
+    ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0"],
         "gpu": ["cupy-cuda12x"],

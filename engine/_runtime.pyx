@@ -34,15 +34,18 @@ cdef class Runner:
         self._int_start = np.ascontiguousarray(int_start, np.int64)
         self.count = self._functions.shape[0]
 
-    def run(self, Py_ssize_t repeat=1):
-        """Run every step ``repeat`` times; returns (failed step index, code) or (-1, 0)."""
+    def run(self, Py_ssize_t repeat=1, Py_ssize_t start=0, Py_ssize_t stop=-1):
+        """Run steps [start, stop) (stop -1: to the end) ``repeat`` times; returns
+        (failed step index, code) or (-1, 0)."""
         cdef Py_ssize_t i = 0, _
+        if stop < 0 or stop > self.count:
+            stop = self.count
         cdef int32_t code = 0
         cdef void** pointers = <void**>&self._pointers[0]
         cdef int64_t* ints = <int64_t*>&self._ints[0]
         with nogil:
             for _ in range(repeat):
-                for i in range(self.count):
+                for i in range(start, stop):
                     code = (<StepFunction>self._functions[i])(
                         pointers + self._pointer_start[i], ints + self._int_start[i]
                     )

@@ -1,4 +1,4 @@
-"""``compile``: trace, plan memory, lower every node, pack the plan for the executor."""
+"""``compile``: trace, differentiate (training), plan memory, lower every node, pack the plan."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from backends import get_backend
+from backends.base import Backend
 from engine._runtime import Runner
-from engine.executable import Executable
+from engine.executable import Executable, Plan
+from engine.optim import Optimizer
+from graph.autodiff import autodiff
 from graph.ir import Graph
 from graph.memory import plan_naive, transient_buffers
 from graph.nn import Module, Parameter
@@ -21,6 +24,10 @@ def compile(
     batch: int = 1,
     backend: str = "cpu",
     dtype: str = "float32",
+    train: bool = False,
+    loss: str | None = None,
+    optimizer: Optimizer | None = None,
+    label_smoothing: float = 0.0,
 ) -> Executable:
     """Compile ``model`` for inputs of shape [batch, *input_shape].
 
@@ -30,37 +37,61 @@ def compile(
         batch: the fixed batch size.
         backend: "cpu".
         dtype: "float32" or "float64".
+        train: also build the training plan (forward in training mode, loss, backward, and the
+            optimizer's updates when ``optimizer`` is given).
+        loss: "cross_entropy" (default when training) or "mse".
+        optimizer: an ``engine.optim`` optimizer (SGD, Adam, AdamW); needed by ``train_step``.
+        label_smoothing: for the cross-entropy loss, as ``torch.nn.CrossEntropyLoss``.
+        input_grad: with train=True, also compute the loss's gradient with respect to the input
+            (``grads["input"]``).
     Returns:
-        An ``Executable`` with ``run(x)``, ``params``, ``state_dict()``, ``load_state_dict()``.
+        An ``Executable``: ``run(x)``, ``params``, ``state_dict()``, ``load_state_dict()``, and
+        with ``train=True`` also ``forward_backward(x, y)``, ``train_step(x, y)``, ``grads``.
     """
-    graph = trace(model, input_shape, batch, dtype)
+    if not train and (loss is not None or optimizer is not None):
+        raise ValueError("loss and optimizer apply to training: pass train=True as well")
+    forward = trace(model, input_shape, batch, dtype)
     device = get_backend(backend)
-    device.check_supported(graph)
-    scratch = {node.name: device.scratch_bytes(node) for node in graph.nodes}
-    plan = plan_naive(transient_buffers(graph, scratch))
-    arena = device.allocate(plan.arena_bytes)
-    storage = _persistent_storage(graph, model, dtype)
-
-    def address(name: str) -> int:
-        if name in storage:
-            return storage[name].ctypes.data
-        return arena.ctypes.data + plan.offsets[name]
-
-    consts: list[np.ndarray] = []
-    steps, step_nodes = [], []
-    for node in graph.nodes:
-        scratch_key = f"{node.name}#scratch"
-        scratch_address = address(scratch_key) if scratch_key in plan.offsets else 0
-        node_steps = device.lower(node, address, scratch_address, consts)
-        steps += node_steps
-        step_nodes += [node.name] * len(node_steps)
-    runner = Runner(**device.pack(steps))
+    storage = _persistent_storage(forward, model, dtype)
+    inference = _build_plan(forward, device, storage)
+    training = None
+    if train:
+        graph = autodiff(
+            forward, loss or "cross_entropy", input_grad, label_smoothing=label_smoothing
+        )
+        if optimizer is not None:
+            optimizer.add_updates(graph)
+        _add_training_storage(graph, storage, dtype)
+        training = _build_plan(graph, device, storage)
     extra_state = {
         name: np.array(t, copy=True)
         for name, t, _ in model.named_tensors()
         if not isinstance(t, Parameter) and not np.issubdtype(t.dtype, np.floating)
     }
-    return Executable(graph, plan, runner, step_nodes, storage, extra_state, [arena, consts])
+    return Executable(inference, training, storage, extra_state, optimizer)
+
+
+def _build_plan(graph: Graph, device: Backend, storage: dict[str, np.ndarray]) -> Plan:
+    """Plan the graph's transient buffers in one arena and lower every node to steps."""
+    device.check_supported(graph)
+    scratch = {node.name: device.scratch_bytes(node) for node in graph.nodes}
+    memory = plan_naive(transient_buffers(graph, scratch))
+    arena = device.allocate(memory.arena_bytes)
+
+    def address(name: str) -> int:
+        if name in storage:
+            return storage[name].ctypes.data
+        return arena.ctypes.data + memory.offsets[name]
+
+    consts: list[np.ndarray] = []
+    steps, step_nodes = [], []
+    for node in graph.nodes:
+        scratch_key = f"{node.name}#scratch"
+        scratch_address = address(scratch_key) if scratch_key in memory.offsets else 0
+        node_steps = device.lower(node, address, scratch_address, consts)
+        steps += node_steps
+        step_nodes += [node.name] * len(node_steps)
+    return Plan(graph, memory, Runner(**device.pack(steps)), step_nodes, [arena, consts])
 
 
 def _persistent_storage(graph: Graph, model: Module, dtype: str) -> dict[str, np.ndarray]:
@@ -76,3 +107,13 @@ def _persistent_storage(graph: Graph, model: Module, dtype: str) -> dict[str, np
             source.data if isinstance(source, Parameter) else source, dtype=dtype, order="C"
         )
     return storage
+
+
+def _add_training_storage(graph: Graph, storage: dict[str, np.ndarray], dtype: str) -> None:
+    """The target, the loss, gradients, constants and optimizer state (zero, as torch starts)."""
+    for value in graph.inputs + graph.outputs + list(graph.grads.values()):
+        storage.setdefault(value.name, np.full(value.shape, np.nan, dtype))
+    for value in graph.params:
+        storage.setdefault(value.name, np.zeros(value.shape, dtype))
+    for name, fill in graph.consts.items():
+        storage[name] = np.full(graph.values[name].shape, fill, dtype)

@@ -1,52 +1,93 @@
 """The Executable: a compiled model bound to its buffers, run by the Cython executor.
 
-Storage: one arena (planned offsets, ``graph.memory``) for transient activations and scratch;
-persistent arrays for the graph input, the output, each parameter and each state buffer.
-Steps hold raw addresses into these arrays, so they are never reallocated: loading weights
-copies into them in place.
+Storage: each plan (inference, and training when compiled with ``train=True``) has one arena
+(planned offsets, ``graph.memory``) for its transient activations and scratch; persistent
+arrays, shared by the plans, hold the input, the outputs, the target, each parameter and state
+buffer, each gradient, the optimizer state and constants. Steps hold raw addresses into these
+arrays, so they are never reallocated: loading weights copies into them in place.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from engine._runtime import Runner
+from engine.optim import HYPER_VALUE, Optimizer
 from graph.ir import Graph
 from graph.memory import MemoryPlan
+from graph.ops.optim import UPDATES
+
+
+@dataclass
+class Plan:
+    """One lowered graph: its memory plan, its runner, and the node behind each step."""
+
+    graph: Graph
+    memory: MemoryPlan
+    runner: Runner
+    step_nodes: list[str]
+    keep_alive: list
+
+    def first_step_of(self, predicate) -> int:
+        """Index of the first step whose node satisfies ``predicate`` (else the step count)."""
+        nodes = {node.name: node for node in self.graph.nodes}
+        for i, name in enumerate(self.step_nodes):
+            if predicate(nodes[name]):
+                return i
+        return len(self.step_nodes)
+
+    def execute(self, start: int = 0, stop: int | None = None, repeat: int = 1) -> None:
+        stop = self.runner.count if stop is None else stop
+        step, code = self.runner.run(repeat, start, stop)
+        if code:
+            raise RuntimeError(
+                f"{self.step_nodes[step]}: kernel failed with error code {code} (step {step})"
+            )
 
 
 class Executable:
     """A model compiled for one input shape, batch, dtype and backend.
 
     Attributes:
-        graph: the traced graph (print it for the one-line-per-node listing).
+        graph: the traced inference graph (print it for the one-line-per-node listing).
+        training_graph: the training graph, when compiled with ``train=True``.
         params: parameter and state arrays by ``state_dict`` key (live views: writing into them
             changes the model).
-        plan: the memory plan of the transient buffers.
+        grads: after ``forward_backward``/``train_step``, each parameter's gradient by key.
+        training: True in training mode (BatchNorm uses batch statistics, dropout is active).
     """
 
     def __init__(
         self,
-        graph: Graph,
-        plan: MemoryPlan,
-        runner: Runner,
-        step_nodes: list[str],
+        inference: Plan,
+        training: Plan | None,
         storage: dict[str, np.ndarray],
         extra_state: dict[str, np.ndarray],
-        keep_alive: list,
+        optimizer: Optimizer | None,
     ) -> None:
-        self.graph = graph
-        self.plan = plan
-        self._runner = runner
-        self._step_nodes = step_nodes
-        self._input = storage[graph.inputs[0].name]
-        self._output = storage[graph.outputs[0].name]
-        self.params: dict[str, np.ndarray] = {v.name: storage[v.name] for v in graph.params}
+        self._inference, self._training = inference, training
+        self.graph = inference.graph
+        self.training_graph = training.graph if training else None
+        self.optimizer = optimizer
+        self._storage = storage
+        self._input = storage[self.graph.inputs[0].name]
+        self._output = storage[self.graph.outputs[0].name]
+        self.params: dict[str, np.ndarray] = {v.name: storage[v.name] for v in self.graph.params}
         self._extra_state = extra_state
-        self._keep_alive = keep_alive
+        self.training = False
+        if training is not None:
+            graph = training.graph
+            self.grads = {name: storage[v.name] for name, v in graph.grads.items()}
+            self._target = storage["target"]
+            self._loss = storage[graph.outputs[0].name]
+            loss_node = graph.nodes[graph.backward_start - 1]
+            self._loss_op = loss_node.op
+            self._loss_step = training.first_step_of(lambda node: node is loss_node)
+            self._update_step = training.first_step_of(lambda node: node.op in UPDATES)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -56,48 +97,111 @@ class Executable:
     def dtype(self) -> np.dtype:
         return self._input.dtype
 
+    # **** Modes ****
+
+    def train(self, mode: bool = True) -> Executable:
+        """Training mode (as ``torch.nn.Module.train``): ``run`` then normalises with batch
+        statistics, updates BatchNorm's running statistics and applies dropout."""
+        if mode and self._training is None:
+            raise RuntimeError("this executable was compiled without train=True")
+        self.training = mode
+        return self
+
+    def eval(self) -> Executable:
+        return self.train(False)
+
+    # **** Running ****
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Forward pass on one batch of the compiled shape and dtype; returns a new array."""
+        self._load_input(x)
+        if self.training:
+            self._training.execute(stop=self._loss_step)
+            self._count_batch()
+        else:
+            self._inference.execute()
+        return self._output.copy()
+
+    def forward_backward(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Loss of one batch in training mode; gradients are left in ``grads``, weights are not
+        changed (BatchNorm running statistics are, as in a torch forward in train mode)."""
+        self._load_batch(x, y)
+        self._training.execute(stop=self._update_step)
+        self._count_batch()
+        return float(self._loss[0])
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """``forward_backward`` plus the optimizer update, in one executor call."""
+        if self.optimizer is None:
+            raise RuntimeError("train_step needs an optimizer: compile(..., optimizer=...)")
+        self._load_batch(x, y)
+        self.optimizer.steps += 1
+        self._storage[HYPER_VALUE][:] = self.optimizer.hyper_values()
+        self._training.execute()
+        self._count_batch()
+        return float(self._loss[0])
+
+    def _load_input(self, x: np.ndarray) -> None:
         x = np.asarray(x)
         if x.shape != self._input.shape:
             raise ValueError(
-                f"run: expected an input of shape {list(self._input.shape)} (batch, C, H, W as "
+                f"expected an input of shape {list(self._input.shape)} (batch, C, H, W as "
                 f"compiled), but got {list(x.shape)}"
             )
         if x.dtype != self._input.dtype:
             raise TypeError(
-                f"run: expected an input of dtype {self._input.dtype}, but got {x.dtype}; "
+                f"expected an input of dtype {self._input.dtype}, but got {x.dtype}; "
                 f"convert it with x.astype(np.{self._input.dtype})"
             )
         np.copyto(self._input, x)
-        self._execute()
-        return self._output.copy()
+
+    def _load_batch(self, x: np.ndarray, y: np.ndarray) -> None:
+        if self._training is None:
+            raise RuntimeError("this executable was compiled without train=True")
+        self._load_input(x)
+        y = np.asarray(y)
+        if y.shape != self._target.shape:
+            raise ValueError(
+                f"expected a target of shape {list(self._target.shape)}, but got {list(y.shape)}"
+            )
+        if self._loss_op == "cross_entropy":
+            classes = self._output.shape[1]
+            if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= classes:
+                raise ValueError(
+                    f"expected integer class indices in [0, {classes}), but got "
+                    f"dtype {y.dtype}, range [{y.min()}, {y.max()}]"
+                )
+        np.copyto(self._target, y, casting="unsafe")
+
+    def _count_batch(self) -> None:
+        """BatchNorm's num_batches_tracked counts training-mode forward passes, as in torch."""
+        for counter in self._extra_state.values():
+            counter += 1
 
     def poison_buffers(self) -> None:
-        """Fill the arena and the output with NaN bit patterns (a testing aid: an element no
+        """Fill the arenas and the outputs with NaN bit patterns (a testing aid: an element no
         kernel writes then shows up as NaN instead of a stale value)."""
-        self._keep_alive[0].fill(0xFF)
+        for plan in (self._inference, self._training):
+            if plan is not None:
+                plan.keep_alive[0].fill(0xFF)
         self._output.fill(np.nan)
 
     def _execute(self, repeat: int = 1) -> None:
-        step, code = self._runner.run(repeat)
-        if code:
-            raise RuntimeError(
-                f"{self._step_nodes[step]}: kernel failed with error code {code} (step {step})"
-            )
+        self._inference.execute(repeat=repeat)
 
     def profile(self, x: np.ndarray, repeat: int = 20) -> list[dict[str, object]]:
         """Run ``x`` ``repeat`` times and time every step; one row per node (name, op, output
         shape, mean microseconds, share of the total), slowest first."""
-        self.run(x)
-        times, step, code = self._runner.profile(repeat)
+        self._load_input(x)
+        plan = self._inference
+        times, step, code = plan.runner.profile(repeat)
         if code:
-            raise RuntimeError(f"{self._step_nodes[step]}: kernel failed with error code {code}")
+            raise RuntimeError(f"{plan.step_nodes[step]}: kernel failed with error code {code}")
         per_node: dict[str, float] = {}
-        for name, seconds in zip(self._step_nodes, times, strict=False):
+        for name, seconds in zip(plan.step_nodes, times, strict=True):
             per_node[name] = per_node.get(name, 0.0) + seconds / repeat
         total = sum(per_node.values()) or 1.0
-        nodes = {node.name: node for node in self.graph.nodes}
+        nodes = {node.name: node for node in plan.graph.nodes}
         rows = [
             {
                 "name": name,
@@ -109,6 +213,8 @@ class Executable:
             for name, seconds in per_node.items()
         ]
         return sorted(rows, key=lambda row: -row["us"])
+
+    # **** Weights ****
 
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of parameters and buffers with PyTorch's keys (``num_batches_tracked`` too,
@@ -139,8 +245,11 @@ class Executable:
             np.copyto(self.params[name], array, casting="unsafe")
 
     def __repr__(self) -> str:
+        plans = f"steps={self._inference.runner.count}"
+        if self._training is not None:
+            plans += f", training steps={self._training.runner.count}"
         return (
             f"Executable(input={list(self._input.shape)}, dtype={self._input.dtype}, "
-            f"nodes={len(self.graph.nodes)}, steps={self._runner.count}, "
-            f"arena={self.plan.arena_bytes:,} bytes)"
+            f"nodes={len(self.graph.nodes)}, {plans}, "
+            f"arena={self._inference.memory.arena_bytes:,} bytes)"
         )

@@ -7,6 +7,8 @@ A ``Graph`` is a static, fully shaped dataflow graph of a CNN, in the spirit of 
   ``input`` (a graph input), ``param`` (a trainable weight), ``state`` (BatchNorm running
   statistics and other non-trainable buffers), ``act`` (an activation produced by a node),
   ``grad`` (a gradient), ``const`` (a compile-time constant), ``scratch`` (kernel workspace).
+  Ops in ``graph.ops`` declare the inputs they write in place (``OpDef.mutates``: running
+  statistics, weights under an optimizer update); such nodes may have no outputs.
   Parameter values carry PyTorch's dotted names (``layer1.0.conv1.weight``).
 - ``Node(op, inputs, outputs, attrs, name)``: ``op`` names an ``OpDef`` in ``graph.ops``;
   ``attrs`` holds only ints, floats, strings, bools and tuples of them; ``name`` is the layer
@@ -88,7 +90,8 @@ class Node:
         outs = ", ".join(f"%{v.name} : {v.type}" for v in self.outputs)
         attrs = ", ".join(f"{k}={_fmt_attr(v)}" for k, v in shown.items())
         args = ", ".join(f"%{v.name}" for v in self.inputs)
-        return f"{outs} = {self.op}{f'[{attrs}]' if attrs else ''}({args})"
+        call = f"{self.op}{f'[{attrs}]' if attrs else ''}({args})"
+        return f"{outs} = {call}" if outs else call
 
 
 def _fmt_attr(value: object) -> str:
@@ -106,6 +109,10 @@ class Graph:
         self.nodes: list[Node] = []
         self.outputs: list[Value] = []
         self.values: dict[str, Value] = {}
+        # Training graphs (graph.autodiff) also record:
+        self.consts: dict[str, float] = {}  # const value name -> fill value
+        self.grads: dict[str, Value] = {}  # parameter name -> its gradient value
+        self.backward_start: int | None = None  # index of the first node after the loss
 
     # **** Building ****
 
@@ -179,7 +186,7 @@ class Graph:
         """Check ownership, order, unique names and each node's shapes against its op's rule."""
         from graph.ops import get_op
 
-        defined = {v.name for v in self.inputs + self.params}
+        defined = {v.name for v in self.values.values() if v.producer is None}
         names: set[str] = set()
         for node in self.nodes:
             if node.name in names:

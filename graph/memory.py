@@ -41,9 +41,10 @@ def align(nbytes: int) -> int:
 
 
 def transient_buffers(graph: Graph, scratch_bytes: dict[str, int]) -> list[Buffer]:
-    """Activations (except graph outputs) and per-node scratch, with their lifetimes over the
-    node schedule. ``scratch_bytes`` maps node names to the workspace their kernel needs."""
-    outputs = {v.name for v in graph.outputs}
+    """Activations (except graph outputs and parameter gradients) and per-node scratch, with
+    their lifetimes over the node schedule. ``scratch_bytes`` maps node names to the workspace
+    their kernel needs."""
+    outputs = {v.name for v in graph.outputs} | {v.name for v in graph.grads.values()}
     step_of = {node.name: i for i, node in enumerate(graph.nodes)}
     buffers = []
     for i, node in enumerate(graph.nodes):

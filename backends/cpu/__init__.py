@@ -7,7 +7,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from backends.base import Backend
-from backends.cpu import conv, elementwise, norm, pooling, shape  # noqa: F401  (registration)
+from backends.cpu import (  # noqa: F401  (registration)
+    conv,
+    conv_backward,
+    elementwise,
+    loss,
+    norm,
+    optim,
+    pooling,
+    shape,
+)
 from backends.cpu.blas import single_threaded_blas
 from backends.cpu.kernels import Step
 from backends.cpu.lowering import LOWERINGS, SCRATCH, NodeIO

@@ -117,6 +117,9 @@ def single_threaded_blas() -> None:
 
 
 @njit(inline="always", cache=True)
-def matmul(m, n, k, a, b, c, beta=0.0, trans_b=0):
-    """``C = A @ op(B) + beta*C`` with each operand given as (flat array, offset, row stride)."""
-    return gemm(0, trans_b, m, n, k, a[0], a[1], a[2], b[0], b[1], b[2], beta, c[0], c[1], c[2])
+def matmul(m, n, k, a, b, c, beta=0.0, trans_a=0, trans_b=0):
+    """``C = op(A) @ op(B) + beta*C`` with each operand given as (flat array, offset, row
+    stride) of its stored (untransposed) layout."""
+    return gemm(
+        trans_a, trans_b, m, n, k, a[0], a[1], a[2], b[0], b[1], b[2], beta, c[0], c[1], c[2]
+    )

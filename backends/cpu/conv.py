@@ -54,9 +54,7 @@ PARALLEL_MIN_MACS = 1 << 18
 
 
 @njit(cache=True)
-def _im2col_block(
-    x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot
-):
+def im2col_block(x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot):
     """cols[slot + r*width + j] = the input under tap r for output pixel start + j (0 if the
     tap falls in the padding)."""
     for r in range(rows):
@@ -107,7 +105,7 @@ def conv2d_gemm(x, w, b, y, cols, a):
             code = matmul(ocg, width, rows, weights, (x, src + start, hw), (y, dst, ohw))
         else:
             slot = get_thread_id() * rows * block
-            _im2col_block(
+            im2col_block(
                 x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot
             )
             code = matmul(ocg, width, rows, weights, (cols, slot, width), (y, dst, ohw))
@@ -258,12 +256,12 @@ def _is_direct(node: Node) -> bool:
     return cg == 1 or thin or oc * cg * kh * kw * oh * ow < DIRECT_MAX_MACS
 
 
-def _is_pointwise(node: Node) -> bool:
+def is_pointwise(node: Node) -> bool:
     kh, kw = node.inputs[1].shape[2:]
     return (kh, kw) == (1, 1) and node.attrs["stride"] == (1, 1) and not any(node.attrs["padding"])
 
 
-def _rows_and_block(node: Node) -> tuple[int, int]:
+def rows_and_block(node: Node) -> tuple[int, int]:
     """im2col rows, and the pixel block: about the L2 budget's worth of columns, a multiple of
     16, with the image cut into a multiple of the thread count of equal blocks (so the
     threads finish together)."""
@@ -278,7 +276,7 @@ def _rows_and_block(node: Node) -> tuple[int, int]:
 
 
 def _is_shifted(node: Node) -> bool:
-    return node.attrs["stride"] == (1, 1) and not _is_pointwise(node)
+    return node.attrs["stride"] == (1, 1) and not is_pointwise(node)
 
 
 def _band(node: Node) -> int:
@@ -303,12 +301,12 @@ def _conv2d_scratch_numel(node: Node) -> int:
             return 0
         n, oh = node.inputs[0].shape[0], node.outputs[0].shape[2]
         return n * c * (h + pt + pb) * wp + (kw - 1) * dw + threads * oh * wp
-    if _is_pointwise(node):
+    if is_pointwise(node):
         return 0
     if _is_shifted(node):
         band_numel = oc // node.attrs["groups"] * _band(node) * wp
         return oc * cg * kh * kw + c * (h + pt + pb) * wp + (kw - 1) * dw + threads * band_numel
-    rows, block = _rows_and_block(node)
+    rows, block = rows_and_block(node)
     return threads * rows * block
 
 
@@ -333,8 +331,8 @@ def _lower_conv2d(node: Node, io: NodeIO):
     if _is_shifted(node):
         attrs = shape + [pt, pb, pl, pr, dh, dw, groups, _band(node)]
         return [conv2d_shifted.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
-    attrs = shape + [sh, sw, pt, pl, dh, dw, groups, int(_is_pointwise(node))]
-    attrs.append(_rows_and_block(node)[1])
+    attrs = shape + [sh, sw, pt, pl, dh, dw, groups, int(is_pointwise(node))]
+    attrs.append(rows_and_block(node)[1])
     return [conv2d_gemm.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
 
 

@@ -22,6 +22,7 @@ RELU, LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH, COPY = range(7)
 ADD, MUL = range(2)
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # Elements per parallel task; each task loops over slice views (see windows.py on why).
 CHUNK = 4096
 
@@ -76,6 +77,46 @@ def binary(p, q, y, a):
     return 0
 
 
+@njit(inline="always", cache=True)
+def _activation_grad_chunk(gy, saved, gx, kind, slope):
+    """gx = gy * f'(.), from the output y (relu, sigmoid, tanh) or the input x (leaky_relu,
+    gelu), with PyTorch's formulas (relu's derivative is 0 at 0)."""
+    if kind == RELU:
+        for i in range(gy.shape[0]):
+            gx[i] = gy[i] if saved[i] > 0 else 0
+    elif kind == LEAKY_RELU:
+        for i in range(gy.shape[0]):
+            gx[i] = gy[i] if saved[i] > 0 else gy[i] * slope
+    elif kind == SIGMOID:
+        for i in range(gy.shape[0]):
+            gx[i] = gy[i] * (1.0 - saved[i]) * saved[i]
+    elif kind == TANH:
+        for i in range(gy.shape[0]):
+            gx[i] = gy[i] * (1.0 - saved[i] * saved[i])
+    elif kind == GELU:
+        for i in range(gy.shape[0]):
+            v = saved[i]
+            cdf = 0.5 * (1.0 + math.erf(v * _SQRT_HALF))
+            gx[i] = gy[i] * (cdf + v * np.exp(-0.5 * v * v) * _INV_SQRT_2PI)
+    else:
+        for i in range(gy.shape[0]):
+            v = saved[i]
+            inner = _SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)
+            t = np.tanh(inner)
+            slope_inner = 0.5 * v * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * v * v)
+            gx[i] = gy[i] * (0.5 * (1.0 + t) + slope_inner)
+
+
+@kernel(buffers=4)
+def activation_grad(gy, saved, gx, consts, a):
+    """a = [kind]; consts = [negative_slope]."""
+    kind, slope = a[0], consts[0]
+    for c in prange((gy.shape[0] + CHUNK - 1) // CHUNK):
+        lo, hi = c * CHUNK, (c + 1) * CHUNK
+        _activation_grad_chunk(gy[lo:hi], saved[lo:hi], gx[lo:hi], kind, slope)
+    return 0
+
+
 _UNARY_KINDS = {"relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID, "tanh": TANH}
 
 
@@ -99,3 +140,13 @@ def _lower_binary(node: Node, io: NodeIO):
     return [
         binary.step(node.name, io.dtype, io.parallel(y[1]), [io.input(0), io.input(1), y], [kind])
     ]
+
+
+@lowers("activation_grad")
+def _lower_activation_grad(node: Node, io: NodeIO):
+    kind = node.attrs["kind"]
+    exact = node.attrs.get("approximate", "none") == "none"
+    code = (GELU if exact else GELU_TANH) if kind == "gelu" else _UNARY_KINDS[kind]
+    consts = io.const([node.attrs.get("negative_slope", 0.01)])
+    buffers = [io.input(0), io.input(1), io.output(), consts]
+    return [activation_grad.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, [code])]

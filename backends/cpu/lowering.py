@@ -52,7 +52,7 @@ class NodeIO:
         consts: list[np.ndarray],
     ) -> None:
         self.node = node
-        self.dtype = node.outputs[0].type.dtype
+        self.dtype = (node.outputs or node.inputs)[0].type.dtype
         self._address = address
         self._scratch_address = scratch_address
         self._consts = consts

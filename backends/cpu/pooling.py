@@ -90,6 +90,49 @@ def adaptive_pool(x, y, a):
     return 0
 
 
+@kernel(buffers=3)
+def window_pool_grad(gy, x, gx, a):
+    """Max: each output's gradient goes to the first maximum of its window in (ki, kj) scan
+    order, NaN winning, as PyTorch's kernel picks it. Average: each output's gradient is
+    spread evenly over its window, divided by the forward pass's count."""
+    planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, is_max, count_pad = a[:15]
+    for p in prange(planes):
+        src, dst = p * h * w, p * oh * ow
+        plane = gx[src : src + h * w]
+        plane[:] = 0
+        for oy in range(oh):
+            y0 = oy * sh - ph
+            for ox in range(ow):
+                x0, g = ox * sw - pw, gy[dst + oy * ow + ox]
+                if is_max:
+                    best, at = -np.inf, -1
+                    for ki in range(kh):
+                        iy = y0 + ki * dh
+                        for kj in range(kw):
+                            ix = x0 + kj * dw
+                            if 0 <= iy < h and 0 <= ix < w:
+                                v = x[src + iy * w + ix]
+                                if v > best or (v != v and best == best) or at < 0:
+                                    best, at = v, iy * w + ix
+                    plane[at] += g
+                else:
+                    count = _window_count(oy, sh, ph, kh, h, count_pad) * _window_count(
+                        ox, sw, pw, kw, w, count_pad
+                    )
+                    for iy in range(max(y0, 0), min(y0 + kh, h)):
+                        for ix in range(max(x0, 0), min(x0 + kw, w)):
+                            plane[iy * w + ix] += g / count
+    return 0
+
+
+@kernel(buffers=2)
+def global_avg_pool_grad(gy, gx, a):
+    planes, hw = a[0], a[1]
+    for p in prange(planes):
+        gx[p * hw : (p + 1) * hw] = gy[p] / hw
+    return 0
+
+
 def _planes(node: Node) -> list[int]:
     n, c, h, w = node.inputs[0].shape
     _, _, oh, ow = node.outputs[0].shape
@@ -116,4 +159,35 @@ def _lower_adaptive_pool(node: Node, io: NodeIO):
     work = io.input(0)[1]
     return [
         adaptive_pool.step(node.name, io.dtype, io.parallel(work), [io.input(0), io.output()], ints)
+    ]
+
+
+@lowers("max_pool2d_grad", "avg_pool2d_grad")
+def _lower_window_pool_grad(node: Node, io: NodeIO):
+    attrs, gx = node.attrs, node.outputs[0]
+    n, c, h, w = gx.shape
+    _, _, oh, ow = node.inputs[0].shape
+    dilation = attrs.get("dilation", (1, 1))
+    flags = [int(node.op == "max_pool2d_grad"), int(attrs.get("count_include_pad", False))]
+    ints = [n * c, h, w, oh, ow, *attrs["kernel"], *attrs["stride"], *attrs["padding"], *dilation]
+    saved = io.input(1) if node.op == "max_pool2d_grad" else io.empty()
+    work = node.inputs[0].type.numel * attrs["kernel"][0] * attrs["kernel"][1]
+    return [
+        window_pool_grad.step(
+            node.name, io.dtype, io.parallel(work), [io.input(0), saved, io.output()], ints + flags
+        )
+    ]
+
+
+@lowers("global_avg_pool2d_grad")
+def _lower_global_avg_pool_grad(node: Node, io: NodeIO):
+    n, c, h, w = node.outputs[0].shape
+    return [
+        global_avg_pool_grad.step(
+            node.name,
+            io.dtype,
+            io.parallel(n * c * h * w),
+            [io.input(0), io.output()],
+            [n * c, h * w],
+        )
     ]

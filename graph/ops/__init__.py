@@ -16,6 +16,9 @@ from graph.ir import TensorType
 
 ShapeRule = Callable[[list[TensorType], dict], list[TensorType]]
 MacRule = Callable[[list[TensorType], list[TensorType], dict], int]
+# vjp(node, output grads (None where unused), which inputs want a grad, emit) -> input grads.
+# ``emit(op, inputs, **attrs)`` appends a backward node and returns its output values.
+VjpRule = Callable[..., list]
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class OpDef:
     macs: MacRule
     arity: int | None  # number of inputs; None for variadic ops (concat)
     defaults: dict  # attribute values that printing leaves out
+    vjp: VjpRule | None = None  # None: not differentiable (backward and update ops)
+    mutates: tuple[int, ...] = ()  # inputs the op writes in place (running stats, weights)
 
     def infer(self, in_types: list[TensorType], attrs: dict) -> list[TensorType]:
         """Check arity and dtypes, then apply the shape rule."""
@@ -46,11 +51,18 @@ OPS: dict[str, OpDef] = {}
 
 
 def register(
-    name: str, shape: ShapeRule, macs: MacRule, arity: int | None = 1, **defaults: object
+    name: str,
+    shape: ShapeRule,
+    macs: MacRule,
+    arity: int | None = 1,
+    *,
+    vjp: VjpRule | None = None,
+    mutates: tuple[int, ...] = (),
+    **defaults: object,
 ) -> OpDef:
     if name in OPS:
         raise ValueError(f"op {name!r} is registered twice")
-    OPS[name] = OpDef(name, shape, macs, arity, defaults)
+    OPS[name] = OpDef(name, shape, macs, arity, defaults, vjp, mutates)
     return OPS[name]
 
 
@@ -90,7 +102,7 @@ def expect_positive(op: str, **values: object) -> None:
             raise ValueError(f"{op} {name} must be positive integers, but got {name}={value}")
 
 
-from graph.ops import conv, elementwise, linear, norm, pooling  # noqa: E402,F401
+from graph.ops import conv, elementwise, linear, loss, norm, optim, pooling  # noqa: E402,F401
 from graph.ops import shape as shape_ops  # noqa: E402,F401
 
 UNARY_ELEMENTWISE = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "gelu", "dropout"})

@@ -10,7 +10,7 @@ Output size per axis: ``floor((H + P_lo + P_hi - D*(K-1) - 1) / S) + 1``.
 from __future__ import annotations
 
 from graph.ir import TensorType
-from graph.ops import expect_positive, expect_rank, register
+from graph.ops import expect_positive, expect_rank, no_macs, register
 
 
 def pooled_extent(
@@ -70,13 +70,65 @@ def _conv2d_macs(in_types: list[TensorType], out_types: list[TensorType], attrs:
     return out_types[0].numel * cg * kh * kw
 
 
+def _conv2d_vjp(node, grads, wants, emit):
+    """The course notes' rules: grad_input correlates the zero-padded output gradient with the
+    180-degree-rotated kernel (a transposed conv); grad_weight correlates the input with the
+    output gradient; grad_bias sums the output gradient over batch and pixels."""
+    (gy,), (x, w) = grads, node.inputs[:2]
+    attrs = {k: node.attrs[k] for k in ("stride", "padding", "dilation", "groups")}
+    grad_x = emit("conv2d_grad_input", [gy, w], input_size=x.shape[2:], **attrs)[0]
+    grad_w = emit("conv2d_grad_weight", [x, gy], kernel=w.shape[2:], **attrs)[0]
+    grad_b = [emit("channel_sum", [gy])[0]] if len(node.inputs) == 3 else []
+    return [grad_x if wants[0] else None, grad_w if wants[1] else None, *grad_b]
+
+
+def _conv2d_grad_input_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    gy, w = in_types
+    n, groups, (h, wd) = gy.shape[0], attrs["groups"], attrs["input_size"]
+    x = TensorType((n, w.shape[1] * groups, h, wd), gy.dtype)
+    if _conv2d_shape([x, w], attrs)[0] != gy:
+        raise ValueError(f"conv2d_grad_input: output gradient {gy} does not match input {x}")
+    return [x]
+
+
+def _conv2d_grad_weight_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    x, gy = in_types
+    kh, kw = attrs["kernel"]
+    w = TensorType((gy.shape[1], x.shape[1] // attrs["groups"], kh, kw), x.dtype)
+    if _conv2d_shape([x, w], attrs)[0] != gy:
+        raise ValueError(f"conv2d_grad_weight: output gradient {gy} does not match input {x}")
+    return [w]
+
+
+def _conv2d_grad_input_macs(in_types, out_types, attrs) -> int:
+    _, cg, kh, kw = in_types[1].shape
+    return in_types[0].numel * cg * kh * kw
+
+
+def _conv2d_grad_weight_macs(in_types, out_types, attrs) -> int:
+    _, cg, kh, kw = out_types[0].shape
+    return in_types[1].numel * cg * kh * kw
+
+
+def _channel_sum_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """Sum over every axis but 1: a bias gradient, [N, C, ...] -> [C]."""
+    return [TensorType((in_types[0].shape[1],), in_types[0].dtype)]
+
+
+_CONV_DEFAULTS = dict(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1)
+register("conv2d", _conv2d_shape, _conv2d_macs, arity=None, vjp=_conv2d_vjp, **_CONV_DEFAULTS)
 register(
-    "conv2d",
-    _conv2d_shape,
-    _conv2d_macs,
-    arity=None,
-    stride=(1, 1),
-    padding=(0, 0, 0, 0),
-    dilation=(1, 1),
-    groups=1,
+    "conv2d_grad_input",
+    _conv2d_grad_input_shape,
+    _conv2d_grad_input_macs,
+    arity=2,
+    **_CONV_DEFAULTS,
 )
+register(
+    "conv2d_grad_weight",
+    _conv2d_grad_weight_shape,
+    _conv2d_grad_weight_macs,
+    arity=2,
+    **_CONV_DEFAULTS,
+)
+register("channel_sum", _channel_sum_shape, no_macs)

@@ -45,11 +45,62 @@ def _dropout_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
     return same_shape(in_types, attrs)
 
 
-register("add", _binary_shape, no_macs, arity=2)
-register("mul", _binary_shape, _mul_macs, arity=2)
-register("relu", same_shape, no_macs)
-register("leaky_relu", _leaky_relu_shape, no_macs, negative_slope=0.01)
-register("sigmoid", same_shape, no_macs)
-register("tanh", same_shape, no_macs)
-register("gelu", _gelu_shape, no_macs, approximate="none")
-register("dropout", _dropout_shape, no_macs)
+def _add_vjp(node, grads, wants, emit):
+    return [grads[0], grads[0]]
+
+
+def _mul_vjp(node, grads, wants, emit):
+    (gy,), (a, b) = grads, node.inputs
+    return [
+        emit("mul", [gy, b])[0] if wants[0] else None,
+        emit("mul", [gy, a])[0] if wants[1] else None,
+    ]
+
+
+# Which value each activation's derivative is computed from: the output where it suffices
+# (relu, sigmoid, tanh), else the input.
+_SAVED_OUTPUT = frozenset({"relu", "sigmoid", "tanh"})
+
+
+def _activation_vjp(node, grads, wants, emit):
+    saved = node.outputs[0] if node.op in _SAVED_OUTPUT else node.inputs[0]
+    attrs = {k: v for k, v in node.attrs.items() if k in ("negative_slope", "approximate")}
+    return [emit("activation_grad", [grads[0], saved], kind=node.op, **attrs)[0]]
+
+
+def _identity_vjp(node, grads, wants, emit):
+    return [grads[0]]
+
+
+def _activation_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    if attrs["kind"] not in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
+        raise ValueError(f"activation_grad kind must be an activation, got {attrs['kind']!r}")
+    return _binary_shape(in_types, attrs)
+
+
+def _dropout_train_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """Outputs y and the mask (0 or 1/(1-p) per element), which the backward pass reads."""
+    return _dropout_shape(in_types, attrs) * 2
+
+
+def _dropout_train_vjp(node, grads, wants, emit):
+    return [emit("mul", [grads[0], node.outputs[1]])[0]]
+
+
+register("add", _binary_shape, no_macs, arity=2, vjp=_add_vjp)
+register("mul", _binary_shape, _mul_macs, arity=2, vjp=_mul_vjp)
+register("relu", same_shape, no_macs, vjp=_activation_vjp)
+register("leaky_relu", _leaky_relu_shape, no_macs, vjp=_activation_vjp, negative_slope=0.01)
+register("sigmoid", same_shape, no_macs, vjp=_activation_vjp)
+register("tanh", same_shape, no_macs, vjp=_activation_vjp)
+register("gelu", _gelu_shape, no_macs, vjp=_activation_vjp, approximate="none")
+register("dropout", _dropout_shape, no_macs, vjp=_identity_vjp)
+register("dropout_train", _dropout_train_shape, no_macs, vjp=_dropout_train_vjp)
+register(
+    "activation_grad",
+    _activation_grad_shape,
+    no_macs,
+    arity=2,
+    negative_slope=0.01,
+    approximate="none",
+)

@@ -64,6 +64,77 @@ def _softmax_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
     return [x]
 
 
+def _batch_norm_train_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """Outputs y and the batch mean and inverse std (saved for the backward pass)."""
+    (x,) = _batch_norm_shape(in_types, attrs)
+    if not 0.0 <= attrs["momentum"] <= 1.0:
+        raise ValueError(f"batch_norm momentum must be in [0, 1], got {attrs['momentum']}")
+    channel = TensorType((x.shape[1],), x.dtype)
+    return [x, channel, channel]
+
+
+def _batch_norm_train_vjp(node, grads, wants, emit):
+    """PyTorch's batch-norm backward with batch statistics: with xhat = (x - mean) * invstd,
+    grad_x = invstd * w * (gy - mean(gy) - xhat * mean(gy * xhat)) per channel."""
+    x, mean, invstd = node.inputs[0], node.outputs[1], node.outputs[2]
+    affine = node.inputs[3:4]
+    grad_x, grad_w, grad_b = emit(
+        "batch_norm_grad", [grads[0], x, mean, invstd, *affine], eps=node.attrs["eps"]
+    )
+    return [grad_x, None, None] + ([grad_w, grad_b] if affine else [])
+
+
+def _batch_norm_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    gy, x = in_types[:2]
+    if gy != x:
+        raise ValueError(f"batch_norm_grad: gradient {gy} does not match input {x}")
+    channel = TensorType((x.shape[1],), x.dtype)
+    _expect_channel_vectors("batch_norm_grad", x, in_types[2:], ("mean", "invstd", "weight"))
+    return [x, channel, channel]
+
+
+def _layer_norm2d_vjp(node, grads, wants, emit):
+    affine = node.inputs[1:2]
+    grad_x, grad_w, grad_b = emit(
+        "layer_norm2d_grad", [grads[0], node.inputs[0], *affine], eps=node.attrs["eps"]
+    )
+    return [grad_x] + ([grad_w, grad_b] if affine else [])
+
+
+def _layer_norm2d_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    gy, x = in_types[:2]
+    if gy != x:
+        raise ValueError(f"layer_norm2d_grad: gradient {gy} does not match input {x}")
+    _expect_channel_vectors("layer_norm2d_grad", x, in_types[2:], ("weight",))
+    channel = TensorType((x.shape[1],), x.dtype)
+    return [x, channel, channel]
+
+
+def _softmax_vjp(node, grads, wants, emit):
+    """grad_x = y * (gy - sum(gy * y)) along dim."""
+    return [emit("softmax_grad", [grads[0], node.outputs[0]], dim=node.attrs["dim"])[0]]
+
+
+def _softmax_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    gy, y = in_types
+    if gy != y:
+        raise ValueError(f"softmax_grad: gradient {gy} does not match output {y}")
+    return _softmax_shape([y], attrs)
+
+
 register("batch_norm", _batch_norm_shape, no_macs, arity=None, eps=1e-5)
-register("layer_norm2d", _layer_norm2d_shape, no_macs, arity=None)
-register("softmax", _softmax_shape, no_macs)
+register(
+    "batch_norm_train",
+    _batch_norm_train_shape,
+    no_macs,
+    arity=None,
+    vjp=_batch_norm_train_vjp,
+    mutates=(1, 2),
+    eps=1e-5,
+    momentum=0.1,
+)
+register("batch_norm_grad", _batch_norm_grad_shape, no_macs, arity=None, eps=1e-5)
+register("layer_norm2d", _layer_norm2d_shape, no_macs, arity=None, vjp=_layer_norm2d_vjp)
+register("layer_norm2d_grad", _layer_norm2d_grad_shape, no_macs, arity=None)
+register("softmax", _softmax_shape, no_macs, vjp=_softmax_vjp)
+register("softmax_grad", _softmax_grad_shape, no_macs, arity=2)

@@ -80,15 +80,84 @@ def _adaptive_avg_pool2d_shape(in_types: list[TensorType], attrs: dict) -> list[
     return _adaptive_shape("adaptive_avg_pool2d", in_types, attrs)
 
 
-register("max_pool2d", _max_pool2d_shape, no_macs, padding=(0, 0), dilation=(1, 1), ceil_mode=False)
+def _max_pool2d_vjp(node, grads, wants, emit):
+    """Each output's gradient goes to the first maximum of its window (as PyTorch), found again
+    from the saved input rather than stored as indices."""
+    return [emit("max_pool2d_grad", [grads[0], node.inputs[0]], **node.attrs)[0]]
+
+
+def _avg_pool2d_vjp(node, grads, wants, emit):
+    size = node.inputs[0].shape[2:]
+    return [emit("avg_pool2d_grad", [grads[0]], input_size=size, **node.attrs)[0]]
+
+
+def _global_avg_pool2d_vjp(node, grads, wants, emit):
+    return [emit("global_avg_pool2d_grad", [grads[0]], input_size=node.inputs[0].shape[2:])[0]]
+
+
+def _adaptive_vjp(node, grads, wants, emit):
+    is_max = node.op == "adaptive_max_pool2d"
+    return [
+        emit("adaptive_pool2d_grad", [grads[0], node.inputs[0]], is_max=is_max, **node.attrs)[0]
+    ]
+
+
+def _max_pool2d_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    gy, x = in_types
+    if _max_pool2d_shape([x], attrs)[0] != gy:
+        raise ValueError(f"max_pool2d_grad: output gradient {gy} does not match input {x}")
+    return [x]
+
+
+def _input_like(op: str, gy: TensorType, attrs: dict) -> TensorType:
+    h, w = attrs["input_size"]
+    expect_positive(op, input_size=(h, w))
+    return TensorType(gy.shape[:2] + (h, w), gy.dtype)
+
+
+def _avg_pool2d_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    x = _input_like("avg_pool2d_grad", in_types[0], attrs)
+    if _avg_pool2d_shape([x], attrs)[0] != in_types[0]:
+        raise ValueError(f"avg_pool2d_grad: output gradient {in_types[0]} does not match {x}")
+    return [x]
+
+
+def _global_avg_pool2d_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    return [_input_like("global_avg_pool2d_grad", in_types[0], attrs)]
+
+
+def _adaptive_pool2d_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    gy, x = in_types
+    if _adaptive_shape("adaptive_pool2d_grad", [x], attrs)[0] != gy:
+        raise ValueError(f"adaptive_pool2d_grad: output gradient {gy} does not match input {x}")
+    return [x]
+
+
+_WINDOW_DEFAULTS = dict(padding=(0, 0), ceil_mode=False)
+register(
+    "max_pool2d",
+    _max_pool2d_shape,
+    no_macs,
+    vjp=_max_pool2d_vjp,
+    dilation=(1, 1),
+    **_WINDOW_DEFAULTS,
+)
 register(
     "avg_pool2d",
     _avg_pool2d_shape,
     no_macs,
-    padding=(0, 0),
-    ceil_mode=False,
+    vjp=_avg_pool2d_vjp,
     count_include_pad=True,
+    **_WINDOW_DEFAULTS,
 )
-register("global_avg_pool2d", _global_avg_pool2d_shape, no_macs)
-register("adaptive_max_pool2d", _adaptive_max_pool2d_shape, no_macs)
-register("adaptive_avg_pool2d", _adaptive_avg_pool2d_shape, no_macs)
+register("global_avg_pool2d", _global_avg_pool2d_shape, no_macs, vjp=_global_avg_pool2d_vjp)
+register("adaptive_max_pool2d", _adaptive_max_pool2d_shape, no_macs, vjp=_adaptive_vjp)
+register("adaptive_avg_pool2d", _adaptive_avg_pool2d_shape, no_macs, vjp=_adaptive_vjp)
+register(
+    "max_pool2d_grad", _max_pool2d_grad_shape, no_macs, arity=2, dilation=(1, 1), **_WINDOW_DEFAULTS
+)
+register(
+    "avg_pool2d_grad", _avg_pool2d_grad_shape, no_macs, count_include_pad=True, **_WINDOW_DEFAULTS
+)
+register("global_avg_pool2d_grad", _global_avg_pool2d_grad_shape, no_macs)
+register("adaptive_pool2d_grad", _adaptive_pool2d_grad_shape, no_macs, arity=2)

@@ -85,8 +85,63 @@ def _pad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
     return [TensorType((n, c, h + top + bottom, w + left + right), x.dtype)]
 
 
-register("flatten", _flatten_shape, no_macs)
-register("reshape", _reshape_shape, no_macs)
-register("concat", _concat_shape, no_macs, arity=None)
-register("channel_shuffle", _channel_shuffle_shape, no_macs)
-register("pad", _pad_shape, no_macs, mode="constant", value=0.0)
+def _reshape_vjp(node, grads, wants, emit):
+    return [emit("reshape", [grads[0]], shape=node.inputs[0].shape)[0]]
+
+
+def _concat_vjp(node, grads, wants, emit):
+    dim, start, out = node.attrs["dim"], 0, []
+    for value, want in zip(node.inputs, wants, strict=True):
+        length = value.shape[dim]
+        out.append(
+            emit("slice", [grads[0]], dim=dim, start=start, length=length)[0] if want else None
+        )
+        start += length
+    return out
+
+
+def _channel_shuffle_vjp(node, grads, wants, emit):
+    """The inverse permutation is a shuffle with C/g groups."""
+    groups = node.inputs[0].shape[1] // node.attrs["groups"]
+    return [emit("channel_shuffle", [grads[0]], groups=groups)[0]]
+
+
+def _pad_vjp(node, grads, wants, emit):
+    """Crop the padding away; reflect padding also folds the mirrored gradients back in."""
+    size = node.inputs[0].shape[2:]
+    return [
+        emit(
+            "pad_grad",
+            [grads[0]],
+            input_size=size,
+            pads=node.attrs["pads"],
+            mode=node.attrs["mode"],
+        )[0]
+    ]
+
+
+def _slice_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """A contiguous range [start, start + length) along ``dim`` (concat's gradient)."""
+    x, dim, start, length = in_types[0], attrs["dim"], attrs["start"], attrs["length"]
+    if not (
+        0 <= dim < len(x.shape) and 0 <= start and length >= 1 and start + length <= x.shape[dim]
+    ):
+        raise ValueError(f"slice [{start}, {start + length}) along dim {dim} exceeds {x}")
+    return [TensorType(x.shape[:dim] + (length,) + x.shape[dim + 1 :], x.dtype)]
+
+
+def _pad_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    gy = in_types[0]
+    x = TensorType(gy.shape[:2] + tuple(attrs["input_size"]), gy.dtype)
+    if _pad_shape([x], {"value": 0.0, **attrs})[0] != gy:
+        raise ValueError(f"pad_grad: gradient {gy} does not match input {x} with {attrs}")
+    return [x]
+
+
+register("flatten", _flatten_shape, no_macs, vjp=_reshape_vjp)
+register("reshape", _reshape_shape, no_macs, vjp=_reshape_vjp)
+register("concat", _concat_shape, no_macs, arity=None, vjp=_concat_vjp)
+register("channel_shuffle", _channel_shuffle_shape, no_macs, vjp=_channel_shuffle_vjp)
+register("pad", _pad_shape, no_macs, vjp=_pad_vjp, mode="constant", value=0.0)
+register("slice", _slice_shape, no_macs)
+register("pad_grad", _pad_grad_shape, no_macs, mode="constant")

@@ -1,0 +1,283 @@
+"""Dataset loaders, the IDX reader, seeded batching, splits and normalisation (engine.data).
+
+IDX files are written here byte by byte from the format's definition (not by engine code), so a
+round trip checks the reader against the spec. Fashion-MNIST is read from Debian's
+``dataset-fashion-mnist`` package, which CI installs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import data
+from engine.data import Dataset, Normalize
+
+IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file: 00 00 <type> <ndim>, big-endian uint32 dims, big-endian data."""
+    header = struct.pack(">BBBB", 0, 0, IDX_CODES[array.dtype.type], array.ndim)
+    dims = struct.pack(f">{array.ndim}I", *array.shape)
+    return header + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: pathlib.Path, array: np.ndarray) -> pathlib.Path:
+    raw = idx_bytes(array)
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+    return path
+
+
+def indexed_dataset(n: int, channels: int = 1, size: int = 2) -> Dataset:
+    """Sample i is filled with i and labelled i, so batches show which samples they hold."""
+    x = np.broadcast_to(
+        np.arange(n, dtype=np.float32)[:, None, None, None], (n, channels, size, size)
+    )
+    return Dataset(x.copy(), np.arange(n, dtype=np.int64), tuple(str(i) for i in range(n)))
+
+
+# **** scikit-learn digits ****
+
+
+def test_digits_shapes_dtypes_range():
+    x, y = data.load_digits()
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32
+    assert y.shape == (1797,) and y.dtype == np.int64
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert set(np.unique(y)) == set(range(10))
+    raw, _ = data.load_digits(normalize=False)
+    np.testing.assert_array_equal(raw / 16, x)
+
+
+# **** IDX files ****
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32])
+def test_idx_round_trip(tmp_path, rng, suffix, dtype):
+    array = (rng.standard_normal((3, 4, 5)) * 100).astype(dtype)
+    path = write_idx(tmp_path / f"a-idx3-ubyte{suffix}", array)
+    read = data.read_idx(path)
+    assert read.dtype == np.dtype(dtype) and read.dtype.isnative
+    np.testing.assert_array_equal(read, array)
+
+
+def test_idx_one_dimensional_labels(tmp_path):
+    labels = np.array([3, 1, 4, 1, 5], np.uint8)
+    np.testing.assert_array_equal(data.read_idx(write_idx(tmp_path / "l", labels)), labels)
+
+
+@pytest.mark.parametrize(
+    "name, corrupt, message",
+    [
+        ("short", lambda raw: raw[:-3], "truncated"),
+        ("long", lambda raw: raw + b"\0", "trailing bytes"),
+        ("header", lambda raw: raw[:9], "truncated IDX header"),
+        ("magic", lambda raw: b"\x01" + raw[1:], "not an IDX file"),
+        ("type", lambda raw: raw[:2] + b"\x07" + raw[3:], "not an IDX file"),
+        ("empty", lambda raw: b"", "not an IDX file"),
+        ("gz-cut.gz", lambda raw: gzip.compress(raw)[:-10], "gzip"),
+        ("gz-bits.gz", lambda raw: gzip.compress(raw)[:12] + b"\xff" * 20, "gzip"),
+    ],
+)
+def test_idx_corrupt_names_file(tmp_path, name, corrupt, message):
+    path = tmp_path / name
+    path.write_bytes(corrupt(idx_bytes(np.zeros((2, 3, 3), np.uint8))))
+    with pytest.raises(ValueError, match=message) as error:
+        data.read_idx(path)
+    assert str(path) in str(error.value)
+
+
+def write_idx_split(root: pathlib.Path, split: str, n: int, rng, gz: bool, dot: bool = False):
+    sep, ext = ("." if dot else "-"), (".gz" if gz else "")
+    images = rng.integers(0, 256, (n, 5, 4), dtype=np.uint8)
+    labels = rng.integers(0, 3, n, dtype=np.uint8)
+    write_idx(root / f"{split}-images{sep}idx3-ubyte{ext}", images)
+    write_idx(root / f"{split}-labels{sep}idx1-ubyte{ext}", labels)
+    return images, labels
+
+
+@pytest.mark.parametrize("gz, dot", [(True, False), (False, False), (False, True)])
+def test_load_idx_dataset(tmp_path, rng, gz, dot):
+    train = write_idx_split(tmp_path, "train", 6, rng, gz, dot)
+    test = write_idx_split(tmp_path, "t10k", 4, rng, gz, dot)
+    for (x, y), (images, labels) in zip(
+        data.load_idx_dataset(tmp_path), (train, test), strict=True
+    ):
+        assert x.dtype == np.float32 and x.shape == (len(images), 1, 5, 4)
+        assert y.dtype == np.int64
+        np.testing.assert_allclose(x[:, 0], images / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(y, labels)
+
+
+def test_load_idx_dataset_missing_and_mismatched(tmp_path, rng):
+    write_idx_split(tmp_path, "train", 6, rng, gz=True)
+    with pytest.raises(FileNotFoundError, match="t10k images.*t10k-images-idx3-ubyte.gz"):
+        data.load_idx_dataset(tmp_path)
+    write_idx_split(tmp_path, "t10k", 4, rng, gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match="t10k images must be"):
+        data.load_idx_dataset(tmp_path)
+
+
+@pytest.mark.skipif(
+    not pathlib.Path(data.FASHION_MNIST_ROOT).is_dir(),
+    reason=f"Fashion-MNIST not installed at {data.FASHION_MNIST_ROOT} "
+    "(apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist():
+    (train_x, train_y), (test_x, test_y) = data.load_fashion_mnist()
+    assert train_x.shape == (60000, 1, 28, 28) and test_x.shape == (10000, 1, 28, 28)
+    assert train_x.dtype == test_x.dtype == np.float32
+    assert train_y.dtype == test_y.dtype == np.int64
+    assert train_x.min() == 0.0 and train_x.max() == 1.0
+    np.testing.assert_array_equal(np.bincount(train_y), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(test_y), [1000] * 10)
+    assert len(data.FASHION_MNIST_CLASSES) == 10
+
+
+# **** Image folders ****
+
+COLOURS = {"cat": (255, 0, 128), "dog": (10, 200, 30)}
+
+
+def write_folder(root: pathlib.Path, sizes: list[tuple[int, int]]) -> None:
+    """Solid-colour PNGs, one class per colour, ``sizes`` as (W, H) per image."""
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for k, size in enumerate(sizes):
+            Image.new("RGB", size, colour).save(root / name / f"{k}.png")
+        (root / name / "notes.txt").write_text("not an image")
+
+
+def test_image_folder_rgb_resized(tmp_path):
+    write_folder(tmp_path, [(6, 4), (3, 5)])
+    dataset = data.load_image_folder(tmp_path, size=(4, 5), channels=3)
+    assert dataset.classes == ("cat", "dog")
+    assert dataset.x.shape == (4, 3, 4, 5) and dataset.x.dtype == np.float32
+    np.testing.assert_array_equal(dataset.y, [0, 0, 1, 1])
+    for image, label in zip(dataset.x, dataset.y, strict=True):
+        colour = np.array(COLOURS[dataset.classes[label]]) / 255.0
+        np.testing.assert_allclose(image, np.broadcast_to(colour[:, None, None], image.shape))
+
+
+def test_image_folder_grayscale(tmp_path):
+    write_folder(tmp_path, [(5, 5)])
+    dataset = data.load_image_folder(tmp_path, channels=1)
+    assert dataset.x.shape == (2, 1, 5, 5)
+    r, g, b = COLOURS["cat"]  # Pillow's "L": ITU-R 601-2 luma, rounded to a byte
+    assert dataset.x[0, 0, 0, 0] == np.float32(round((r * 299 + g * 587 + b * 114) / 1000) / 255)
+
+
+def test_image_folder_errors(tmp_path):
+    write_folder(tmp_path / "mixed", [(4, 4), (5, 4)])
+    with pytest.raises(ValueError, match=r"1\.png: image shape .* pass size=\(H, W\)"):
+        data.load_image_folder(tmp_path / "mixed")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="a: no images"):
+        data.load_image_folder(tmp_path / "empty")
+    (tmp_path / "bad" / "a").mkdir(parents=True)
+    (tmp_path / "bad" / "a" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="x.png: cannot read image"):
+        data.load_image_folder(tmp_path / "bad")
+
+
+# **** load_dataset ****
+
+
+def test_load_dataset_digits():
+    train, test = data.load_dataset("digits", test_fraction=0.25, seed=3)
+    assert len(train) + len(test) == 1797 and len(test) == round(0.25 * 1797)
+    assert train.classes == tuple("0123456789") and train.sample_shape == (1, 8, 8)
+
+
+def test_load_dataset_directories(tmp_path, rng):
+    (tmp_path / "idx").mkdir()
+    write_idx_split(tmp_path / "idx", "train", 6, rng, gz=True)
+    write_idx_split(tmp_path / "idx", "t10k", 4, rng, gz=True)
+    train, test = data.load_dataset(tmp_path / "idx")
+    assert (len(train), len(test)) == (6, 4) and train.sample_shape == (1, 5, 4)
+
+    write_folder(tmp_path / "layout" / "train", [(4, 4)] * 3)
+    write_folder(tmp_path / "layout" / "val", [(4, 4)])
+    train, test = data.load_dataset(tmp_path / "layout", size=(2, 2), channels=1)
+    assert (len(train), len(test), train.sample_shape) == (6, 2, (1, 2, 2))
+
+    write_folder(tmp_path / "single", [(4, 4)] * 5)
+    train, test = data.load_dataset(tmp_path / "single", test_fraction=0.3)
+    assert (len(train), len(test)) == (7, 3) and train.classes == ("cat", "dog")
+
+    with pytest.raises(ValueError, match="'nope'"):
+        data.load_dataset("nope")
+
+
+# **** Batching, splits, normalisation ****
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_batches_cover_each_sample_once(drop_last):
+    dataset, batch = indexed_dataset(23), 5
+    seen = []
+    for x, y in dataset.batches(batch, seed=1, epoch=2, drop_last=drop_last):
+        assert x.shape[1:] == (1, 2, 2) and len(x) == len(y)
+        assert len(y) == batch or not drop_last
+        np.testing.assert_array_equal(x[:, 0, 0, 0], y)  # images travel with their labels
+        seen.extend(y.tolist())
+    assert len(seen) == dataset.num_batches(batch, drop_last) * batch - (0 if drop_last else 2)
+    assert len(set(seen)) == len(seen)
+    if not drop_last:
+        assert sorted(seen) == list(range(23))
+
+
+def test_batches_pure_function_of_seed_and_epoch():
+    dataset = indexed_dataset(40)
+
+    def order(seed: int, epoch: int, **kwargs) -> list[int]:
+        return [int(v) for _, y in dataset.batches(8, seed=seed, epoch=epoch, **kwargs) for v in y]
+
+    assert order(0, 3) == order(0, 3) == data.epoch_order(40, 0, 3).tolist()
+    assert order(0, 3) != order(0, 4) and order(0, 3) != order(1, 3)
+    assert order(0, 3, start=2) == order(0, 3)[16:]  # resuming mid-epoch
+    assert order(0, 3, shuffle=False) == list(range(40))
+
+
+def test_batch_size_checked():
+    with pytest.raises(ValueError, match="batch_size=0"):
+        next(indexed_dataset(4).batches(0))
+
+
+def test_split_sizes_disjoint_seeded():
+    dataset = indexed_dataset(50)
+    train, val = dataset.split(0.2, seed=5)
+    assert (len(train), len(val)) == (40, 10)
+    assert sorted(np.concatenate([train.y, val.y]).tolist()) == list(range(50))
+    np.testing.assert_array_equal(dataset.split(0.2, seed=5)[1].y, val.y)
+    assert not np.array_equal(dataset.split(0.2, seed=6)[1].y, val.y)
+    for fraction in (0.0, 1.0, 0.001):
+        with pytest.raises(ValueError, match="non-empty"):
+            dataset.split(fraction)
+
+
+def test_normalize_fit_on_train_applies_to_any_split(rng):
+    x = rng.random((30, 3, 4, 4), dtype=np.float32) * np.float32([1, 5, 0.1])[:, None, None] + 2
+    dataset = Dataset(x, np.zeros(30, np.int64), ("a",))
+    train, val = dataset.split(0.3, seed=0)
+    norm = Normalize.fit(train.x)
+    normed = train.normalized(norm).x
+    assert normed.dtype == np.float32
+    np.testing.assert_allclose(normed.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(normed.std(axis=(0, 2, 3)), 1, rtol=1e-5)
+    expected = (val.x - train.x.mean(axis=(0, 2, 3), keepdims=True)) / train.x.std(
+        axis=(0, 2, 3), keepdims=True
+    )
+    np.testing.assert_allclose(val.normalized(norm).x, expected, rtol=1e-4, atol=1e-5)
+    constant = Normalize.fit(np.ones((2, 1, 2, 2), np.float32))
+    np.testing.assert_array_equal(constant(np.ones((1, 1, 2, 2), np.float32)), 0)
+    with pytest.raises(ValueError, match="3 channels"):
+        norm(np.zeros((1, 1, 2, 2), np.float32))
