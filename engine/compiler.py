@@ -28,6 +28,7 @@ def compile(
     loss: str | None = None,
     optimizer: Optimizer | None = None,
     label_smoothing: float = 0.0,
+    input_grad: bool = False,
 ) -> Executable:
     """Compile ``model`` for inputs of shape [batch, *input_shape].
 
@@ -44,6 +45,8 @@ def compile(
         label_smoothing: for the cross-entropy loss, as ``torch.nn.CrossEntropyLoss``.
         input_grad: with train=True, also compute the loss's gradient with respect to the input
             (``grads["input"]``).
+        input_grad: with train=True, also compute the loss's gradient with respect to the input
+            (``grads["input"]``).
     Returns:
         An ``Executable``: ``run(x)``, ``params``, ``state_dict()``, ``load_state_dict()``, and
         with ``train=True`` also ``forward_backward(x, y)``, ``train_step(x, y)``, ``grads``.
@@ -57,7 +60,7 @@ def compile(
     training = None
     if train:
         graph = autodiff(
-            forward, loss or "cross_entropy", input_grad, label_smoothing=label_smoothing
+            forward, loss or "cross_entropy", input_grad=input_grad, label_smoothing=label_smoothing
         )
         if optimizer is not None:
             optimizer.add_updates(graph)

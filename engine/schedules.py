@@ -31,14 +31,19 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def _check_positive_int(owner: str, name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner} {name} must be a positive integer, but got {name}={value!r}")
+def _integer(owner: str, name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as a Python int (NumPy ints are not JSON), checked against ``minimum``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(
+            f"{owner} {name} must be an integer >= {minimum}, but got {name}={value!r}"
+        )
+    return int(value)
 
 
 class Schedule:
@@ -124,9 +129,8 @@ class StepLR(Schedule):
     """Multiply the rate by ``gamma`` every ``step_size`` steps (torch ``StepLR``)."""
 
     def __init__(self, base_lr: float, step_size: int, gamma: float = 0.1) -> None:
-        _check_positive_int("StepLR", "step_size", step_size)
-        self.step_size = step_size
-        self.gamma = gamma
+        self.step_size = _integer("StepLR", "step_size", step_size)
+        self.gamma = float(gamma)
         super().__init__(base_lr)
 
     def _next_lr(self) -> float:
@@ -145,10 +149,8 @@ class MultiStepLR(Schedule):
     """
 
     def __init__(self, base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> None:
-        for milestone in milestones:
-            _check_positive_int("MultiStepLR", "milestone", milestone)
-        self.milestones = sorted(milestones)
-        self.gamma = gamma
+        self.milestones = sorted(_integer("MultiStepLR", "milestone", m) for m in milestones)
+        self.gamma = float(gamma)
         super().__init__(base_lr)
 
     def _next_lr(self) -> float:
@@ -165,7 +167,7 @@ class ExponentialLR(Schedule):
     """Multiply the rate by ``gamma`` every step (torch ``ExponentialLR``)."""
 
     def __init__(self, base_lr: float, gamma: float) -> None:
-        self.gamma = gamma
+        self.gamma = float(gamma)
         super().__init__(base_lr)
 
     def _next_lr(self) -> float:
@@ -182,9 +184,8 @@ class CosineAnnealingLR(Schedule):
     """
 
     def __init__(self, base_lr: float, T_max: int, eta_min: float = 0.0) -> None:
-        _check_positive_int("CosineAnnealingLR", "T_max", T_max)
-        self.T_max = T_max
-        self.eta_min = eta_min
+        self.T_max = _integer("CosineAnnealingLR", "T_max", T_max)
+        self.eta_min = float(eta_min)
         super().__init__(base_lr)
 
     def _next_lr(self) -> float:
@@ -222,10 +223,9 @@ class LinearLR(Schedule):
             raise ValueError(
                 f"LinearLR end_factor must be in [0, 1], but got end_factor={end_factor!r}"
             )
-        _check_positive_int("LinearLR", "total_iters", total_iters)
-        self.start_factor = start_factor
-        self.end_factor = end_factor
-        self.total_iters = total_iters
+        self.start_factor = float(start_factor)
+        self.end_factor = float(end_factor)
+        self.total_iters = _integer("LinearLR", "total_iters", total_iters)
         super().__init__(base_lr)
 
     def _initial_lr(self) -> float:
@@ -262,9 +262,8 @@ class SequentialLR(Schedule):
                 f"SequentialLR needs one milestone fewer than schedules, but got "
                 f"{len(schedules)} schedules and milestones={list(milestones)}"
             )
-        for milestone in milestones:
-            _check_positive_int("SequentialLR", "milestone", milestone)
-        if list(milestones) != sorted(set(milestones)):
+        milestones = [_integer("SequentialLR", "milestone", m) for m in milestones]
+        if milestones != sorted(set(milestones)):
             raise ValueError(
                 f"SequentialLR milestones must increase strictly, but got {list(milestones)}"
             )
@@ -349,14 +348,11 @@ class ReduceLROnPlateau(Schedule):
             )
         if not 0 <= factor < 1:
             raise ValueError(f"ReduceLROnPlateau factor must be in [0, 1), but got {factor!r}")
-        for name, value in (("patience", patience), ("cooldown", cooldown)):
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(
-                    f"ReduceLROnPlateau {name} must be an integer >= 0, but got {value!r}"
-                )
-        self.mode, self.threshold_mode, self.threshold = mode, threshold_mode, threshold
-        self.factor, self.patience, self.cooldown = factor, patience, cooldown
-        self.min_lr, self.eps = min_lr, eps
+        self.mode, self.threshold_mode, self.threshold = mode, threshold_mode, float(threshold)
+        self.factor = float(factor)
+        self.patience = _integer("ReduceLROnPlateau", "patience", patience, minimum=0)
+        self.cooldown = _integer("ReduceLROnPlateau", "cooldown", cooldown, minimum=0)
+        self.min_lr, self.eps = float(min_lr), float(eps)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0

@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch.optim import lr_scheduler as tls
@@ -250,6 +251,17 @@ def test_load_state_dict_restores_hyperparameters_as_torch_does():
     assert _our_lrs(other, 10) == _our_lrs(saved, 10)
 
 
+def test_numpy_arguments_give_json_state():
+    schedules = [
+        S.StepLR(np.float32(0.5), np.int64(3), gamma=np.float32(0.5)),
+        S.MultiStepLR(BASE_LR, np.array([4, 2]), gamma=np.float64(0.1)),
+        S.ReduceLROnPlateau(BASE_LR, patience=np.int32(2), min_lr=np.float32(1e-3)),
+    ]
+    for schedule in schedules:
+        schedule.step(np.float32(1.0))
+        json.dumps(schedule.state_dict(), allow_nan=False)
+
+
 def test_state_dict_is_a_copy():
     schedule = S.MultiStepLR(BASE_LR, [2, 4])
     schedule.state_dict()["milestones"].append(1)
@@ -282,14 +294,14 @@ def test_sequential_load_needs_as_many_schedules():
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: S.StepLR(BASE_LR, 0), "step_size must be a positive integer, but got step_size=0"),
+        (lambda: S.StepLR(BASE_LR, 0), "step_size must be an integer >= 1, but got step_size=0"),
         (lambda: S.StepLR(-0.1, 2), "base_lr must be a finite number >= 0"),
         (lambda: S.ExponentialLR(math.nan, 0.9), "base_lr must be a finite number >= 0"),
-        (lambda: S.MultiStepLR(BASE_LR, [3, 0]), "milestone must be a positive integer"),
-        (lambda: S.CosineAnnealingLR(BASE_LR, T_max=0), "T_max must be a positive integer"),
+        (lambda: S.MultiStepLR(BASE_LR, [3, 0]), "milestone must be an integer >= 1"),
+        (lambda: S.CosineAnnealingLR(BASE_LR, T_max=0), "T_max must be an integer >= 1"),
         (lambda: S.LinearLR(BASE_LR, start_factor=0.0), r"start_factor must be in \(0, 1\]"),
         (lambda: S.LinearLR(BASE_LR, end_factor=1.5), r"end_factor must be in \[0, 1\]"),
-        (lambda: S.LinearLR(BASE_LR, total_iters=0), "total_iters must be a positive integer"),
+        (lambda: S.LinearLR(BASE_LR, total_iters=0), "total_iters must be an integer >= 1"),
         (lambda: S.ReduceLROnPlateau(BASE_LR, mode="avg"), "mode must be 'min' or 'max'"),
         (lambda: S.ReduceLROnPlateau(BASE_LR, factor=1.0), r"factor must be in \[0, 1\)"),
         (lambda: S.ReduceLROnPlateau(BASE_LR, threshold_mode="x"), "threshold_mode must be"),
@@ -301,7 +313,7 @@ def test_sequential_load_needs_as_many_schedules():
         ),
         (
             lambda: S.SequentialLR([S.FixedLR(BASE_LR), S.FixedLR(BASE_LR)], [0]),
-            "milestone must be a positive integer",
+            "milestone must be an integer >= 1",
         ),
         (
             lambda: S.SequentialLR([S.FixedLR(BASE_LR)] * 3, [5, 5]),
