@@ -26,6 +26,7 @@ setup(
         "scikit-learn>=1.3",
         "pillow>=10",
         "safetensors>=0.4",
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0"],

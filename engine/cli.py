@@ -1,6 +1,11 @@
 """The ``convforge`` command line.
 
-- ``convforge demo``: compile LeNet-5, print its graph, run a batch and time it.
+- ``convforge demo``: train LeNet-5 on scikit-learn's digits for a few epochs; print the graph,
+  accuracy, timings and memory.
+- ``convforge train MODEL --data digits|fashion-mnist|PATH ...``: train a zoo model with a
+  progress bar, validating every epoch; ``--checkpoint`` saves after each epoch and
+  ``--resume`` continues a run exactly.
+- ``convforge eval MODEL --checkpoint C --data ...``: top-1/top-5 of a checkpoint.
 - ``convforge warmup``: compile every CPU kernel variant into Numba's on-disk cache, so the
   first real compile in later processes loads in a fraction of a second.
 """
@@ -8,48 +13,175 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
 import numpy as np
+import scipy.ndimage
 
 import engine
 import zoo
+from engine.data import Dataset, Normalize, load_dataset
+from engine.optim import SGD, Adam, AdamW
+from engine.schedules import SCHEDULES, make_schedule
+from engine.train import evaluate, fit, load_training_checkpoint
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def _median_ms(func, repeat: int) -> float:
-    func()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+def _fit_to(data: Dataset, size: tuple[int, int]) -> Dataset:
+    """Bilinearly resize images to the model's input size (8x8 digits for a 28x28 LeNet)."""
+    h, w = data.x.shape[2:]
+    if (h, w) == tuple(size):
+        return data
+    zoom = (1, 1, size[0] / h, size[1] / w)
+    x = scipy.ndimage.zoom(data.x, zoom, order=1).astype(np.float32)
+    return Dataset(x, data.y, data.classes)
+
+
+def _prepare(args: argparse.Namespace):
+    """Datasets sized for the model, the model, and the normalisation fitted on training data."""
+    train, test = load_dataset(args.data, seed=args.seed)
+    spec = zoo.spec(args.model)
+    size = tuple(args.input[1:]) if args.input else spec.input_shape[1:]
+    train, test = _fit_to(train, size), _fit_to(test, size)
+    kwargs = {"num_classes": len(train.classes)}
+    if train.x.shape[1] != spec.input_shape[0]:
+        kwargs["in_channels"] = train.x.shape[1]
+    model = zoo.get(args.model, **kwargs)
+    return train, test, model, kwargs, Normalize.fit(train.x)
+
+
+def _optimizer(args: argparse.Namespace):
+    if args.optimizer == "sgd":
+        return SGD(
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            nesterov=args.nesterov,
+        )
+    return OPTIMIZERS[args.optimizer](lr=args.lr, weight_decay=args.weight_decay)
+
+
+def _schedule(args: argparse.Namespace):
+    options = {
+        "step": {"step_size": max(1, args.epochs // 3)},
+        "multistep": {"milestones": [args.epochs // 2, 3 * args.epochs // 4]},
+        "exponential": {"gamma": 0.9},
+        "cosine": {"T_max": args.epochs},
+        "warmup-cosine": {"warmup_iters": 1, "T_max": max(1, args.epochs - 1)},
+        "plateau": {"patience": 2},
+        "none": {},
+    }
+    return make_schedule(args.schedule, args.lr, **options[args.schedule])
+
+
+def train(args: argparse.Namespace) -> int:
+    data, test, model, kwargs, norm = _prepare(args)
+    validation = test
+    shape = data.sample_shape
+    start = time.perf_counter()
+    exe = engine.compile(
+        model,
+        shape,
+        batch=args.batch,
+        dtype=args.dtype,
+        train=True,
+        optimizer=_optimizer(args),
+        label_smoothing=args.label_smoothing,
+    )
+    schedule = _schedule(args)
+    print(
+        f"{args.model}: {model.num_parameters():,} parameters, compiled for "
+        f"[{args.batch}, {', '.join(map(str, shape))}] in {time.perf_counter() - start:.2f} s; "
+        f"{len(data)} training and {len(validation)} test images"
+    )
+    first_epoch = 0
+    if args.resume:
+        first_epoch = load_training_checkpoint(args.resume, exe, schedule)["next_epoch"]
+        print(f"resumed from {args.resume} at epoch {first_epoch + 1}")
+    metadata = {
+        "model": args.model,
+        "model_args": kwargs,
+        "input_shape": list(shape),
+        "data": args.data,
+        "mean": norm.mean.tolist(),
+        "std": norm.std.tolist(),
+    }
+    results = fit(
+        exe,
+        data,
+        validation,
+        args.epochs,
+        schedule,
+        preprocess=norm,
+        seed=args.seed,
+        start_epoch=first_epoch,
+        checkpoint=args.checkpoint,
+        metadata=metadata,
+        progress=not args.no_progress,
+    )
+    if results:
+        total = sum(r.seconds for r in results)
+        print(
+            f"trained {len(results)} epochs in {total:.1f} s; final test top-1 "
+            f"{100 * results[-1].top1:.2f}%"
+        )
+    return 0
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> int:
+    data, test, model, _, norm = _prepare(args)
+    exe = engine.compile(
+        model, test.sample_shape, batch=args.batch, dtype=args.dtype, train=True, optimizer=SGD()
+    )
+    meta = load_training_checkpoint(args.checkpoint, exe)
+    if "mean" in meta:
+        norm = Normalize(np.array(meta["mean"], np.float32), np.array(meta["std"], np.float32))
+    scores = evaluate(exe, test, norm)
+    print(
+        f"{args.model} on {args.data} ({len(test)} test images): loss {scores['loss']:.4f}, "
+        f"top-1 {100 * scores['top1']:.2f}%, top-5 {100 * scores['top5']:.2f}%"
+    )
+    return 0
 
 
 def demo(args: argparse.Namespace) -> int:
-    model = zoo.get("lenet5")
-    shape = zoo.spec("lenet5").input_shape
-    start = time.perf_counter()
-    exe = engine.compile(model, shape, batch=args.batch, dtype=args.dtype)
-    compile_s = time.perf_counter() - start
-    print(
-        f"LeNet-5: {model.num_parameters():,} parameters, compiled for "
-        f"[{args.batch}, {', '.join(map(str, shape))}] {args.dtype} in {compile_s:.2f} s\n"
+    """LeNet-5 on digits: the README's first command."""
+    args = _parser().parse_args(
+        [
+            "train",
+            "lenet5",
+            "--data",
+            "digits",
+            "--epochs",
+            str(args.epochs),
+            "--batch",
+            "32",
+            "--lr",
+            "0.05",
+            "--schedule",
+            "cosine",
+            "--no-progress",
+        ]
     )
-    print(exe.graph)
-    print()
+    data, _, model, _, _ = _prepare(args)
+    exe = engine.compile(model, data.sample_shape, batch=args.batch)
+    print(exe.graph, end="\n\n")
     exe.graph.print_tabular()
-    x = np.random.default_rng(0).standard_normal((args.batch, *shape)).astype(args.dtype)
-    y = exe.run(x)
-    ours = _median_ms(lambda: exe.run(x), args.repeat)
+    print()
+    start = time.perf_counter()
+    train(args)
+    batch = np.zeros(exe.input_shape, np.float32)
+    rows = exe.profile(batch, 200)
+    per_batch = sum(r["us"] for r in rows)
     print(
-        f"\nconvforge: {ours:.3f} ms per batch of {args.batch} "
-        f"({ours * 1e3 / args.batch:.1f} us per image), {exe._runner.count} steps, "
-        f"arena {exe.plan.arena_bytes / 1024:.0f} KiB"
+        f"inference: {per_batch:.0f} us per batch of {args.batch} "
+        f"({per_batch / args.batch:.2f} us per image); memory: parameters "
+        f"{4 * model.num_parameters() / 1024:.0f} KiB, activation arena "
+        f"{exe._inference.memory.arena_bytes / 1024:.0f} KiB; demo took "
+        f"{time.perf_counter() - start:.1f} s"
     )
-    print(f"predicted classes of the first 8 images: {y.argmax(axis=1)[:8].tolist()}")
     return 0
 
 
@@ -66,17 +198,50 @@ def warmup(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="convforge", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="compile LeNet-5, print its graph, run and time a batch")
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", choices=zoo.names())
+    p.add_argument("--data", default="digits", help="digits, fashion-mnist or a directory")
+    p.add_argument(
+        "--input",
+        type=lambda s: tuple(int(v) for v in s.split("x")),
+        help="CxHxW to resize images to (default: the model's input shape)",
+    )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convforge", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("demo", help="train LeNet-5 on digits, print accuracy and timings")
+    p.add_argument("--epochs", type=int, default=5)
     p.set_defaults(func=demo)
+    p = commands.add_parser("train", help="train a zoo model")
+    _add_training_options(p)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--checkpoint", help="file to save after every epoch")
+    p.add_argument("--resume", help="checkpoint to continue from")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=train)
+    p = commands.add_parser("eval", help="evaluate a checkpoint on the test split")
+    _add_training_options(p)
+    p.add_argument("--checkpoint", required=True)
+    p.set_defaults(func=evaluate_checkpoint)
     p = commands.add_parser("warmup", help="compile every CPU kernel into Numba's cache")
     p.set_defaults(func=warmup)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     return args.func(args)
 
 

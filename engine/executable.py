@@ -90,6 +90,20 @@ class Executable:
             self._update_step = training.first_step_of(lambda node: node.op in UPDATES)
 
     @property
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Live optimizer buffers (momentum, Adam's moments) as ``optimizer.<param>.<slot>``."""
+        return {
+            k: v
+            for k, v in self._storage.items()
+            if k.startswith("optimizer.") and k != HYPER_VALUE
+        }
+
+    @property
+    def extra_state(self) -> dict[str, np.ndarray]:
+        """Live non-float buffers (BatchNorm's ``num_batches_tracked``)."""
+        return self._extra_state
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return self._input.shape
 

@@ -265,7 +265,7 @@ class SequentialLR(Schedule):
         milestones = [_integer("SequentialLR", "milestone", m) for m in milestones]
         if milestones != sorted(set(milestones)):
             raise ValueError(
-                f"SequentialLR milestones must increase strictly, but got {list(milestones)}"
+                f"SequentialLR milestones must increase strictly, but got {milestones}"
             )
         for index, schedule in enumerate(schedules):
             if isinstance(schedule, ReduceLROnPlateau | SequentialLR):
@@ -279,7 +279,7 @@ class SequentialLR(Schedule):
                     f"{index} is {schedule!r} and schedule 0 is {schedules[0]!r}"
                 )
         self.schedules = list(schedules)
-        self.milestones = list(milestones)
+        self.milestones = milestones
         super().__init__(schedules[0].base_lr)
 
     def _initial_lr(self) -> float:
@@ -319,7 +319,7 @@ class SequentialLR(Schedule):
 
 
 class ReduceLROnPlateau(Schedule):
-    """Multiply the rate by ``factor`` when the metric has not improved for ``patience`` steps.
+    """Multiply the rate by ``factor`` once the metric has not improved for ``patience + 1`` steps.
 
     The AlexNet recipe (divide by 10 when the validation error stops improving), with torch's
     rules: improvement is relative or absolute by ``threshold``, ``cooldown`` steps after a cut

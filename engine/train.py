@@ -1,0 +1,194 @@
+"""The training loop: epochs of ``train_step`` over seeded batches, validation, schedules,
+checkpoints and exact resume.
+
+Everything random is a pure function of (seed, epoch, batch): the batch order
+(``Dataset.batches``), augmentation (``Augment``), and dropout (driven by the optimizer's step
+count). So a run stopped after epoch N and resumed from its checkpoint reproduces, bit for bit,
+the weights of a run that never stopped: the checkpoint holds the weights, BatchNorm
+statistics, optimizer buffers and step count, the schedule's state and the next epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.data import Dataset
+from engine.executable import Executable
+from engine.schedules import Schedule
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    top1: float | None
+    top5: float | None
+    lr: float
+    seconds: float
+    images_per_second: float
+
+
+def evaluate(
+    exe: Executable, data: Dataset, preprocess: Callable | None = None
+) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 accuracy of ``exe`` (eval mode) on all of ``data``
+    (after ``preprocess``, e.g. ``Normalize``); the last partial batch is padded to the compiled
+    batch and the padding ignored."""
+    batch, was_training = exe.input_shape[0], exe.training
+    exe.eval()
+    losses, hits1, hits5 = [], 0, 0
+    for start in range(0, len(data), batch):
+        x, y = data.x[start : start + batch], data.y[start : start + batch]
+        padded = np.zeros(exe.input_shape, exe.dtype)
+        padded[: len(x)] = preprocess(x) if preprocess is not None else x
+        logits = exe.run(padded)[: len(x)].astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        losses.append(-log_probs[np.arange(len(y)), y])
+        ranked = np.argsort(-logits, axis=1, kind="stable")
+        hits1 += int((ranked[:, 0] == y).sum())
+        hits5 += int((ranked[:, :5] == y[:, None]).any(axis=1).sum())
+    exe.train(was_training)
+    return {
+        "loss": float(np.concatenate(losses).mean()),
+        "top1": hits1 / len(data),
+        "top5": hits5 / len(data),
+    }
+
+
+def fit(
+    exe: Executable,
+    train: Dataset,
+    val: Dataset | None = None,
+    epochs: int = 1,
+    schedule: Schedule | None = None,
+    augment: Callable | None = None,
+    preprocess: Callable | None = None,
+    seed: int = 0,
+    start_epoch: int = 0,
+    checkpoint: str | None = None,
+    metadata: dict | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[EpochResult]:
+    """Train ``exe`` (compiled with ``train=True`` and an optimizer) for epochs
+    ``start_epoch .. epochs - 1``.
+
+    Args:
+        schedule: stepped once per epoch with the validation loss (or the training loss); its
+            ``lr`` is the optimizer's learning rate during the epoch.
+        augment: ``augment(x, epoch, batch_index) -> x`` (``engine.augment.Augment``), on
+            images in [0, 1].
+        preprocess: applied after augmentation, and to validation batches (``Normalize``).
+        checkpoint: a path written atomically after every epoch (``metadata`` goes with it).
+        progress: a tqdm bar per epoch with the loss, images per second and time left.
+    Returns:
+        One ``EpochResult`` per epoch trained.
+    """
+    if exe.optimizer is None:
+        raise ValueError("fit needs an executable compiled with train=True and an optimizer")
+    batch, results = exe.input_shape[0], []
+    if len(train) < batch:
+        raise ValueError(
+            f"the training set has {len(train)} samples, fewer than one batch of {batch}"
+        )
+    for epoch in range(start_epoch, epochs):
+        exe.train()
+        if schedule is not None:
+            exe.optimizer.lr = schedule.lr
+        losses, start = [], time.perf_counter()
+        batches = train.batches(batch, seed=seed, epoch=epoch)
+        bar = _progress(batches, train.num_batches(batch), f"epoch {epoch + 1}/{epochs}", progress)
+        for index, (x, y) in enumerate(bar):
+            x = augment(x, epoch, index) if augment is not None else x
+            x = preprocess(x) if preprocess is not None else x
+            losses.append(exe.train_step(x.astype(exe.dtype, copy=False), y))
+            if progress and index % 10 == 0:
+                rate = (index + 1) * batch / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:,.0f}")
+        seconds = time.perf_counter() - start
+        scores = evaluate(exe, val, preprocess) if val is not None else {}
+        result = EpochResult(
+            epoch,
+            float(np.mean(losses)),
+            scores.get("loss"),
+            scores.get("top1"),
+            scores.get("top5"),
+            exe.optimizer.lr,
+            seconds,
+            len(losses) * batch / seconds,
+        )
+        results.append(result)
+        log(_describe(result))
+        if schedule is not None:
+            schedule.step(result.val_loss if result.val_loss is not None else result.train_loss)
+        if checkpoint is not None:
+            save_training_checkpoint(checkpoint, exe, epoch + 1, schedule, seed, metadata)
+    return results
+
+
+def _progress(batches, total: int, description: str, enabled: bool):
+    if not enabled:
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, total=total, desc=description, unit="batch", leave=False)
+
+
+def _describe(result: EpochResult) -> str:
+    text = (
+        f"epoch {result.epoch + 1}: train loss {result.train_loss:.4f}, lr {result.lr:.4g}, "
+        f"{result.seconds:.1f} s ({result.images_per_second:,.0f} images/s)"
+    )
+    if result.val_loss is not None:
+        text += (
+            f"; validation loss {result.val_loss:.4f}, top-1 {100 * result.top1:.2f}%, "
+            f"top-5 {100 * result.top5:.2f}%"
+        )
+    return text
+
+
+def save_training_checkpoint(
+    path: str,
+    exe: Executable,
+    next_epoch: int,
+    schedule: Schedule | None,
+    seed: int,
+    metadata: dict | None = None,
+) -> None:
+    """Weights, BatchNorm statistics and optimizer buffers as tensors; the optimizer's and the
+    schedule's state, the next epoch and the seed as JSON metadata."""
+    tensors = {**exe.state_dict(), **exe.optimizer_state}
+    meta = {
+        **(metadata or {}),
+        "next_epoch": next_epoch,
+        "seed": seed,
+        "optimizer": exe.optimizer.state_dict(),
+        "schedule": schedule.state_dict() if schedule is not None else None,
+    }
+    save_checkpoint(path, {k: np.ascontiguousarray(v) for k, v in tensors.items()}, meta)
+
+
+def load_training_checkpoint(path: str, exe: Executable, schedule: Schedule | None = None) -> dict:
+    """Restore what ``save_training_checkpoint`` wrote into ``exe`` (and ``schedule``);
+    returns the metadata (``next_epoch`` is where to resume)."""
+    tensors, meta = load_checkpoint(path)
+    slots = exe.optimizer_state
+    exe.load_state_dict({k: v for k, v in tensors.items() if k not in slots})
+    for name, array in slots.items():
+        if name not in tensors:
+            raise ValueError(f"{path}: the checkpoint has no optimizer buffer {name}")
+        np.copyto(array, tensors[name])
+    for name, counter in exe.extra_state.items():
+        np.copyto(counter, tensors[name])
+    if exe.optimizer is not None:
+        exe.optimizer.load_state_dict(meta["optimizer"])
+    if schedule is not None and meta.get("schedule") is not None:
+        schedule.load_state_dict(meta["schedule"])
+    return meta
