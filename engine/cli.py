@@ -21,6 +21,7 @@ import scipy.ndimage
 
 import engine
 import zoo
+from engine.augment import Augment
 from engine.data import Dataset, Normalize, load_dataset
 from engine.optim import SGD, Adam, AdamW
 from engine.schedules import SCHEDULES, make_schedule
@@ -61,6 +62,27 @@ def _optimizer(args: argparse.Namespace):
             nesterov=args.nesterov,
         )
     return OPTIMIZERS[args.optimizer](lr=args.lr, weight_decay=args.weight_decay)
+
+
+def _augment(spec: str | None, seed: int) -> Augment | None:
+    """``crop=4,flip,rotate=10,translate=0.1,scale=0.9:1.1,elastic=34:4,jitter=0.2:0.2:0.2``."""
+    if not spec:
+        return None
+    options: dict[str, object] = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        numbers = [float(v) for v in value.split(":")] if value else []
+        if key == "flip":
+            options["flip"] = True
+        elif key == "crop":
+            options["crop"] = int(numbers[0])
+        elif key in ("rotate", "translate"):
+            options[key] = numbers[0]
+        elif key in ("scale", "elastic", "jitter"):
+            options[key] = tuple(numbers)
+        else:
+            raise ValueError(f"unknown augmentation {key!r} in --augment {spec!r}")
+    return Augment(**options, seed=seed)
 
 
 def _schedule(args: argparse.Namespace):
@@ -227,6 +249,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument(
+        "--augment",
+        help="e.g. crop=4,flip,rotate=10,translate=0.1,scale=0.9:1.1,"
+        "elastic=34:4,jitter=0.2:0.2:0.2",
+    )
     p.add_argument("--checkpoint", help="file to save after every epoch")
     p.add_argument("--resume", help="checkpoint to continue from")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,0 +1,125 @@
+"""The training loop: learning on real data, exact resume, checkpoints, the CLI, bad batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine
+import graph.functional as F
+import graph.nn as nn
+from engine import cli
+from engine.data import Dataset, Normalize, load_dataset
+from engine.optim import SGD
+from engine.schedules import make_schedule
+from engine.train import evaluate, fit, load_training_checkpoint
+
+
+class DigitsNet(nn.Module):
+    """A small CNN for 8x8 digits (fast enough to train in a test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.classifier = nn.Linear(16 * 2 * 2, 10)
+
+    def forward(self, x):
+        return self.classifier(F.flatten(self.features(x), 1))
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Dataset, Dataset, Normalize]:
+    train, test = load_dataset("digits")
+    return train, test, Normalize.fit(train.x)
+
+
+def _run(digits, epochs, start_epoch=0, checkpoint=None, resume=None, seed=3):
+    train, test, norm = digits
+    nn.manual_seed(0)
+    exe = engine.compile(
+        DigitsNet(),
+        (1, 8, 8),
+        batch=32,
+        train=True,
+        optimizer=SGD(lr=0.1, momentum=0.9, weight_decay=5e-4),
+    )
+    schedule = make_schedule("cosine", 0.1, T_max=4)
+    if resume is not None:
+        start_epoch = load_training_checkpoint(resume, exe, schedule)["next_epoch"]
+    fit(
+        exe,
+        train,
+        test,
+        epochs,
+        schedule,
+        preprocess=norm,
+        seed=seed,
+        start_epoch=start_epoch,
+        checkpoint=checkpoint,
+        progress=False,
+        log=lambda _: None,
+    )
+    return exe
+
+
+def test_training_on_digits_learns(digits):
+    exe = _run(digits, epochs=4)
+    scores = evaluate(exe, digits[1], digits[2])
+    assert scores["top1"] > 0.9 and scores["top5"] >= scores["top1"]
+
+
+def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(digits, tmp_path):
+    straight = _run(digits, epochs=4)
+    path = str(tmp_path / "run.ckpt")
+    _run(digits, epochs=2, checkpoint=path)
+    resumed = _run(digits, epochs=4, resume=path)
+    for name, value in straight.params.items():
+        np.testing.assert_array_equal(resumed.params[name], value, err_msg=name)
+    for name, value in straight.optimizer_state.items():
+        np.testing.assert_array_equal(resumed.optimizer_state[name], value, err_msg=name)
+    assert resumed.optimizer.steps == straight.optimizer.steps
+
+
+def test_corrupt_checkpoint_is_a_clear_error(digits, tmp_path):
+    path = tmp_path / "run.ckpt"
+    _run(digits, epochs=1, checkpoint=str(path))
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    exe = engine.compile(DigitsNet(), (1, 8, 8), batch=32, train=True, optimizer=SGD())
+    with pytest.raises(ValueError, match="run.ckpt"):
+        load_training_checkpoint(str(path), exe)
+    path.write_bytes(bytes(blob[: len(blob) // 2]))
+    with pytest.raises(ValueError, match="run.ckpt"):
+        load_training_checkpoint(str(path), exe)
+
+
+def test_bad_batches_are_refused():
+    exe = engine.compile(DigitsNet(), (1, 8, 8), batch=4, train=True, optimizer=SGD())
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 10\)"):
+        exe.train_step(x, np.array([0, 1, 2, 10]))
+    with pytest.raises(ValueError, match="target of shape"):
+        exe.train_step(x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="class indices"):
+        exe.train_step(x, np.array([0.5, 1, 2, 3]))
+    inference = engine.compile(DigitsNet(), (1, 8, 8), batch=4)
+    with pytest.raises(RuntimeError, match="train=True"):
+        inference.forward_backward(x, np.zeros(4, np.int64))
+    no_optimizer = engine.compile(DigitsNet(), (1, 8, 8), batch=4, train=True)
+    with pytest.raises(RuntimeError, match="optimizer"):
+        no_optimizer.train_step(x, np.zeros(4, np.int64))
+
+
+def test_cli_trains_saves_and_evaluates(tmp_path, capsys):
+    path = str(tmp_path / "lenet.ckpt")
+    args = ["lenet5", "--data", "digits", "--batch", "32"]
+    assert cli.main(["train", *args, "--epochs", "2", "--checkpoint", path, "--no-progress"]) == 0
+    trained = capsys.readouterr().out
+    assert "epoch 2" in trained and "top-1" in trained
+    assert cli.main(["eval", *args, "--checkpoint", path]) == 0
+    final = trained.rsplit("final test top-1 ", 1)[1].split("%")[0]
+    assert f"top-1 {final}%" in capsys.readouterr().out
