@@ -29,6 +29,15 @@ def manual_seed(seed: int) -> None:
     _rng = np.random.default_rng(seed)
 
 
+def kaiming_normal_(param: Parameter, mode: str = "fan_out") -> None:
+    """He initialisation for ReLU networks, as ``torch.nn.init.kaiming_normal_(w, mode=mode,
+    nonlinearity="relu")``: N(0, 2 / fan), drawn from the seeded generator."""
+    fan_out, fan_in = param.shape[0], int(np.prod(param.shape[1:]))
+    receptive = int(np.prod(param.shape[2:])) if len(param.shape) > 2 else 1
+    fan = fan_out * receptive if mode == "fan_out" else fan_in
+    param.data[...] = _rng.normal(0.0, np.sqrt(2.0 / fan), size=param.shape)
+
+
 def _uniform(shape: tuple[int, ...], bound: float) -> np.ndarray:
     return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
 

@@ -51,4 +51,4 @@ def get(name: str, **kwargs: object) -> Module:
     return spec(name).build(**kwargs)
 
 
-from zoo import lenet  # noqa: E402,F401  (registration)
+from zoo import lenet, resnet  # noqa: E402,F401  (registration)

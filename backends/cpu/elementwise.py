@@ -1,15 +1,30 @@
-"""Elementwise CPU kernels: activations, add, mul, and the plain copy that dropout (inference),
-flatten and reshape lower to.
+"""Elementwise CPU kernels: activations, add, mul, the plain copy that dropout (inference),
+flatten and reshape lower to, training-mode dropout, and the activations' gradients.
 
 Layout: every buffer is flat; shapes do not matter to these kernels. Work is cut into chunks
 of ``CHUNK`` elements; ``unary`` selects its function by ``kind`` once per chunk, outside the
 loop, so each loop body stays one vectorisable line.
-Buffers: unary(x, y, consts) with consts = [negative_slope]; binary(a, b, y).
+
+``dropout_train`` draws its mask from a counter-based generator (the splitmix64 finaliser of
+Steele et al. 2014, as in Random123's philosophy): element i keeps its value when
+``mix(key + (i + 1) * GAMMA) >> 11``, a uniform 53-bit integer, is at least
+``round(p * 2^53)``; ``key`` hashes the layer's salt (a CRC-32 of its name, so two dropout
+layers draw different masks) with the ``[seed, step]`` buffer. The mask is a pure function of
+(seed, step, layer, element), whatever the thread count, so a step can be replayed exactly;
+whoever owns that buffer advances ``step`` once per training forward pass to draw a fresh mask.
+Kept elements are scaled by ``1 / (1 - p)``, dropped ones are 0 (p=1 drops everything, as torch).
+
+Buffers: unary(x, y, consts) with consts = [negative_slope]; binary(a, b, y);
+activation_grad(gy, saved, gx, consts=[negative_slope]); dropout_train(x, y, mask,
+rng=[seed, step], consts=[1 / (1 - p)]), seed and step non-negative integers (exact in float32
+up to 2^24).
+Attrs: unary, binary, activation_grad [kind]; dropout_train [round(p * 2^53), salt].
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 from numba import njit, prange
@@ -25,6 +40,11 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # Elements per parallel task; each task loops over slice views (see windows.py on why).
 CHUNK = 4096
+# splitmix64's increment (the golden ratio) and finaliser constants, typed uint64 for Numba.
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S11, _S27, _S30, _S31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
+_UNIFORM_BITS = 53
 
 
 @njit(inline="always", cache=True)
@@ -117,6 +137,29 @@ def activation_grad(gy, saved, gx, consts, a):
     return 0
 
 
+@njit(inline="always", cache=True)
+def _mix(z):
+    """splitmix64's finaliser: a bijection of uint64 that scatters every input bit."""
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@kernel(buffers=5)
+def dropout_train(x, y, mask, rng, consts, a):
+    threshold, salt, keep = np.uint64(a[0]), np.uint64(a[1]), consts[0]
+    key = _mix(_mix(_mix(np.uint64(rng[0])) ^ salt) ^ np.uint64(rng[1]))
+    for c in prange((x.shape[0] + CHUNK - 1) // CHUNK):
+        lo, hi = c * CHUNK, (c + 1) * CHUNK
+        xc, yc, mc = x[lo:hi], y[lo:hi], mask[lo:hi]
+        first = key + np.uint64(lo + 1) * _GAMMA
+        for i in range(xc.shape[0]):
+            m = keep if _mix(first + np.uint64(i) * _GAMMA) >> _S11 >= threshold else 0.0
+            mc[i] = m
+            yc[i] = xc[i] * m
+    return 0
+
+
 _UNARY_KINDS = {"relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID, "tanh": TANH}
 
 
@@ -150,3 +193,14 @@ def _lower_activation_grad(node: Node, io: NodeIO):
     consts = io.const([node.attrs.get("negative_slope", 0.01)])
     buffers = [io.input(0), io.input(1), io.output(), consts]
     return [activation_grad.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, [code])]
+
+
+@lowers("dropout_train")
+def _lower_dropout_train(node: Node, io: NodeIO):
+    """The [seed, step] buffer starts as a constant [0, 0] here; the engine owns advancing it."""
+    p = node.attrs["p"]
+    threshold = round(p * 2**_UNIFORM_BITS)
+    keep = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    buffers = [io.input(0), io.output(0), io.output(1), io.const([0.0, 0.0]), io.const([keep])]
+    ints = [threshold, zlib.crc32(node.name.encode())]
+    return [dropout_train.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, ints)]

@@ -1,26 +1,76 @@
-"""CPU normalisation kernels: batch_norm (inference), layer_norm2d and softmax.
+"""CPU normalisation kernels: batch_norm (inference and training), layer_norm2d and softmax,
+and their gradients.
 
 - ``batch_norm``: PyTorch's CPU inference transform, ``alpha = weight / sqrt(var + eps)``,
   ``beta = bias - mean * alpha``, ``y = x * alpha + beta`` per channel plane.
+- ``batch_norm_train``: per channel, the batch mean and biased variance (two passes, float64
+  sums) normalise x; ``mean`` and ``invstd = 1 / sqrt(var + eps)`` are written out for the
+  backward pass, and the running statistics are updated in place as torch does,
+  ``running = (1 - momentum) * running + momentum * batch``, with the unbiased variance
+  ``var * M / (M - 1)`` (M = N * H * W values per channel). Fewer than 2 values per channel
+  return ``TOO_FEW_VALUES`` (torch raises "Expected more than 1 value per channel").
+- ``batch_norm_grad``: with ``xhat = (x - mean) * invstd``, ``grad_bias = sum(gy)``,
+  ``grad_weight = sum(gy * xhat)`` and
+  ``gx = invstd * weight * (gy - grad_bias / M - xhat * grad_weight / M)`` (weight 1 without
+  affine; the two parameter gradients are written either way).
 - ``layer_norm2d``: each pixel of NCHW normalised over C (biased variance, two passes, float64
   sums), then the per-channel affine; parallel over (image, row) blocks.
+- ``layer_norm2d_grad``: the same rule as batch_norm_grad over the C values of each pixel, with
+  ``g = gy * weight`` in place of gy; parallel over (image, row) blocks, which also store each
+  pixel's mean and inverse std in the scratch, then over channels for the parameter gradients
+  (sums over images and pixels), so no two tasks write one element.
 - ``softmax``: the input viewed as [outer, D, inner]; each of the outer*inner lines has its
-  maximum subtracted before ``exp``.
+  maximum subtracted before ``exp``. ``softmax_grad``: ``gx = y * (gy - sum(gy * y))`` per line.
 
 Buffers: batch_norm(x, mean, var, weight, bias, y, consts=[eps]) with weight/bias empty when
-affine=False; layer_norm2d(x, weight, bias, y, consts=[eps]); softmax(x, y).
-Attrs: batch_norm [N, C, inner]; layer_norm2d [N, C, H, W]; softmax [outer, D, inner].
+affine=False; batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd,
+consts=[eps, momentum]); batch_norm_grad(gy, x, mean, invstd, weight, gx, grad_weight,
+grad_bias); layer_norm2d(x, weight, bias, y, consts=[eps]); layer_norm2d_grad(gy, x, weight, gx,
+grad_weight, grad_bias, scratch=[mean per pixel, invstd per pixel], consts=[eps]);
+softmax(x, y); softmax_grad(gy, y, gx).
+Attrs: batch_norm* [N, C, inner]; layer_norm2d* [N, C, H, W]; softmax* [outer, D, inner].
 """
 
 from __future__ import annotations
 
 import math
 
-from numba import prange
+from numba import njit, prange
 
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
 from graph.ir import Node
+
+TOO_FEW_VALUES = 1
+
+
+@njit(inline="always", cache=True)
+def _plane(buffer, i, ch, c, inner):
+    """Image i's values of channel ch in a buffer laid out [N, C, inner]."""
+    start = (i * c + ch) * inner
+    return buffer[start : start + inner]
+
+
+@njit(inline="always", cache=True)
+def _line(buffer, line, d, inner):
+    """The D values of one softmax line of a buffer laid out [outer, D, inner] (a strided
+    view when inner > 1)."""
+    start = (line // inner) * d * inner + line % inner
+    return buffer[start : start + (d - 1) * inner + 1 : inner]
+
+
+@njit(inline="always", cache=True)
+def _pixel_stats(x, pixel, c, hw, eps):
+    """Mean and inverse std (biased variance) of one pixel's C values, strided by H*W."""
+    total = 0.0
+    for ch in range(c):
+        total += x[pixel + ch * hw]
+    mu = total / c
+    spread = 0.0
+    for ch in range(c):
+        d = x[pixel + ch * hw] - mu
+        spread += d * d
+    return mu, 1.0 / math.sqrt(spread / c + eps)
 
 
 @kernel(buffers=7)
@@ -40,6 +90,62 @@ def batch_norm(x, mean, var, weight, bias, y, consts, a):
     return 0
 
 
+@kernel(buffers=9)
+def batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd, consts, a):
+    n, c, inner = a[0], a[1], a[2]
+    eps, momentum, affine, count = consts[0], consts[1], weight.shape[0] > 0, n * inner
+    if count < 2:
+        return TOO_FEW_VALUES
+    for ch in prange(c):
+        total = 0.0
+        for i in range(n):
+            src = _plane(x, i, ch, c, inner)
+            for j in range(inner):
+                total += src[j]
+        mu = total / count
+        spread = 0.0
+        for i in range(n):
+            src = _plane(x, i, ch, c, inner)
+            for j in range(inner):
+                d = src[j] - mu
+                spread += d * d
+        inv = 1.0 / math.sqrt(spread / count + eps)
+        mean[ch], invstd[ch] = mu, inv
+        running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mu
+        running_var[ch] = (1.0 - momentum) * running_var[ch] + momentum * spread / (count - 1)
+        alpha = inv * weight[ch] if affine else inv
+        beta = (bias[ch] if affine else 0.0) - mu * alpha
+        for i in range(n):
+            src, dst = _plane(x, i, ch, c, inner), _plane(y, i, ch, c, inner)
+            for j in range(inner):
+                dst[j] = src[j] * alpha + beta
+    return 0
+
+
+@kernel(buffers=8)
+def batch_norm_grad(gy, x, mean, invstd, weight, gx, grad_weight, grad_bias, a):
+    n, c, inner = a[0], a[1], a[2]
+    affine, count = weight.shape[0] > 0, n * inner
+    for ch in prange(c):
+        mu, inv = mean[ch], invstd[ch]
+        sum_gy, sum_gy_xhat = 0.0, 0.0
+        for i in range(n):
+            g, src = _plane(gy, i, ch, c, inner), _plane(x, i, ch, c, inner)
+            for j in range(inner):
+                sum_gy += g[j]
+                sum_gy_xhat += g[j] * (src[j] - mu)
+        sum_gy_xhat *= inv
+        grad_bias[ch], grad_weight[ch] = sum_gy, sum_gy_xhat
+        scale = inv * weight[ch] if affine else inv
+        mean_gy, mean_gy_xhat = sum_gy / count, sum_gy_xhat * inv / count
+        for i in range(n):
+            g, src = _plane(gy, i, ch, c, inner), _plane(x, i, ch, c, inner)
+            dst = _plane(gx, i, ch, c, inner)
+            for j in range(inner):
+                dst[j] = scale * (g[j] - mean_gy - (src[j] - mu) * mean_gy_xhat)
+    return 0
+
+
 @kernel(buffers=5)
 def layer_norm2d(x, weight, bias, y, consts, a):
     n, c, h, w = a[0], a[1], a[2], a[3]
@@ -48,18 +154,43 @@ def layer_norm2d(x, weight, bias, y, consts, a):
         i, row = block // h, block % h
         for col in range(w):
             pixel = i * c * hw + row * w + col
-            total = 0.0
-            for ch in range(c):
-                total += x[pixel + ch * hw]
-            mu = total / c
-            spread = 0.0
-            for ch in range(c):
-                d = x[pixel + ch * hw] - mu
-                spread += d * d
-            inv = 1.0 / math.sqrt(spread / c + eps)
+            mu, inv = _pixel_stats(x, pixel, c, hw, eps)
             for ch in range(c):
                 v = (x[pixel + ch * hw] - mu) * inv
                 y[pixel + ch * hw] = v * weight[ch] + bias[ch] if affine else v
+    return 0
+
+
+@kernel(buffers=8)
+def layer_norm2d_grad(gy, x, weight, gx, grad_weight, grad_bias, scratch, consts, a):
+    n, c, h, w = a[0], a[1], a[2], a[3]
+    eps, affine, hw = consts[0], weight.shape[0] > 0, h * w
+    means, invstds = scratch[: n * hw], scratch[n * hw : 2 * n * hw]
+    for block in prange(n * h):
+        i, row = block // h, block % h
+        for col in range(w):
+            pixel = i * c * hw + row * w + col
+            mu, inv = _pixel_stats(x, pixel, c, hw, eps)
+            means[i * hw + row * w + col], invstds[i * hw + row * w + col] = mu, inv
+            sum_g, sum_g_xhat = 0.0, 0.0
+            for ch in range(c):
+                g = gy[pixel + ch * hw] * weight[ch] if affine else gy[pixel + ch * hw]
+                sum_g += g
+                sum_g_xhat += g * (x[pixel + ch * hw] - mu) * inv
+            mean_g, mean_g_xhat = sum_g / c, sum_g_xhat / c
+            for ch in range(c):
+                g = gy[pixel + ch * hw] * weight[ch] if affine else gy[pixel + ch * hw]
+                xhat = (x[pixel + ch * hw] - mu) * inv
+                gx[pixel + ch * hw] = inv * (g - mean_g - xhat * mean_g_xhat)
+    for ch in prange(c):
+        sum_gy, sum_gy_xhat = 0.0, 0.0
+        for i in range(n):
+            g, src = _plane(gy, i, ch, c, hw), _plane(x, i, ch, c, hw)
+            mu, inv = means[i * hw : (i + 1) * hw], invstds[i * hw : (i + 1) * hw]
+            for j in range(hw):
+                sum_gy += g[j]
+                sum_gy_xhat += g[j] * (src[j] - mu[j]) * inv[j]
+        grad_bias[ch], grad_weight[ch] = sum_gy, sum_gy_xhat
     return 0
 
 
@@ -67,30 +198,47 @@ def layer_norm2d(x, weight, bias, y, consts, a):
 def softmax(x, y, a):
     outer, d, inner = a[0], a[1], a[2]
     for line in prange(outer * inner):
-        start = (line // inner) * d * inner + line % inner
-        top = x[start]
+        src, dst = _line(x, line, d, inner), _line(y, line, d, inner)
+        top = src[0]
         for k in range(1, d):
-            top = max(top, x[start + k * inner])
+            top = max(top, src[k])
         total = 0.0
         for k in range(d):
-            e = math.exp(x[start + k * inner] - top)
-            y[start + k * inner] = e
+            e = math.exp(src[k] - top)
+            dst[k] = e
             total += e
         for k in range(d):
-            y[start + k * inner] /= total
+            dst[k] /= total
     return 0
 
 
-def _affine(node: Node, io: NodeIO, first: int) -> list[tuple[int, int]]:
+@kernel(buffers=3)
+def softmax_grad(gy, y, gx, a):
+    outer, d, inner = a[0], a[1], a[2]
+    for line in prange(outer * inner):
+        g, out, dst = _line(gy, line, d, inner), _line(y, line, d, inner), _line(gx, line, d, inner)
+        dot = 0.0
+        for k in range(d):
+            dot += g[k] * out[k]
+        for k in range(d):
+            dst[k] = out[k] * (g[k] - dot)
+    return 0
+
+
+def _affine(node: Node, io: NodeIO, first: int, count: int = 2) -> list[tuple[int, int]]:
+    """The ``count`` optional per-channel inputs from ``first`` on (weight, bias), or empties."""
     if len(node.inputs) > first:
-        return [io.input(first), io.input(first + 1)]
-    return [io.empty(), io.empty()]
+        return [io.input(first + k) for k in range(count)]
+    return [io.empty()] * count
+
+
+def _channel_layout(shape: tuple[int, ...]) -> list[int]:
+    """[N, C, inner] of a rank-2 or rank-4 batch-norm input."""
+    return [shape[0], shape[1], math.prod(shape[2:])]
 
 
 @lowers("batch_norm")
 def _lower_batch_norm(node: Node, io: NodeIO):
-    shape = node.inputs[0].shape
-    inner = shape[2] * shape[3] if len(shape) == 4 else 1
     buffers = [
         io.input(0),
         io.input(1),
@@ -101,7 +249,54 @@ def _lower_batch_norm(node: Node, io: NodeIO):
     ]
     return [
         batch_norm.step(
-            node.name, io.dtype, io.parallel(io.output()[1]), buffers, [shape[0], shape[1], inner]
+            node.name,
+            io.dtype,
+            io.parallel(io.output()[1]),
+            buffers,
+            _channel_layout(node.inputs[0].shape),
+        )
+    ]
+
+
+@lowers("batch_norm_train")
+def _lower_batch_norm_train(node: Node, io: NodeIO):
+    buffers = [
+        io.input(0),
+        io.input(1),
+        io.input(2),
+        *_affine(node, io, 3),
+        io.output(0),
+        io.output(1),
+        io.output(2),
+        io.const([node.attrs["eps"], node.attrs["momentum"]]),
+    ]
+    return [
+        batch_norm_train.step(
+            node.name,
+            io.dtype,
+            io.parallel(3 * io.output()[1]),
+            buffers,
+            _channel_layout(node.inputs[0].shape),
+        )
+    ]
+
+
+@lowers("batch_norm_grad")
+def _lower_batch_norm_grad(node: Node, io: NodeIO):
+    buffers = [
+        *(io.input(k) for k in range(4)),
+        *_affine(node, io, 4, count=1),
+        io.output(0),
+        io.output(1),
+        io.output(2),
+    ]
+    return [
+        batch_norm_grad.step(
+            node.name,
+            io.dtype,
+            io.parallel(3 * io.output()[1]),
+            buffers,
+            _channel_layout(node.inputs[0].shape),
         )
     ]
 
@@ -120,16 +315,63 @@ def _lower_layer_norm2d(node: Node, io: NodeIO):
     ]
 
 
+def _layer_norm2d_grad_scratch(node: Node) -> int:
+    """A mean and an inverse std per pixel."""
+    n, _, h, w = node.inputs[0].shape
+    return 2 * n * h * w * node.inputs[0].type.itemsize
+
+
+@lowers("layer_norm2d_grad", scratch=_layer_norm2d_grad_scratch)
+def _lower_layer_norm2d_grad(node: Node, io: NodeIO):
+    n, _, h, w = node.inputs[0].shape
+    buffers = [
+        io.input(0),
+        io.input(1),
+        *_affine(node, io, 2, count=1),
+        io.output(0),
+        io.output(1),
+        io.output(2),
+        io.scratch(2 * n * h * w),
+        io.const([node.attrs["eps"]]),
+    ]
+    return [
+        layer_norm2d_grad.step(
+            node.name,
+            io.dtype,
+            io.parallel(5 * io.output()[1]),
+            buffers,
+            list(node.inputs[0].shape),
+        )
+    ]
+
+
+def _softmax_layout(node: Node) -> list[int]:
+    """[outer, D, inner] of the (first) input around the softmax axis."""
+    shape, dim = node.inputs[0].shape, node.attrs["dim"]
+    return [math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])]
+
+
 @lowers("softmax")
 def _lower_softmax(node: Node, io: NodeIO):
-    shape, dim = node.inputs[0].shape, node.attrs["dim"]
-    outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
     return [
         softmax.step(
             node.name,
             io.dtype,
             io.parallel(3 * io.output()[1]),
             [io.input(0), io.output()],
-            [outer, shape[dim], inner],
+            _softmax_layout(node),
+        )
+    ]
+
+
+@lowers("softmax_grad")
+def _lower_softmax_grad(node: Node, io: NodeIO):
+    return [
+        softmax_grad.step(
+            node.name,
+            io.dtype,
+            io.parallel(2 * io.output()[1]),
+            [io.input(0), io.input(1), io.output()],
+            _softmax_layout(node),
         )
     ]

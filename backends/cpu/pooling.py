@@ -8,9 +8,15 @@
 - ``adaptive_pool``: max or average over PyTorch's adaptive windows
   ``[floor(i*H/OH), ceil((i+1)*H/OH))``; ``global_avg_pool2d`` is the 1x1 case.
 Adaptive sums accumulate in float64.
+- The gradients scatter each output's gradient back over its window, output by output in
+  row-major order as PyTorch's CPU kernels do, into a zeroed input plane: average pooling spreads
+  it evenly (divided by the forward pass's count), max pooling sends it to the element the
+  forward pass picked (found again from the saved input, not stored as indices).
 
-Buffers: (x, y). Attrs: window_pool [planes, H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW,
-is_max, count_include_pad]; adaptive_pool [planes, H, W, OH, OW, is_max].
+Buffers: (x, y); window_pool_grad and adaptive_pool_grad (gy, x, gx), x empty for average
+pooling; global_avg_pool_grad (gy, gx). Attrs: window_pool* [planes, H, W, OH, OW, KH, KW, SH,
+SW, PH, PW, DH, DW, is_max, count_include_pad]; adaptive_pool* [planes, H, W, OH, OW, is_max];
+global_avg_pool_grad [planes, H*W].
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ def _window_count(o, stride, pad, kernel, size, count_pad):
     start = o * stride - pad
     end = min(start + kernel, size + pad)
     return end - start if count_pad else min(end, size) - max(start, 0)
+
+
+@njit(inline="always", cache=True)
+def _adaptive_window(o, size, out_size):
+    """PyTorch's adaptive window [floor(o*size/out), ceil((o+1)*size/out)) along one axis."""
+    return (o * size) // out_size, -((-(o + 1) * size) // out_size)
 
 
 @njit(inline="always", cache=True)
@@ -76,9 +88,9 @@ def adaptive_pool(x, y, a):
     for p in prange(planes):
         src, dst = p * h * w, p * oh * ow
         for oy in range(oh):
-            ys, ye = (oy * h) // oh, -((-(oy + 1) * h) // oh)
+            ys, ye = _adaptive_window(oy, h, oh)
             for ox in range(ow):
-                xs, xe = (ox * w) // ow, -((-(ox + 1) * w) // ow)
+                xs, xe = _adaptive_window(ox, w, ow)
                 best, total = -np.inf, 0.0
                 for iy in range(ys, ye):
                     for ix in range(xs, xe):
@@ -122,6 +134,37 @@ def window_pool_grad(gy, x, gx, a):
                     for iy in range(max(y0, 0), min(y0 + kh, h)):
                         for ix in range(max(x0, 0), min(x0 + kw, w)):
                             plane[iy * w + ix] += g / count
+    return 0
+
+
+@kernel(buffers=3)
+def adaptive_pool_grad(gy, x, gx, a):
+    """Max: the first maximum of each window in row-major order, a NaN replacing it (the
+    forward pass's choice, and PyTorch's); average: an even share per window element."""
+    planes, h, w, oh, ow, is_max = a[:6]
+    for p in prange(planes):
+        src, dst = p * h * w, p * oh * ow
+        plane = gx[src : src + h * w]
+        plane[:] = 0
+        for oy in range(oh):
+            ys, ye = _adaptive_window(oy, h, oh)
+            for ox in range(ow):
+                xs, xe = _adaptive_window(ox, w, ow)
+                g = gy[dst + oy * ow + ox]
+                if is_max:
+                    best, at = -np.inf, ys * w + xs
+                    for iy in range(ys, ye):
+                        for ix in range(xs, xe):
+                            v = x[src + iy * w + ix]
+                            if v > best or v != v:
+                                best, at = v, iy * w + ix
+                    plane[at] += g
+                else:
+                    share = g / ((ye - ys) * (xe - xs))
+                    for iy in range(ys, ye):
+                        row = plane[iy * w + xs : iy * w + xe]
+                        for j in range(row.shape[0]):
+                            row[j] += share
     return 0
 
 
@@ -177,6 +220,16 @@ def _lower_window_pool_grad(node: Node, io: NodeIO):
             node.name, io.dtype, io.parallel(work), [io.input(0), saved, io.output()], ints + flags
         )
     ]
+
+
+@lowers("adaptive_pool2d_grad")
+def _lower_adaptive_pool_grad(node: Node, io: NodeIO):
+    is_max = node.attrs["is_max"]
+    n, c, h, w = node.outputs[0].shape
+    ints = [n * c, h, w, *node.attrs["output_size"], int(is_max)]
+    buffers = [io.input(0), io.input(1) if is_max else io.empty(), io.output()]
+    work = io.output()[1]
+    return [adaptive_pool_grad.step(node.name, io.dtype, io.parallel(work), buffers, ints)]
 
 
 @lowers("global_avg_pool2d_grad")

@@ -1,32 +1,46 @@
-"""CPU kernels that move data: concat (one block copy per input), channel_shuffle and pad.
+"""CPU kernels that move data: concat and slice (one block copy per input), channel_shuffle,
+pad and pad's gradient.
 
-- ``copy_block``: the destination viewed as [outer, dst_inner]; the source [outer, src_inner]
-  lands at column ``offset`` (concat along any axis: inner = that axis and all after it).
+- ``copy_block``: ``outer`` runs of ``length`` elements, run o read at
+  ``o * src_stride + src_offset`` and written at ``o * dst_stride + dst_offset``. Concat along
+  any axis writes each input as a column range of the output viewed as [outer, inner] (inner =
+  that axis and all after it); slice (concat's gradient) reads such a column range back.
 - ``channel_shuffle``: y[n, j*g + i] = x[n, i*(C/g) + j], planes of H*W copied whole.
 - ``pad``: each output pixel reads the reflected input index, or the constant outside.
+- ``pad_grad``: the crop of the output gradient; reflect mode also adds each mirrored position
+  onto the input position it copied, visiting the output positions in row-major order as
+  torch's ``reflection_pad2d_backward`` does, so the sums round the same way.
 
-Buffers: copy_block(src, dst); channel_shuffle(x, y); pad(x, y, consts=[value]).
-Attrs: copy_block [outer, src_inner, dst_inner, offset]; channel_shuffle [N, groups, C/g, HW];
-pad [planes, H, W, OH, OW, top, left, reflect].
+Buffers: copy_block(src, dst); channel_shuffle(x, y); pad(x, y, consts=[value]); pad_grad(gy,
+gx).
+Attrs: copy_block [outer, length, src_stride, src_offset, dst_stride, dst_offset];
+channel_shuffle [N, groups, C/g, HW]; pad and pad_grad [planes, H, W, OH, OW, top, left,
+reflect].
 """
 
 from __future__ import annotations
 
 import math
 
-from numba import prange
+from numba import njit, prange
 
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
 from graph.ir import Node
 
 
+@njit(inline="always", cache=True)
+def _reflect(i, size):
+    """The input index that reflect padding copies to position i (at most size - 1 outside)."""
+    return -i if i < 0 else (2 * (size - 1) - i if i >= size else i)
+
+
 @kernel(buffers=2)
 def copy_block(src, dst, a):
-    outer, src_inner, dst_inner, offset = a[0], a[1], a[2], a[3]
+    outer, length, src_stride, src_offset, dst_stride, dst_offset = a[:6]
     for o in prange(outer):
-        start = o * dst_inner + offset
-        dst[start : start + src_inner] = src[o * src_inner : (o + 1) * src_inner]
+        start, end = o * src_stride + src_offset, o * dst_stride + dst_offset
+        dst[end : end + length] = src[start : start + length]
     return 0
 
 
@@ -47,16 +61,40 @@ def pad(x, y, consts, a):
     fill = consts[0]
     for p in prange(planes):
         for oy in range(oh):
-            iy = oy - top
-            if reflect:
-                iy = -iy if iy < 0 else (2 * (h - 1) - iy if iy >= h else iy)
+            iy = _reflect(oy - top, h) if reflect else oy - top
             for ox in range(ow):
-                ix = ox - left
-                if reflect:
-                    ix = -ix if ix < 0 else (2 * (w - 1) - ix if ix >= w else ix)
+                ix = _reflect(ox - left, w) if reflect else ox - left
                 inside = 0 <= iy < h and 0 <= ix < w
                 y[(p * oh + oy) * ow + ox] = x[(p * h + iy) * w + ix] if inside else fill
     return 0
+
+
+@kernel(buffers=2)
+def pad_grad(gy, gx, a):
+    planes, h, w, oh, ow, top, left, reflect = a[:8]
+    first, last = (0, oh) if reflect else (top, top + h)
+    for p in prange(planes):
+        plane = gx[p * h * w : (p + 1) * h * w]
+        plane[:] = 0
+        for oy in range(first, last):
+            iy = _reflect(oy - top, h)
+            src, dst = gy[(p * oh + oy) * ow : (p * oh + oy + 1) * ow], plane[iy * w : (iy + 1) * w]
+            if reflect:
+                for ox in range(left):
+                    dst[left - ox] += src[ox]
+            inner = src[left : left + w]
+            for ix in range(w):
+                dst[ix] += inner[ix]
+            if reflect:
+                for ox in range(left + w, ow):
+                    dst[2 * (w - 1) + left - ox] += src[ox]
+    return 0
+
+
+def _copy_step(io: NodeIO, name: str, src: int, ints: list[int]):
+    """One copy_block step from input ``src`` to the output; ints as copy_block's attrs."""
+    work = ints[0] * ints[1]
+    return copy_block.step(name, io.dtype, io.parallel(work), [io.input(src), io.output()], ints)
 
 
 @lowers("concat")
@@ -65,19 +103,20 @@ def _lower_concat(node: Node, io: NodeIO):
     outer, after = math.prod(out_shape[:dim]), math.prod(out_shape[dim + 1 :])
     steps, offset = [], 0
     for i, value in enumerate(node.inputs):
-        src_inner = value.shape[dim] * after
-        ints = [outer, src_inner, out_shape[dim] * after, offset]
-        steps.append(
-            copy_block.step(
-                f"{node.name}[{i}]",
-                io.dtype,
-                io.parallel(value.type.numel),
-                [io.input(i), io.output()],
-                ints,
-            )
-        )
-        offset += src_inner
+        length = value.shape[dim] * after
+        ints = [outer, length, length, 0, out_shape[dim] * after, offset]
+        steps.append(_copy_step(io, f"{node.name}[{i}]", i, ints))
+        offset += length
     return steps
+
+
+@lowers("slice")
+def _lower_slice(node: Node, io: NodeIO):
+    shape, dim = node.inputs[0].shape, node.attrs["dim"]
+    outer, after = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
+    length = node.attrs["length"] * after
+    ints = [outer, length, shape[dim] * after, node.attrs["start"] * after, length, 0]
+    return [_copy_step(io, node.name, 0, ints)]
 
 
 @lowers("channel_shuffle")
@@ -95,12 +134,16 @@ def _lower_channel_shuffle(node: Node, io: NodeIO):
     ]
 
 
+def _pad_attrs(node: Node, small: tuple[int, ...], big: tuple[int, ...]) -> list[int]:
+    """The int block of pad and pad_grad: ``small`` is the unpadded shape, ``big`` the padded."""
+    n, c, h, w = small
+    left, _, top, _ = node.attrs["pads"]
+    return [n * c, h, w, big[2], big[3], top, left, int(node.attrs["mode"] == "reflect")]
+
+
 @lowers("pad")
 def _lower_pad(node: Node, io: NodeIO):
-    n, c, h, w = node.inputs[0].shape
-    _, _, oh, ow = node.outputs[0].shape
-    left, _, top, _ = node.attrs["pads"]
-    ints = [n * c, h, w, oh, ow, top, left, int(node.attrs["mode"] == "reflect")]
+    ints = _pad_attrs(node, node.inputs[0].shape, node.outputs[0].shape)
     return [
         pad.step(
             node.name,
@@ -108,5 +151,15 @@ def _lower_pad(node: Node, io: NodeIO):
             io.parallel(io.output()[1]),
             [io.input(0), io.output(), io.const([node.attrs["value"]])],
             ints,
+        )
+    ]
+
+
+@lowers("pad_grad")
+def _lower_pad_grad(node: Node, io: NodeIO):
+    ints = _pad_attrs(node, node.outputs[0].shape, node.inputs[0].shape)
+    return [
+        pad_grad.step(
+            node.name, io.dtype, io.parallel(io.input(0)[1]), [io.input(0), io.output()], ints
         )
     ]

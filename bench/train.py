@@ -1,0 +1,136 @@
+"""Training-step speed against PyTorch eager, same networks, weights and batches, float32.
+
+- LeNet-5 (1x28x28) at batch 64.
+- ResNet-18, CIFAR variant (3x32x32, 3x3 stem, no max-pool), at batch 32.
+Both with SGD (momentum 0.9, weight decay 5e-4) and cross-entropy; medians of one run.
+
+Run: ``python bench/train.py`` (and with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE``).
+``--fashion-mnist`` also trains LeNet-5 on Fashion-MNIST for 5 epochs and reports accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment_line, median_time, print_table  # noqa: E402
+
+import engine  # noqa: E402
+import zoo  # noqa: E402
+from engine.optim import SGD  # noqa: E402
+
+CASES = [("lenet5", 64, 30), ("resnet18_cifar", 32, 5)]
+
+
+def _torch_twin(name: str, model) -> torch.nn.Module:
+    """The same architecture written in torch, loaded with ``model``'s weights."""
+    T = torch.nn
+    if name == "lenet5":
+        twin = T.Sequential()
+        twin.features = T.Sequential(T.Conv2d(1, 6, 5, padding=2), T.ReLU(), T.MaxPool2d(2),
+                                     T.Conv2d(6, 16, 5), T.ReLU(), T.MaxPool2d(2))
+        twin.flatten = T.Flatten()
+        twin.classifier = T.Sequential(T.Linear(400, 120), T.ReLU(), T.Linear(120, 84), T.ReLU(),
+                                       T.Linear(84, 10))
+    else:
+        twin = _torch_resnet18_cifar()
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    return twin.train()
+
+
+def _torch_resnet18_cifar() -> torch.nn.Module:
+    T = torch.nn
+
+    class Block(T.Module):
+        def __init__(self, inplanes, planes, stride):
+            super().__init__()
+            self.conv1 = T.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+            self.bn1 = T.BatchNorm2d(planes)
+            self.relu = T.ReLU()
+            self.conv2 = T.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = T.BatchNorm2d(planes)
+            self.downsample = None
+            if stride != 1 or inplanes != planes:
+                self.downsample = T.Sequential(T.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                               T.BatchNorm2d(planes))
+
+        def forward(self, x):
+            identity = self.downsample(x) if self.downsample is not None else x
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + identity)
+
+    class Net(T.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = T.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = T.BatchNorm2d(64)
+            self.relu = T.ReLU()
+            inplanes, stages = 64, []
+            for i, planes in enumerate((64, 128, 256, 512)):
+                stride = 1 if i == 0 else 2
+                stages.append(T.Sequential(Block(inplanes, planes, stride),
+                                           Block(planes, planes, 1)))
+                inplanes = planes
+            self.layer1, self.layer2, self.layer3, self.layer4 = stages
+            self.avgpool = T.AdaptiveAvgPool2d(1)
+            self.fc = T.Linear(512, 10)
+
+        def forward(self, x):
+            x = self.relu(self.bn1(self.conv1(x)))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(self.avgpool(x).flatten(1))
+
+    return Net()
+
+
+def _step_times(name: str, batch: int, repeat: int) -> list[str]:
+    model = zoo.get(name)
+    shape = zoo.spec(name).input_shape
+    exe = engine.compile(model, shape, batch=batch, train=True,
+                         optimizer=SGD(lr=0.01, momentum=0.9, weight_decay=5e-4))
+    twin = _torch_twin(name, model)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_step():
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(twin(tx), ty).backward()
+        optimizer.step()
+
+    ours = median_time(lambda: exe.train_step(x, y), repeat)
+    theirs = median_time(torch_step, repeat)
+    return [f"{name} b{batch}", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}",
+            f"{theirs / ours:.2f}x"]
+
+
+def _fashion_mnist() -> None:
+    from engine import cli
+
+    start = time.perf_counter()
+    cli.main(["train", "lenet5", "--data", "fashion-mnist", "--epochs", "5", "--batch", "64",
+              "--lr", "0.05", "--no-progress"])
+    print(f"Fashion-MNIST run, compile to last epoch: {time.perf_counter() - start:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fashion-mnist", action="store_true")
+    args = parser.parse_args()
+    rows = [_step_times(name, batch, repeat) for name, batch, repeat in CASES]
+    print(environment_line())
+    print_table(["train step", "convforge ms", "torch eager ms", "speed-up"], rows)
+    if args.fashion_mnist:
+        _fashion_mnist()
+
+
+if __name__ == "__main__":
+    main()
