@@ -11,11 +11,13 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   whose B operand is a strided view of the padded image (leading dimension: the padded plane).
   Columns ox >= OW of the wide grid are garbage and dropped when the band is copied out (with
   the bias). Each task is one band of output rows of one group.
-- ``conv2d_gemm`` (strided): the output pixels of each (image, group) are cut into blocks; each
-  block is one task: im2col of just that block into the task's thread slot of the scratch
-  (rows ``(ci, ki, kj)``, sized to stay in L2), then ``W_g [OC/g, C/g*KH*KW] @ cols`` straight
-  into the block's columns of the output, then the bias. A pointwise conv (1x1, stride 1, no
-  padding) skips im2col: the image is the column matrix.
+- ``conv2d_gemm`` (strided, or small feature maps): the output pixels of each (image, group)
+  are cut into blocks; each block is one task: im2col of just that block into the task's
+  thread slot of the scratch (rows ``(ci, ki, kj)``, sized to stay in L2), then
+  ``W_g [OC/g, C/g*KH*KW] @ cols`` straight into the block's columns of the output, then the
+  bias. A pointwise conv (1x1, stride 1, no padding) skips im2col: the image is the column
+  matrix. Maps smaller than MIN_GEMM_COLUMNS pixels put several whole images side by side in
+  one task's columns (staging the output), so the GEMM is wide enough to pay for packing.
 - ``conv2d_direct``: direct loops, parallel over (image, output channel) planes, for depthwise
   convs and convs too thin or too small for a GEMM to pay off. At stride 1 it uses the wide
   grid of ``conv2d_shifted`` (each tap is one vectorisable axpy over the whole padded plane);
@@ -25,8 +27,8 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
 Buffers: conv2d_shifted/conv2d_gemm/conv2d_direct(x, w, b, y, scratch), linear(x, w, b, y);
 ``b`` is empty when the layer has no bias; direct's scratch is empty when strided.
 Attrs: [N, C, H, W, OC, OH, OW, KH, KW] then shifted [PT, PB, PL, PR, DH, DW, groups, band],
-gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block], direct [SH, SW, PT, PB, PL, PR,
-DH, DW, groups]; linear [N, in_features, out_features, block].
+gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block, images, threads], direct [SH, SW, PT,
+PB, PL, PR, DH, DW, groups]; linear [N, in_features, out_features, block].
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from graph.ir import Node
 BLOCK_BYTES = 256 * 1024
 # Wide pixels (output rows x padded width) per shifted-GEMM task.
 SHIFTED_PIXELS = 256
+# Fewest GEMM columns per call: below this, BLAS spends its time packing the weights.
+MIN_GEMM_COLUMNS = 256
 # Below this many output channels per group, a GEMM's M dimension is too thin for BLAS.
 DIRECT_MAX_CHANNELS = 8
 # Below this many MACs per image, im2col and a BLAS call cost more than direct loops.
@@ -54,14 +58,16 @@ PARALLEL_MIN_MACS = 1 << 18
 
 
 @njit(cache=True)
-def im2col_block(x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot):
-    """cols[slot + r*width + j] = the input under tap r for output pixel start + j (0 if the
-    tap falls in the padding)."""
+def im2col_block(
+    x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot, ld
+):
+    """cols[slot + r*ld + j] = the input under tap r for output pixel start + j of the image at
+    ``src`` (0 where the tap falls in the padding), for j < width."""
     for r in range(rows):
         ci, kk = r // (kh * kw), r % (kh * kw)
         ki, kj = kk // kw, kk % kw
         plane = src + ci * h * wd
-        row = cols[slot + r * width : slot + (r + 1) * width]
+        row = cols[slot + r * ld : slot + r * ld + width]
         _im2col_row(x, plane, h, wd, ow, sh, sw, pt, pl, ki * dh, kj * dw, start, row)
 
 
@@ -90,29 +96,72 @@ def _im2col_row(x, plane, h, wd, ow, sh, sw, pt, pl, dy, dx, start, row):
 
 
 @kernel(buffers=5)
-def conv2d_gemm(x, w, b, y, cols, a):
+def conv2d_gemm(x, w, b, y, scratch, a):
     n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups, pointwise, block = a[:18]
+    images, threads = a[18], a[19]
     cg, ocg, hw, ohw = c // groups, oc // groups, h * wd, oh * ow
-    rows, blocks = cg * kh * kw, (ohw + block - 1) // block
+    rows, blocks, sets = cg * kh * kw, (ohw + block - 1) // block, (n + images - 1) // images
+    span = images * block  # GEMM columns of one task
+    # scratch: [one im2col block per thread | one staged output block per thread]
+    cols, staged = scratch[: threads * rows * span], scratch[threads * rows * span :]
     status = 0
-    for task in prange(n * groups * blocks):
-        i, g = task // (groups * blocks), (task // blocks) % groups
+    for task in prange(sets * groups * blocks):
+        first, g = task // (groups * blocks) * images, (task // blocks) % groups
         start = (task % blocks) * block
-        width = min(block, ohw - start)
-        src, dst = (i * c + g * cg) * hw, (i * oc + g * ocg) * ohw + start
-        weights = (w, g * ocg * rows, rows)
-        if pointwise:
-            code = matmul(ocg, width, rows, weights, (x, src + start, hw), (y, dst, ohw))
+        count, width = min(images, n - first), min(block, ohw - start)
+        weights, tid = (w, g * ocg * rows, rows), get_thread_id()
+        dst = (first * oc + g * ocg) * ohw + start
+        if pointwise and images == 1:
+            src = (first * c + g * cg) * hw + start
+            code = matmul(ocg, width, rows, weights, (x, src, hw), (y, dst, ohw))
         else:
-            slot = get_thread_id() * rows * block
-            im2col_block(
-                x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot
-            )
-            code = matmul(ocg, width, rows, weights, (cols, slot, width), (y, dst, ohw))
+            slot = tid * rows * span
+            for m in range(count):
+                src = ((first + m) * c + g * cg) * hw
+                im2col_block(
+                    x,
+                    src,
+                    h,
+                    wd,
+                    ow,
+                    kh,
+                    kw,
+                    sh,
+                    sw,
+                    pt,
+                    pl,
+                    dh,
+                    dw,
+                    rows,
+                    start,
+                    width,
+                    cols,
+                    slot + m * width,
+                    count * width,
+                )
+            if images == 1:
+                code = matmul(ocg, width, rows, weights, (cols, slot, width), (y, dst, ohw))
+            else:
+                out = tid * ocg * span
+                code = matmul(
+                    ocg,
+                    count * width,
+                    rows,
+                    weights,
+                    (cols, slot, count * width),
+                    (staged, out, count * width),
+                )
+                for m in range(count):
+                    for o in range(ocg):
+                        at = ((first + m) * oc + g * ocg + o) * ohw + start
+                        row = out + o * count * width + m * width
+                        y[at : at + width] = staged[row : row + width]
         status = code if code != 0 else status
         if b.shape[0]:
-            for o in range(ocg):
-                y[dst + o * ohw : dst + o * ohw + width] += b[g * ocg + o]
+            for m in range(count):
+                for o in range(ocg):
+                    at = ((first + m) * oc + g * ocg + o) * ohw + start
+                    y[at : at + width] += b[g * ocg + o]
     return status
 
 
@@ -262,21 +311,31 @@ def is_pointwise(node: Node) -> bool:
 
 
 def rows_and_block(node: Node) -> tuple[int, int]:
-    """im2col rows, and the pixel block: about the L2 budget's worth of columns, a multiple of
+    """im2col rows, and the pixel block: whole images when several images share a GEMM, else
+    about the L2 budget's worth of columns (never fewer than MIN_GEMM_COLUMNS), a multiple of
     16, with the image cut into a multiple of the thread count of equal blocks (so the
     threads finish together)."""
     _, cg, kh, kw = node.inputs[1].shape
     _, _, oh, ow = node.outputs[0].shape
     rows, ohw, threads = cg * kh * kw, oh * ow, numba.config.NUMBA_NUM_THREADS
-    target = max(64, BLOCK_BYTES // (rows * node.outputs[0].type.itemsize))
+    if images_per_task(node) > 1:
+        return rows, ohw
+    target = max(MIN_GEMM_COLUMNS, BLOCK_BYTES // (rows * node.outputs[0].type.itemsize))
     blocks = -(-ohw // target)
     blocks = -(-blocks // threads) * threads if blocks > 1 or node.inputs[0].shape[0] == 1 else 1
     block = -(-ohw // blocks)
     return rows, min(ohw, -(-block // 16) * 16)
 
 
+def images_per_task(node: Node) -> int:
+    """Small feature maps (layer4 of a CIFAR ResNet: 4x4) are batched: one GEMM covers enough
+    images for MIN_GEMM_COLUMNS columns, so BLAS packs the weights once for all of them."""
+    (n, _, oh, ow) = node.outputs[0].shape
+    return 1 if oh * ow >= MIN_GEMM_COLUMNS else min(n, -(-MIN_GEMM_COLUMNS // (oh * ow)))
+
+
 def _is_shifted(node: Node) -> bool:
-    return node.attrs["stride"] == (1, 1) and not is_pointwise(node)
+    return node.attrs["stride"] == (1, 1) and not is_pointwise(node) and images_per_task(node) == 1
 
 
 def _band(node: Node) -> int:
@@ -301,13 +360,15 @@ def _conv2d_scratch_numel(node: Node) -> int:
             return 0
         n, oh = node.inputs[0].shape[0], node.outputs[0].shape[2]
         return n * c * (h + pt + pb) * wp + (kw - 1) * dw + threads * oh * wp
-    if is_pointwise(node):
+    images = images_per_task(node)
+    if is_pointwise(node) and images == 1:
         return 0
     if _is_shifted(node):
         band_numel = oc // node.attrs["groups"] * _band(node) * wp
         return oc * cg * kh * kw + c * (h + pt + pb) * wp + (kw - 1) * dw + threads * band_numel
     rows, block = rows_and_block(node)
-    return threads * rows * block
+    staged = oc // node.attrs["groups"] * block * images if images > 1 else 0
+    return threads * (rows * block * images + staged)
 
 
 def _conv2d_scratch(node: Node) -> int:
@@ -332,7 +393,7 @@ def _lower_conv2d(node: Node, io: NodeIO):
         attrs = shape + [pt, pb, pl, pr, dh, dw, groups, _band(node)]
         return [conv2d_shifted.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
     attrs = shape + [sh, sw, pt, pl, dh, dw, groups, int(is_pointwise(node))]
-    attrs.append(rows_and_block(node)[1])
+    attrs += [rows_and_block(node)[1], images_per_task(node), numba.config.NUMBA_NUM_THREADS]
     return [conv2d_gemm.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
 
 

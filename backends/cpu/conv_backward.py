@@ -26,89 +26,151 @@ from __future__ import annotations
 import math
 
 import numba
-from numba import get_thread_id, prange
+from numba import get_thread_id, njit, prange
 
 from backends.cpu.blas import matmul as gemm_block
-from backends.cpu.conv import BLOCK_BYTES, im2col_block, is_pointwise, rows_and_block
+from backends.cpu.conv import (
+    BLOCK_BYTES,
+    im2col_block,
+    images_per_task,
+    is_pointwise,
+    rows_and_block,
+)
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
 from backends.cpu.windows import axpy, valid_range
 from graph.ir import Node
 
 
+@njit(inline="always", cache=True)
+def _stage_grads(gy, first, count, g, oc, ocg, ohw, start, width, staged, slot):
+    """Copy the output gradient of ``count`` images (columns start..start+width of group g)
+    side by side into one [OC/g, count*width] matrix, so one GEMM covers all of them."""
+    for o in range(ocg):
+        for m in range(count):
+            at = ((first + m) * oc + g * ocg + o) * ohw + start
+            row = slot + (o * count + m) * width
+            staged[row : row + width] = gy[at : at + width]
+
+
 @kernel(buffers=4)
-def conv2d_grad_input(gy, w, gx, cols, a):
-    n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups, chunk = a[:17]
+def conv2d_grad_input(gy, w, gx, scratch, a):
+    n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups = a[:16]
+    chunk, images, threads = a[16], a[17], a[18]
     cg, ocg, ohw, taps = c // groups, oc // groups, oh * ow, kh * kw
-    chunks, status = (cg + chunk - 1) // chunk, 0
-    for task in prange(n * groups * chunks):
-        i, g = task // (groups * chunks), (task // chunks) % groups
-        first = (task % chunks) * chunk
-        count = min(chunk, cg - first)
-        slot = get_thread_id() * chunk * taps * ohw
-        weights = (w, g * ocg * cg * taps + first * taps, cg * taps)
-        grads = (gy, (i * oc + g * ocg) * ohw, ohw)
-        code = gemm_block(count * taps, ohw, ocg, weights, grads, (cols, slot, ohw), trans_a=1)
+    chunks, sets, span = (cg + chunk - 1) // chunk, (n + images - 1) // images, images * ohw
+    # scratch: [columns per thread: chunk*taps x span | staged gradients per thread: OC/g x span]
+    cols, staged = (
+        scratch[: threads * chunk * taps * span],
+        scratch[threads * chunk * taps * span :],
+    )
+    status = 0
+    for task in prange(sets * groups * chunks):
+        first, g = task // (groups * chunks) * images, (task // chunks) % groups
+        start_channel = (task % chunks) * chunk
+        count, channels = min(images, n - first), min(chunk, cg - start_channel)
+        tid = get_thread_id()
+        slot, columns = tid * chunk * taps * span, count * ohw
+        weights = (w, g * ocg * cg * taps + start_channel * taps, cg * taps)
+        if images == 1:
+            grads = (gy, (first * oc + g * ocg) * ohw, ohw)
+        else:
+            _stage_grads(gy, first, count, g, oc, ocg, ohw, 0, ohw, staged, tid * ocg * span)
+            grads = (staged, tid * ocg * span, columns)
+        code = gemm_block(
+            channels * taps, columns, ocg, weights, grads, (cols, slot, columns), trans_a=1
+        )
         status = code if code != 0 else status
-        for cc in range(count):
-            plane = (i * c + g * cg + first + cc) * h * wd
-            gx[plane : plane + h * wd] = 0
-            for t in range(taps):
-                ki, kj = t // kw, t % kw
-                row = cols[slot + (cc * taps + t) * ohw : slot + (cc * taps + t + 1) * ohw]
-                y_lo, y_hi = valid_range(oh, h, sh, pt, ki * dh)
-                x_lo, x_hi = valid_range(ow, wd, sw, pl, kj * dw)
-                for oy in range(y_lo, y_hi):
-                    base = plane + (oy * sh - pt + ki * dh) * wd - pl + kj * dw
-                    src = row[oy * ow + x_lo : oy * ow + x_hi]
-                    if sw == 1:
-                        axpy(gx[base + x_lo : base + x_hi], src, 1.0)
-                    else:
-                        axpy(gx[base + x_lo * sw : base + (x_hi - 1) * sw + 1 : sw], src, 1.0)
+        for m in range(count):
+            for cc in range(channels):
+                plane = ((first + m) * c + g * cg + start_channel + cc) * h * wd
+                gx[plane : plane + h * wd] = 0
+                for t in range(taps):
+                    at = slot + (cc * taps + t) * columns + m * ohw
+                    _col2im_row(
+                        gx,
+                        cols[at : at + ohw],
+                        plane,
+                        h,
+                        wd,
+                        ow,
+                        oh,
+                        sh,
+                        sw,
+                        pt,
+                        pl,
+                        t // kw * dh,
+                        t % kw * dw,
+                    )
     return status
+
+
+@njit(inline="always", cache=True)
+def _col2im_row(gx, row, plane, h, wd, ow, oh, sh, sw, pt, pl, dy, dx):
+    """Add one tap's row of columns back onto the input positions the tap read."""
+    y_lo, y_hi = valid_range(oh, h, sh, pt, dy)
+    x_lo, x_hi = valid_range(ow, wd, sw, pl, dx)
+    for oy in range(y_lo, y_hi):
+        base = plane + (oy * sh - pt + dy) * wd - pl + dx
+        src = row[oy * ow + x_lo : oy * ow + x_hi]
+        if sw == 1:
+            axpy(gx[base + x_lo : base + x_hi], src, 1.0)
+        else:
+            axpy(gx[base + x_lo * sw : base + (x_hi - 1) * sw + 1 : sw], src, 1.0)
 
 
 @kernel(buffers=4)
 def conv2d_grad_weight(x, gy, gw, scratch, a):
     n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups = a[:16]
-    block, pointwise, threads = a[16], a[17], a[18]
+    block, pointwise, images, threads = a[16], a[17], a[18], a[19]
     cg, ocg, hw, ohw = c // groups, oc // groups, h * wd, oh * ow
     rows, blocks, size = cg * kh * kw, (ohw + block - 1) // block, oc * cg * kh * kw
-    partial, cols = scratch[: threads * size], scratch[threads * size :]
+    sets, span = (n + images - 1) // images, images * block
+    # scratch: [partial gradients per thread | im2col columns per thread | staged gradients]
+    partial = scratch[: threads * size]
+    cols = scratch[threads * size : threads * (size + rows * span)]
+    staged = scratch[threads * (size + rows * span) :]
     partial[:] = 0
     status = 0
-    for task in prange(n * groups * blocks):
-        i, g = task // (groups * blocks), (task // blocks) % groups
+    for task in prange(sets * groups * blocks):
+        first, g = task // (groups * blocks) * images, (task // blocks) % groups
         start = (task % blocks) * block
-        width = min(block, ohw - start)
-        tid, src = get_thread_id(), (i * c + g * cg) * hw
-        if pointwise:
-            patches = (x, src + start, hw)
+        count, width = min(images, n - first), min(block, ohw - start)
+        tid, columns = get_thread_id(), count * width
+        if pointwise and images == 1:
+            patches = (x, (first * c + g * cg) * hw + start, hw)
         else:
-            im2col_block(
-                x,
-                src,
-                h,
-                wd,
-                ow,
-                kh,
-                kw,
-                sh,
-                sw,
-                pt,
-                pl,
-                dh,
-                dw,
-                rows,
-                start,
-                width,
-                cols,
-                tid * rows * block,
-            )
-            patches = (cols, tid * rows * block, width)
-        grads = (gy, (i * oc + g * ocg) * ohw + start, ohw)
+            for m in range(count):
+                src = ((first + m) * c + g * cg) * hw
+                im2col_block(
+                    x,
+                    src,
+                    h,
+                    wd,
+                    ow,
+                    kh,
+                    kw,
+                    sh,
+                    sw,
+                    pt,
+                    pl,
+                    dh,
+                    dw,
+                    rows,
+                    start,
+                    width,
+                    cols,
+                    tid * rows * span + m * width,
+                    columns,
+                )
+            patches = (cols, tid * rows * span, columns)
+        if images == 1:
+            grads = (gy, (first * oc + g * ocg) * ohw + start, ohw)
+        else:
+            _stage_grads(gy, first, count, g, oc, ocg, ohw, start, width, staged, tid * ocg * span)
+            grads = (staged, tid * ocg * span, columns)
         target = (partial, tid * size + g * ocg * rows, rows)
-        code = gemm_block(ocg, rows, width, grads, patches, target, beta=1.0, trans_b=1)
+        code = gemm_block(ocg, rows, columns, grads, patches, target, beta=1.0, trans_b=1)
         status = code if code != 0 else status
     for e in prange(size):
         total = partial[e]
@@ -160,25 +222,40 @@ def _conv_attrs(node: Node, x_shape, w_shape, y_shape) -> list[int]:
     ]
 
 
+def _as_forward(node: Node) -> Node:
+    """The forward conv node a backward node mirrors (for the shared blocking rules)."""
+    if node.op == "conv2d_grad_input":
+        gy, w = node.inputs
+        return Node("conv2d", [node.outputs[0], w], [gy], node.attrs, node.name)
+    x, gy = node.inputs
+    return Node("conv2d", [x, node.outputs[0]], [gy], node.attrs, node.name)
+
+
 def _grad_input_chunk(node: Node) -> int:
     """Input channels per grad_input task: as many as keep the columns near BLOCK_BYTES."""
     gy, w = node.inputs
-    taps, ohw = w.shape[2] * w.shape[3], gy.shape[2] * gy.shape[3]
-    return max(1, min(w.shape[1], BLOCK_BYTES // (taps * ohw * gy.type.itemsize)))
+    span = images_per_task(_as_forward(node)) * gy.shape[2] * gy.shape[3]
+    taps = w.shape[2] * w.shape[3]
+    return max(1, min(w.shape[1], BLOCK_BYTES // (taps * span * gy.type.itemsize)))
 
 
-def _grad_input_scratch(node: Node) -> int:
+def _grad_input_scratch_numel(node: Node) -> int:
     gy, w = node.inputs
-    numel = _grad_input_chunk(node) * w.shape[2] * w.shape[3] * gy.shape[2] * gy.shape[3]
-    return numba.config.NUMBA_NUM_THREADS * numel * gy.type.itemsize
+    span = images_per_task(_as_forward(node)) * gy.shape[2] * gy.shape[3]
+    per_thread = (_grad_input_chunk(node) * w.shape[2] * w.shape[3] + w.shape[0]) * span
+    return numba.config.NUMBA_NUM_THREADS * per_thread
 
 
-@lowers("conv2d_grad_input", scratch=_grad_input_scratch)
+@lowers(
+    "conv2d_grad_input",
+    scratch=lambda node: _grad_input_scratch_numel(node) * node.outputs[0].type.itemsize,
+)
 def _lower_conv2d_grad_input(node: Node, io: NodeIO):
     gy, w = node.inputs
-    gx = node.outputs[0]
-    attrs = _conv_attrs(node, gx.shape, w.shape, gy.shape) + [_grad_input_chunk(node)]
-    scratch = io.scratch(_grad_input_scratch(node) // gy.type.itemsize)
+    gx, threads = node.outputs[0], numba.config.NUMBA_NUM_THREADS
+    attrs = _conv_attrs(node, gx.shape, w.shape, gy.shape)
+    attrs += [_grad_input_chunk(node), images_per_task(_as_forward(node)), threads]
+    scratch = io.scratch(_grad_input_scratch_numel(node))
     work = gy.type.numel * w.shape[1] * w.shape[2] * w.shape[3]
     return [
         conv2d_grad_input.step(
@@ -191,27 +268,31 @@ def _lower_conv2d_grad_input(node: Node, io: NodeIO):
     ]
 
 
-def _as_forward(node: Node) -> Node:
-    """The forward conv node this grad_weight node mirrors (for the shared block rules)."""
-    x, gy = node.inputs
-    w = node.outputs[0]
-    return Node("conv2d", [x, w], [gy], node.attrs, node.name)
-
-
-def _grad_weight_scratch(node: Node) -> int:
+def _grad_weight_scratch_numel(node: Node) -> int:
     forward, threads = _as_forward(node), numba.config.NUMBA_NUM_THREADS
     rows, block = rows_and_block(forward)
-    cols = 0 if is_pointwise(forward) else threads * rows * block
-    return (threads * node.outputs[0].type.numel + cols) * node.outputs[0].type.itemsize
+    images = images_per_task(forward)
+    span = images * block
+    cols = 0 if is_pointwise(forward) and images == 1 else rows * span
+    staged = node.outputs[0].shape[0] * span if images > 1 else 0
+    return threads * (node.outputs[0].type.numel + cols + staged)
 
 
-@lowers("conv2d_grad_weight", scratch=_grad_weight_scratch)
+@lowers(
+    "conv2d_grad_weight",
+    scratch=lambda node: _grad_weight_scratch_numel(node) * node.outputs[0].type.itemsize,
+)
 def _lower_conv2d_grad_weight(node: Node, io: NodeIO):
     x, gy = node.inputs
     forward, threads = _as_forward(node), numba.config.NUMBA_NUM_THREADS
     attrs = _conv_attrs(node, x.shape, node.outputs[0].shape, gy.shape)
-    attrs += [rows_and_block(forward)[1], int(is_pointwise(forward)), threads]
-    scratch = io.scratch(_grad_weight_scratch(node) // x.type.itemsize)
+    attrs += [
+        rows_and_block(forward)[1],
+        int(is_pointwise(forward)),
+        images_per_task(forward),
+        threads,
+    ]
+    scratch = io.scratch(_grad_weight_scratch_numel(node))
     work = gy.type.numel * node.outputs[0].type.numel // gy.shape[1]
     return [
         conv2d_grad_weight.step(
