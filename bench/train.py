@@ -33,11 +33,18 @@ def _torch_twin(name: str, model) -> torch.nn.Module:
     T = torch.nn
     if name == "lenet5":
         twin = T.Sequential()
-        twin.features = T.Sequential(T.Conv2d(1, 6, 5, padding=2), T.ReLU(), T.MaxPool2d(2),
-                                     T.Conv2d(6, 16, 5), T.ReLU(), T.MaxPool2d(2))
+        twin.features = T.Sequential(
+            T.Conv2d(1, 6, 5, padding=2),
+            T.ReLU(),
+            T.MaxPool2d(2),
+            T.Conv2d(6, 16, 5),
+            T.ReLU(),
+            T.MaxPool2d(2),
+        )
         twin.flatten = T.Flatten()
-        twin.classifier = T.Sequential(T.Linear(400, 120), T.ReLU(), T.Linear(120, 84), T.ReLU(),
-                                       T.Linear(84, 10))
+        twin.classifier = T.Sequential(
+            T.Linear(400, 120), T.ReLU(), T.Linear(120, 84), T.ReLU(), T.Linear(84, 10)
+        )
     else:
         twin = _torch_resnet18_cifar()
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
@@ -57,8 +64,9 @@ def _torch_resnet18_cifar() -> torch.nn.Module:
             self.bn2 = T.BatchNorm2d(planes)
             self.downsample = None
             if stride != 1 or inplanes != planes:
-                self.downsample = T.Sequential(T.Conv2d(inplanes, planes, 1, stride, bias=False),
-                                               T.BatchNorm2d(planes))
+                self.downsample = T.Sequential(
+                    T.Conv2d(inplanes, planes, 1, stride, bias=False), T.BatchNorm2d(planes)
+                )
 
         def forward(self, x):
             identity = self.downsample(x) if self.downsample is not None else x
@@ -74,8 +82,9 @@ def _torch_resnet18_cifar() -> torch.nn.Module:
             inplanes, stages = 64, []
             for i, planes in enumerate((64, 128, 256, 512)):
                 stride = 1 if i == 0 else 2
-                stages.append(T.Sequential(Block(inplanes, planes, stride),
-                                           Block(planes, planes, 1)))
+                stages.append(
+                    T.Sequential(Block(inplanes, planes, stride), Block(planes, planes, 1))
+                )
                 inplanes = planes
             self.layer1, self.layer2, self.layer3, self.layer4 = stages
             self.avgpool = T.AdaptiveAvgPool2d(1)
@@ -92,8 +101,13 @@ def _torch_resnet18_cifar() -> torch.nn.Module:
 def _step_times(name: str, batch: int, repeat: int) -> list[str]:
     model = zoo.get(name)
     shape = zoo.spec(name).input_shape
-    exe = engine.compile(model, shape, batch=batch, train=True,
-                         optimizer=SGD(lr=0.01, momentum=0.9, weight_decay=5e-4))
+    exe = engine.compile(
+        model,
+        shape,
+        batch=batch,
+        train=True,
+        optimizer=SGD(lr=0.01, momentum=0.9, weight_decay=5e-4),
+    )
     twin = _torch_twin(name, model)
     optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     rng = np.random.default_rng(0)
@@ -108,16 +122,28 @@ def _step_times(name: str, batch: int, repeat: int) -> list[str]:
 
     ours = median_time(lambda: exe.train_step(x, y), repeat)
     theirs = median_time(torch_step, repeat)
-    return [f"{name} b{batch}", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}",
-            f"{theirs / ours:.2f}x"]
+    return [f"{name} b{batch}", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}", f"{theirs / ours:.2f}x"]
 
 
 def _fashion_mnist() -> None:
     from engine import cli
 
     start = time.perf_counter()
-    cli.main(["train", "lenet5", "--data", "fashion-mnist", "--epochs", "5", "--batch", "64",
-              "--lr", "0.05", "--no-progress"])
+    cli.main(
+        [
+            "train",
+            "lenet5",
+            "--data",
+            "fashion-mnist",
+            "--epochs",
+            "5",
+            "--batch",
+            "64",
+            "--lr",
+            "0.05",
+            "--no-progress",
+        ]
+    )
     print(f"Fashion-MNIST run, compile to last epoch: {time.perf_counter() - start:.1f} s")
 
 

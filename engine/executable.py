@@ -17,6 +17,7 @@ import numpy as np
 
 from engine._runtime import Runner
 from engine.optim import HYPER_VALUE, Optimizer
+from graph.autodiff import DROPOUT_RNG
 from graph.ir import Graph
 from graph.memory import MemoryPlan
 from graph.ops.optim import UPDATES
@@ -78,6 +79,7 @@ class Executable:
         self._output = storage[self.graph.outputs[0].name]
         self.params: dict[str, np.ndarray] = {v.name: storage[v.name] for v in self.graph.params}
         self._extra_state = extra_state
+        self._dropout_rng = storage.get(DROPOUT_RNG)
         self.training = False
         if training is not None:
             graph = training.graph
@@ -97,6 +99,11 @@ class Executable:
             for k, v in self._storage.items()
             if k.startswith("optimizer.") and k != HYPER_VALUE
         }
+
+    @property
+    def rng_state(self) -> dict[str, np.ndarray]:
+        """Live [seed, step] vector of the dropout masks (empty without dropout)."""
+        return {DROPOUT_RNG: self._dropout_rng} if self._dropout_rng is not None else {}
 
     @property
     def extra_state(self) -> dict[str, np.ndarray]:
@@ -130,8 +137,8 @@ class Executable:
         """Forward pass on one batch of the compiled shape and dtype; returns a new array."""
         self._load_input(x)
         if self.training:
+            self._advance()
             self._training.execute(stop=self._loss_step)
-            self._count_batch()
         else:
             self._inference.execute()
         return self._output.copy()
@@ -140,8 +147,8 @@ class Executable:
         """Loss of one batch in training mode; gradients are left in ``grads``, weights are not
         changed (BatchNorm running statistics are, as in a torch forward in train mode)."""
         self._load_batch(x, y)
+        self._advance()
         self._training.execute(stop=self._update_step)
-        self._count_batch()
         return float(self._loss[0])
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -151,8 +158,8 @@ class Executable:
         self._load_batch(x, y)
         self.optimizer.steps += 1
         self._storage[HYPER_VALUE][:] = self.optimizer.hyper_values()
+        self._advance()
         self._training.execute()
-        self._count_batch()
         return float(self._loss[0])
 
     def _load_input(self, x: np.ndarray) -> None:
@@ -187,10 +194,13 @@ class Executable:
                 )
         np.copyto(self._target, y, casting="unsafe")
 
-    def _count_batch(self) -> None:
-        """BatchNorm's num_batches_tracked counts training-mode forward passes, as in torch."""
+    def _advance(self) -> None:
+        """Before each training-mode forward: BatchNorm's num_batches_tracked counts it, as in
+        torch, and dropout draws new masks (the step wraps at 2^24, exact in float32)."""
         for counter in self._extra_state.values():
             counter += 1
+        if self._dropout_rng is not None:
+            self._dropout_rng[1] = (self._dropout_rng[1] + 1) % 2**24
 
     def poison_buffers(self) -> None:
         """Fill the arenas and the outputs with NaN bit patterns (a testing aid: an element no

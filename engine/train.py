@@ -164,7 +164,7 @@ def save_training_checkpoint(
 ) -> None:
     """Weights, BatchNorm statistics and optimizer buffers as tensors; the optimizer's and the
     schedule's state, the next epoch and the seed as JSON metadata."""
-    tensors = {**exe.state_dict(), **exe.optimizer_state}
+    tensors = {**exe.state_dict(), **exe.optimizer_state, **exe.rng_state}
     meta = {
         **(metadata or {}),
         "next_epoch": next_epoch,
@@ -179,11 +179,11 @@ def load_training_checkpoint(path: str, exe: Executable, schedule: Schedule | No
     """Restore what ``save_training_checkpoint`` wrote into ``exe`` (and ``schedule``);
     returns the metadata (``next_epoch`` is where to resume)."""
     tensors, meta = load_checkpoint(path)
-    slots = exe.optimizer_state
+    slots = {**exe.optimizer_state, **exe.rng_state}
     exe.load_state_dict({k: v for k, v in tensors.items() if k not in slots})
     for name, array in slots.items():
         if name not in tensors:
-            raise ValueError(f"{path}: the checkpoint has no optimizer buffer {name}")
+            raise ValueError(f"{path}: the checkpoint has no optimizer or dropout state {name}")
         np.copyto(array, tensors[name])
     for name, counter in exe.extra_state.items():
         np.copyto(counter, tensors[name])

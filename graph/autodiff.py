@@ -22,6 +22,7 @@ from graph.ir import Graph, TensorType, Value
 from graph.ops import get_op
 
 LOSSES = ("cross_entropy", "mse")
+DROPOUT_RNG = "dropout.rng"
 _TRAINING_FORMS = {"batch_norm": "batch_norm_train", "dropout": "dropout_train"}
 
 
@@ -76,12 +77,25 @@ def _replay_training_form(forward: Graph) -> tuple[Graph, dict[str, Value]]:
         op = _TRAINING_FORMS.get(node.op, node.op)
         inputs = [renamed[v.name] for v in node.inputs]
         attrs = dict(node.attrs)
-        if op == "batch_norm_train":
-            attrs["momentum"] = float(node.attrs.get("momentum", 0.1))
-        out_types = get_op(op).infer([v.type for v in inputs], attrs)
+        if op == "dropout_train":
+            inputs.append(_dropout_counter(graph))
+        try:
+            out_types = get_op(op).infer([v.type for v in inputs], attrs)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{node.name}: {err}") from None
         replayed = graph.add_node(op, inputs, out_types, attrs, node.name)
         renamed.update(zip([v.name for v in node.outputs], replayed.outputs, strict=False))
     return graph, renamed
+
+
+def _dropout_counter(graph: Graph) -> Value:
+    """The [seed, step] vector every dropout layer reads (one per graph, a constant the
+    executable advances once per training-mode forward)."""
+    if DROPOUT_RNG not in graph.values:
+        dtype = graph.inputs[0].type.dtype
+        graph.add_value(DROPOUT_RNG, TensorType((2,), dtype), "const")
+        graph.consts[DROPOUT_RNG] = 0.0
+    return graph.values[DROPOUT_RNG]
 
 
 def _backward(graph: Graph, loss: Value, seed: Value, input_grad: bool) -> dict[str, Value]:

@@ -165,7 +165,12 @@ def batch_norm(
     if (weight is None) != (bias is None):
         raise ValueError("batch_norm needs both weight and bias, or neither")
     affine = [weight, bias] if weight is not None else []
-    return _emit("batch_norm", [input, running_mean, running_var, *affine], eps=float(eps))
+    return _emit(
+        "batch_norm",
+        [input, running_mean, running_var, *affine],
+        eps=float(eps),
+        momentum=float(momentum),
+    )
 
 
 def layer_norm2d(input, weight=None, bias=None, eps: float = 1e-6) -> Tensor:

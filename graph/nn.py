@@ -365,6 +365,11 @@ class _BatchNorm(Module):
         _check_positive(type(self).__name__, num_features=num_features)
         if not eps > 0:
             raise ValueError(f"{type(self).__name__} eps must be positive, but got eps={eps}")
+        if momentum is None or not 0.0 <= momentum <= 1.0:
+            raise ValueError(
+                f"{type(self).__name__} momentum must be in [0, 1] (the cumulative "
+                f"average of momentum=None is not supported), but got {momentum}"
+            )
         if not track_running_stats:
             raise ValueError(
                 f"{type(self).__name__}(track_running_stats=False) normalises with "
@@ -382,7 +387,13 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, eps=self.eps
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            eps=self.eps,
+            momentum=self.momentum,
         )
 
     def extra_repr(self) -> str:

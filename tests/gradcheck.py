@@ -25,8 +25,9 @@ from tests.helpers import OP_TOLERANCE, rel_error
 
 
 def compile_for_gradients(model, x_shape, dtype: str):
-    return engine.compile(model, x_shape[1:], batch=x_shape[0], dtype=dtype, train=True,
-                          loss="mse", input_grad=True)
+    return engine.compile(
+        model, x_shape[1:], batch=x_shape[0], dtype=dtype, train=True, loss="mse", input_grad=True
+    )
 
 
 def randomize_params(exe, rng: np.random.Generator) -> None:
@@ -38,8 +39,15 @@ def randomize_params(exe, rng: np.random.Generator) -> None:
             array[...] = rng.standard_normal(array.shape)
 
 
-def check_gradients(model, torch_fn, x_shape, dtype: str, rng: np.random.Generator,
-                    x: np.ndarray | None = None, finite_differences: bool = True) -> None:
+def check_gradients(
+    model,
+    torch_fn,
+    x_shape,
+    dtype: str,
+    rng: np.random.Generator,
+    x: np.ndarray | None = None,
+    finite_differences: bool = True,
+) -> None:
     exe = compile_for_gradients(model, x_shape, dtype)
     randomize_params(exe, rng)
     x = rng.standard_normal(x_shape).astype(dtype) if x is None else x.astype(dtype)
@@ -47,8 +55,9 @@ def check_gradients(model, torch_fn, x_shape, dtype: str, rng: np.random.Generat
     exe.poison_buffers()
     loss = exe.forward_backward(x, target)
 
-    params = {k: torch.tensor(v, requires_grad=True) for k, v in exe.params.items()
-              if k in exe.grads}
+    params = {
+        k: torch.tensor(v, requires_grad=True) for k, v in exe.params.items() if k in exe.grads
+    }
     params.update({k: torch.tensor(v) for k, v in exe.params.items() if k not in exe.grads})
     tx = torch.tensor(x, requires_grad=True)
     ref_loss = TF.mse_loss(torch_fn(tx, params), torch.from_numpy(target))
@@ -67,9 +76,14 @@ def check_gradients(model, torch_fn, x_shape, dtype: str, rng: np.random.Generat
         check_directional_derivative(exe, x, target, rng)
 
 
-def check_directional_derivative(exe, x: np.ndarray, target: np.ndarray,
-                                 rng: np.random.Generator, eps: float = 1e-6,
-                                 tol: float = 1e-6) -> None:
+def check_directional_derivative(
+    exe,
+    x: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    eps: float = 1e-6,
+    tol: float = 1e-6,
+) -> None:
     """Central differences of the loss along a random direction in (input, params) space."""
     exe.forward_backward(x, target)
     grads = {k: v.copy() for k, v in exe.grads.items()}

@@ -5,8 +5,8 @@ Layout: every buffer is flat; shapes do not matter to these kernels. Work is cut
 of ``CHUNK`` elements; ``unary`` selects its function by ``kind`` once per chunk, outside the
 loop, so each loop body stays one vectorisable line.
 
-``dropout_train`` draws its mask from a counter-based generator (the splitmix64 finaliser of
-Steele et al. 2014, as in Random123's philosophy): element i keeps its value when
+``dropout_train`` draws its mask from a counter-based generator, as Random123 and JAX do, with
+the splitmix64 finaliser (Steele et al. 2014) as the hash: element i keeps its value when
 ``mix(key + (i + 1) * GAMMA) >> 11``, a uniform 53-bit integer, is at least
 ``round(p * 2^53)``; ``key`` hashes the layer's salt (a CRC-32 of its name, so two dropout
 layers draw different masks) with the ``[seed, step]`` buffer. The mask is a pure function of
@@ -197,10 +197,10 @@ def _lower_activation_grad(node: Node, io: NodeIO):
 
 @lowers("dropout_train")
 def _lower_dropout_train(node: Node, io: NodeIO):
-    """The [seed, step] buffer starts as a constant [0, 0] here; the engine owns advancing it."""
+    """The [seed, step] buffer is the node's second input, which the executable advances."""
     p = node.attrs["p"]
     threshold = round(p * 2**_UNIFORM_BITS)
     keep = 1.0 / (1.0 - p) if p < 1.0 else 0.0
-    buffers = [io.input(0), io.output(0), io.output(1), io.const([0.0, 0.0]), io.const([keep])]
+    buffers = [io.input(0), io.output(0), io.output(1), io.input(1), io.const([keep])]
     ints = [threshold, zlib.crc32(node.name.encode())]
     return [dropout_train.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, ints)]

@@ -79,12 +79,16 @@ def _activation_grad_shape(in_types: list[TensorType], attrs: dict) -> list[Tens
 
 
 def _dropout_train_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
-    """Outputs y and the mask (0 or 1/(1-p) per element), which the backward pass reads."""
-    return _dropout_shape(in_types, attrs) * 2
+    """Inputs x and the executable's [seed, step] counter (advanced once per training forward,
+    so masks are reproducible and differ from step to step); outputs y and the mask (0 or
+    1/(1-p) per element), which the backward pass reads."""
+    if in_types[1].shape != (2,):
+        raise ValueError(f"dropout_train rng must be the [seed, step] vector, got {in_types[1]}")
+    return _dropout_shape(in_types[:1], attrs) * 2
 
 
 def _dropout_train_vjp(node, grads, wants, emit):
-    return [emit("mul", [grads[0], node.outputs[1]])[0]]
+    return [emit("mul", [grads[0], node.outputs[1]])[0], None]
 
 
 register("add", _binary_shape, no_macs, arity=2, vjp=_add_vjp)
@@ -95,7 +99,7 @@ register("sigmoid", same_shape, no_macs, vjp=_activation_vjp)
 register("tanh", same_shape, no_macs, vjp=_activation_vjp)
 register("gelu", _gelu_shape, no_macs, vjp=_activation_vjp, approximate="none")
 register("dropout", _dropout_shape, no_macs, vjp=_identity_vjp)
-register("dropout_train", _dropout_train_shape, no_macs, vjp=_dropout_train_vjp)
+register("dropout_train", _dropout_train_shape, no_macs, arity=2, vjp=_dropout_train_vjp)
 register(
     "activation_grad",
     _activation_grad_shape,

@@ -69,6 +69,12 @@ def _batch_norm_train_shape(in_types: list[TensorType], attrs: dict) -> list[Ten
     (x,) = _batch_norm_shape(in_types, attrs)
     if not 0.0 <= attrs["momentum"] <= 1.0:
         raise ValueError(f"batch_norm momentum must be in [0, 1], got {attrs['momentum']}")
+    per_channel = x.numel // x.shape[1]
+    if per_channel < 2:
+        raise ValueError(
+            f"batch_norm in training mode needs more than 1 value per channel, but got input "
+            f"shape {list(x.shape)} ({per_channel} per channel)"
+        )
     channel = TensorType((x.shape[1],), x.dtype)
     return [x, channel, channel]
 
@@ -122,7 +128,7 @@ def _softmax_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorT
     return _softmax_shape([y], attrs)
 
 
-register("batch_norm", _batch_norm_shape, no_macs, arity=None, eps=1e-5)
+register("batch_norm", _batch_norm_shape, no_macs, arity=None, eps=1e-5, momentum=0.1)
 register(
     "batch_norm_train",
     _batch_norm_train_shape,

@@ -16,7 +16,8 @@ from engine.train import evaluate, fit, load_training_checkpoint
 
 
 class DigitsNet(nn.Module):
-    """A small CNN for 8x8 digits (fast enough to train in a test)."""
+    """A small CNN for 8x8 digits (fast enough to train in a test), with dropout so resume
+    must restore the dropout stream too."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -24,10 +25,11 @@ class DigitsNet(nn.Module):
             nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )  # fmt: skip
+        self.dropout = nn.Dropout(0.2)
         self.classifier = nn.Linear(16 * 2 * 2, 10)
 
     def forward(self, x):
-        return self.classifier(F.flatten(self.features(x), 1))
+        return self.classifier(self.dropout(F.flatten(self.features(x), 1)))
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +125,13 @@ def test_cli_trains_saves_and_evaluates(tmp_path, capsys):
     assert cli.main(["eval", *args, "--checkpoint", path]) == 0
     final = trained.rsplit("final test top-1 ", 1)[1].split("%")[0]
     assert f"top-1 {final}%" in capsys.readouterr().out
+
+
+def test_dropout_masks_change_between_steps_and_vanish_in_eval(rng):
+    exe = engine.compile(DigitsNet(), (1, 8, 8), batch=8, train=True, optimizer=SGD())
+    x = rng.standard_normal((8, 1, 8, 8)).astype(np.float32)
+    exe.train()
+    first, second = exe.run(x), exe.run(x)
+    assert not np.array_equal(first, second)
+    exe.eval()
+    np.testing.assert_array_equal(exe.run(x), exe.run(x))

@@ -1,0 +1,99 @@
+"""Gradients of conv2d and linear on the CPU (input, weight and bias), through
+``tests.gradcheck.check_gradients``: torch autograd in float32 and float64, central differences
+in float64.
+
+The conv grid crosses the kernel paths of ``backends/cpu/conv_backward.py``: stride 1 and 2
+(also per axis), symmetric, pair, ``"same"`` (asymmetric for even kernels) and reflect padding,
+dilation, groups from 2 to depthwise (with a channel multiplier), rectangular and 1x1 kernels,
+with and without bias, and one layer large enough for the parallel kernels. The oracle is
+``torch.nn.Conv2d`` built with the same arguments and called on our weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import graph.nn as nn
+from tests.gradcheck import check_gradients
+from tests.helpers import DTYPES, Net
+
+# name: (Conv2d keyword arguments, input shape)
+CONVS = {
+    "3x3": (dict(in_channels=3, out_channels=4, kernel_size=3), (2, 3, 6, 7)),
+    "3x3_pad1": (dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), (2, 3, 6, 7)),
+    "stride2_pad1": (
+        dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=1),
+        (2, 3, 7, 8),
+    ),
+    "stride2x1": (dict(in_channels=2, out_channels=3, kernel_size=3, stride=(2, 1)), (2, 2, 7, 6)),
+    "stride3_k2": (dict(in_channels=2, out_channels=3, kernel_size=2, stride=3), (1, 2, 8, 9)),
+    "pad_pair_5x3": (
+        dict(in_channels=2, out_channels=3, kernel_size=(5, 3), padding=(2, 1)),
+        (2, 2, 6, 5),
+    ),
+    "same_even": (dict(in_channels=3, out_channels=2, kernel_size=4, padding="same"), (2, 3, 6, 5)),
+    "same_2x3_dilated": (
+        dict(in_channels=2, out_channels=3, kernel_size=(2, 3), padding="same", dilation=(1, 2)),
+        (2, 2, 5, 7),
+    ),
+    "dilation2": (
+        dict(in_channels=3, out_channels=4, kernel_size=3, padding=2, dilation=2),
+        (2, 3, 7, 6),
+    ),
+    "dilation_stride": (
+        dict(in_channels=2, out_channels=2, kernel_size=3, stride=2, dilation=(2, 1)),
+        (2, 2, 9, 8),
+    ),
+    "groups2": (
+        dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2),
+        (2, 4, 5, 6),
+    ),
+    "depthwise": (
+        dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4),
+        (2, 4, 6, 5),
+    ),
+    "depthwise_multiplier_stride2": (
+        dict(in_channels=3, out_channels=6, kernel_size=3, stride=2, padding=1, groups=3),
+        (2, 3, 7, 7),
+    ),
+    "1x1": (dict(in_channels=5, out_channels=3, kernel_size=1), (2, 5, 4, 6)),
+    "1x1_stride2": (dict(in_channels=4, out_channels=3, kernel_size=1, stride=2), (2, 4, 5, 6)),
+    "1x3": (dict(in_channels=3, out_channels=2, kernel_size=(1, 3), padding=(0, 1)), (2, 3, 4, 6)),
+    "3x1": (dict(in_channels=3, out_channels=2, kernel_size=(3, 1), padding=(1, 0)), (2, 3, 6, 4)),
+    "no_bias": (dict(in_channels=3, out_channels=4, kernel_size=3, bias=False), (2, 3, 5, 6)),
+    "reflect_padding": (
+        dict(in_channels=2, out_channels=3, kernel_size=3, padding=1, padding_mode="reflect"),
+        (2, 2, 5, 6),
+    ),
+    "parallel": (dict(in_channels=8, out_channels=8, kernel_size=3, padding=1), (2, 8, 24, 24)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("case", list(CONVS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_grad(case, dtype, rng):
+    kwargs, shape = CONVS[case]
+    reference = torch.nn.Conv2d(**kwargs).to(getattr(torch, dtype))
+
+    def oracle(x, params):
+        weights = {"weight": params["layer.weight"]}
+        if "layer.bias" in params:
+            weights["bias"] = params["layer.bias"]
+        return torch.func.functional_call(reference, weights, (x,))
+
+    check_gradients(Net(nn.Conv2d(**kwargs)), oracle, shape, dtype, rng)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_grad(bias, dtype, rng):
+    """Linear after Flatten, so the input gradient also runs through reshape."""
+    shape = (3, 3, 2, 2)
+
+    def oracle(x, params):
+        return TF.linear(x.flatten(1), params["layer.weight"], params.get("layer.bias"))
+
+    check_gradients(Net(nn.Linear(12, 5, bias=bias), flatten=True), oracle, shape, dtype, rng)
