@@ -51,7 +51,7 @@ MIN_GEMM_COLUMNS = 256
 # Below this many output channels per group, a GEMM's M dimension is too thin for BLAS.
 DIRECT_MAX_CHANNELS = 8
 # Below this many MACs per image, im2col and a BLAS call cost more than direct loops.
-DIRECT_MAX_MACS = 1 << 20
+DIRECT_MAX_MACS = 1 << 16
 # Below this many MACs a conv runs serially: two parallel phases cost about 4 us to start,
 # more than a LeNet-sized layer gains from the second core.
 PARALLEL_MIN_MACS = 1 << 18

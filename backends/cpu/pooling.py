@@ -110,23 +110,27 @@ def window_pool_grad(gy, x, gx, a):
     planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, is_max, count_pad = a[:15]
     for p in prange(planes):
         src, dst = p * h * w, p * oh * ow
-        plane = gx[src : src + h * w]
+        plane, image, grads = gx[src : src + h * w], x[src : src + h * w], gy[dst : dst + oh * ow]
         plane[:] = 0
         for oy in range(oh):
             y0 = oy * sh - ph
+            ki_lo, ki_hi = _taps_inside(y0, dh, kh, h)
             for ox in range(ow):
-                x0, g = ox * sw - pw, gy[dst + oy * ow + ox]
+                x0, g = ox * sw - pw, grads[oy * ow + ox]
+                kj_lo, kj_hi = _taps_inside(x0, dw, kw, w)
                 if is_max:
-                    best, at = -np.inf, -1
-                    for ki in range(kh):
-                        iy = y0 + ki * dh
-                        for kj in range(kw):
-                            ix = x0 + kj * dw
-                            if 0 <= iy < h and 0 <= ix < w:
-                                v = x[src + iy * w + ix]
-                                if v > best or (v != v and best == best) or at < 0:
-                                    best, at = v, iy * w + ix
-                    plane[at] += g
+                    at = (y0 + ki_lo * dh) * w + x0 + kj_lo * dw
+                    best = image[at]
+                    nan_at = at if best != best else -1  # the first NaN wins, as in torch
+                    for ki in range(ki_lo, ki_hi):
+                        row = (y0 + ki * dh) * w + x0
+                        for kj in range(kj_lo, kj_hi):
+                            v = image[row + kj * dw]
+                            if v > best:
+                                best, at = v, row + kj * dw
+                            elif v != v and nan_at < 0:
+                                nan_at = row + kj * dw
+                    plane[nan_at if nan_at >= 0 else at] += g
                 else:
                     count = _window_count(oy, sh, ph, kh, h, count_pad) * _window_count(
                         ox, sw, pw, kw, w, count_pad
@@ -135,6 +139,14 @@ def window_pool_grad(gy, x, gx, a):
                         for ix in range(max(x0, 0), min(x0 + kw, w)):
                             plane[iy * w + ix] += g / count
     return 0
+
+
+@njit(inline="always", cache=True)
+def _taps_inside(start, dilation, kernel, size):
+    """[lo, hi) of the taps k with 0 <= start + k*dilation < size."""
+    lo = 0 if start >= 0 else (-start + dilation - 1) // dilation
+    hi = min(kernel, (size - 1 - start) // dilation + 1)
+    return lo, max(lo, hi)
 
 
 @kernel(buffers=3)
