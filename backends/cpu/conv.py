@@ -185,7 +185,7 @@ def conv2d_shifted(x, w, b, y, scratch, a):
     bands, status = (oh + band - 1) // band, 0
     for i in range(n):
         for ci in prange(c):
-            _pad_plane(
+            pad_plane(
                 x[(i * c + ci) * h * wd : (i * c + ci + 1) * h * wd],
                 padded,
                 ci * plane,
@@ -219,7 +219,7 @@ def conv2d_shifted(x, w, b, y, scratch, a):
 
 
 @njit(inline="always", cache=True)
-def _pad_plane(src, padded, start, h, wd, pt, pl, wp, plane):
+def pad_plane(src, padded, start, h, wd, pt, pl, wp, plane):
     """Copy one H x W plane into a zero-bordered plane of row length wp at ``start``."""
     padded[start : start + plane] = 0
     for iy in range(h):
@@ -236,7 +236,7 @@ def conv2d_direct(x, w, b, y, scratch, a):
         wp, taps = wd + pl + pr, kh * kw
         plane, wide = (h + pt + pb) * wp, oh * wp
         for q in prange(n * c):
-            _pad_plane(x[q * hw : (q + 1) * hw], scratch, q * plane, h, wd, pt, pl, wp, plane)
+            pad_plane(x[q * hw : (q + 1) * hw], scratch, q * plane, h, wd, pt, pl, wp, plane)
         slack = (kw - 1) * dw  # the last tap's garbage columns read this far past the planes
         scratch[n * c * plane : n * c * plane + slack] = 0
         slots = scratch[n * c * plane + slack :]

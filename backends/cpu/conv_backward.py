@@ -7,17 +7,25 @@ Layout as ``conv.py``: NCHW, OIHW, flat buffers, single-threaded GEMMs inside pa
   channels of one (image, group): ``cols = W_g[:, chunk]^T @ gy_g`` ([chunk*KH*KW, OH*OW]),
   then each tap row is added back onto the input positions it was read from (col2im). Tasks
   own disjoint input channels, so the scatter-adds never race.
-- ``conv2d_grad_weight``: ``gW_g += gy_g [OC/g, block] @ cols^T [block, C/g*KH*KW]`` over
-  (image, group, pixel block) tasks with im2col as in the forward pass; each thread sums into
-  its own partial gradient, and the partials are added in thread order at the end (the static
-  schedule makes the result deterministic for a given thread count).
+- ``conv2d_grad_weight`` (strided or pointwise): ``gW_g += gy_g [OC/g, block] @ cols^T
+  [block, C/g*KH*KW]`` over (image, group, pixel block) tasks with im2col as in the forward
+  pass; each thread sums into its own partial gradient, and the partials are added in thread
+  order at the end (the static schedule makes the result deterministic for a thread count).
+- ``conv2d_grad_weight_shifted`` (stride 1): no im2col. A task stages its images padded (as
+  ``conv2d_shifted``) and its output gradient on the same wide grid (zeros in the padding
+  rows and columns), then for each tap ``gW[:, :, tap] += gy_wide [OC/g, Q] @ shifted
+  padded^T [Q, C/g]``, Q covering all of the task's images; partials reduce as above.
+- ``conv2d_flip_weight``: the 180-degree-rotated, channel-swapped kernel with which a
+  stride-1 grad_input runs as an ordinary forward conv (see ``graph/ops/conv.py``).
 - ``channel_sum``: per channel, the sum over batch and pixels (float64 accumulator).
 - ``matmul``: ``op(A) @ op(B)``, one GEMM per block of output columns.
 
-Buffers: conv2d_grad_input(gy, w, gx, cols), conv2d_grad_weight(x, gy, gw, scratch),
-channel_sum(gy, out), matmul(a, b, c).
+Buffers: conv2d_grad_input(gy, w, gx, scratch), conv2d_grad_weight(_shifted)(x, gy, gw,
+scratch), conv2d_flip_weight(w, flipped), channel_sum(gy, out), matmul(a, b, c).
 Attrs: conv [N, C, H, W, OC, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, groups] then
-grad_input [chunk], grad_weight [block, pointwise, threads]; channel_sum [N, C, inner];
+grad_input [chunk, images, threads], grad_weight [block, pointwise, images, threads];
+grad_weight_shifted [N, C, H, W, OC, OH, OW, KH, KW, PT, PB, PL, PR, DH, DW, groups, images,
+threads]; flip_weight [OC, C/g, KH, KW, groups]; channel_sum [N, C, inner];
 matmul [M, N, K, trans_a, trans_b, lda, ldb, block].
 """
 
@@ -34,6 +42,7 @@ from backends.cpu.conv import (
     im2col_block,
     images_per_task,
     is_pointwise,
+    pad_plane,
     rows_and_block,
 )
 from backends.cpu.kernels import kernel
@@ -180,6 +189,74 @@ def conv2d_grad_weight(x, gy, gw, scratch, a):
     return status
 
 
+@kernel(buffers=4)
+def conv2d_grad_weight_shifted(x, gy, gw, scratch, a):
+    n, c, h, wd, oc, oh, ow, kh, kw, pt, pb, pl, pr, dh, dw, groups = a[:16]
+    images, threads = a[16], a[17]
+    cg, ocg, taps, size = c // groups, oc // groups, kh * kw, oc * (c // groups) * kh * kw
+    wp, hp = wd + pl + pr, h + pt + pb
+    span, slack = images * hp * wp, (kh - 1) * dh * wp + (kw - 1) * dw
+    sets, status = (n + images - 1) // images, 0
+    # scratch per thread: [partial gradient, tap-major | padded images | output gradient, wide]
+    per_thread = size + cg * (span + slack) + ocg * span
+    for k in range(threads):
+        scratch[k * per_thread : k * per_thread + size] = 0
+    for task in prange(sets * groups):
+        first, g = task // groups * images, task % groups
+        count, base = min(images, n - first), get_thread_id() * per_thread
+        padded, wide = base + size, base + size + cg * (span + slack)
+        scratch[padded : wide + ocg * span] = 0
+        for ci in range(cg):
+            for m in range(count):
+                plane = ((first + m) * c + g * cg + ci) * h * wd
+                at = padded + ci * (span + slack) + m * hp * wp
+                pad_plane(x[plane : plane + h * wd], scratch, at, h, wd, pt, pl, wp, hp * wp)
+        for o in range(ocg):
+            for m in range(count):
+                src = ((first + m) * oc + g * ocg + o) * oh * ow
+                for r in range(oh):
+                    at = wide + o * span + m * hp * wp + r * wp
+                    scratch[at : at + ow] = gy[src + r * ow : src + (r + 1) * ow]
+        for t in range(taps):
+            shift = t // kw * dh * wp + t % kw * dw
+            target = (scratch, base + (g * taps + t) * ocg * cg, cg)
+            code = gemm_block(
+                ocg,
+                cg,
+                span,
+                (scratch, wide, span),
+                (scratch, padded + shift, span + slack),
+                target,
+                beta=1.0,
+                trans_b=1,
+            )
+            status = code if code != 0 else status
+    for e in prange(size):  # e indexes gw [OC, C/g, KH, KW]; partials are [g, tap, OC/g, C/g]
+        o, rest = e // (cg * taps), e % (cg * taps)
+        ci, t = rest // taps, rest % taps
+        at = ((o // ocg * taps + t) * ocg + o % ocg) * cg + ci
+        total = scratch[at]
+        for k in range(1, threads):
+            total += scratch[k * per_thread + at]
+        gw[e] = total
+    return status
+
+
+@kernel(buffers=2)
+def conv2d_flip_weight(w, flipped, a):
+    """flipped[g*C/g + ci, o, ki, kj] = w[g*OC/g + o, ci, KH-1-ki, KW-1-kj]."""
+    oc, cg, kh, kw, groups = a[0], a[1], a[2], a[3], a[4]
+    ocg, taps = oc // groups, kh * kw
+    for o in prange(oc):
+        g, og = o // ocg, o % ocg
+        for ci in range(cg):
+            src = (o * cg + ci) * taps
+            dst = ((g * cg + ci) * ocg + og) * taps
+            for t in range(taps):
+                flipped[dst + taps - 1 - t] = w[src + t]
+    return 0
+
+
 @kernel(buffers=2)
 def channel_sum(gy, out, a):
     n, c, inner = a[0], a[1], a[2]
@@ -268,13 +345,23 @@ def _lower_conv2d_grad_input(node: Node, io: NodeIO):
     ]
 
 
+def _grad_weight_is_shifted(node: Node) -> bool:
+    return node.attrs["stride"] == (1, 1) and not is_pointwise(_as_forward(node))
+
+
 def _grad_weight_scratch_numel(node: Node) -> int:
     forward, threads = _as_forward(node), numba.config.NUMBA_NUM_THREADS
+    images, (oc, cg, kh, kw) = images_per_task(forward), node.outputs[0].shape
+    if _grad_weight_is_shifted(node):
+        (_, _, h, wd), (pt, pb, pl, pr) = node.inputs[0].shape, node.attrs["padding"]
+        wp, (dh, dw) = wd + pl + pr, node.attrs["dilation"]
+        span = images * (h + pt + pb) * wp
+        padded = cg * (span + (kh - 1) * dh * wp + (kw - 1) * dw)
+        return threads * (oc * cg * kh * kw + padded + oc // node.attrs["groups"] * span)
     rows, block = rows_and_block(forward)
-    images = images_per_task(forward)
     span = images * block
     cols = 0 if is_pointwise(forward) and images == 1 else rows * span
-    staged = node.outputs[0].shape[0] * span if images > 1 else 0
+    staged = oc * span if images > 1 else 0
     return threads * (node.outputs[0].type.numel + cols + staged)
 
 
@@ -285,6 +372,28 @@ def _grad_weight_scratch_numel(node: Node) -> int:
 def _lower_conv2d_grad_weight(node: Node, io: NodeIO):
     x, gy = node.inputs
     forward, threads = _as_forward(node), numba.config.NUMBA_NUM_THREADS
+    scratch = io.scratch(_grad_weight_scratch_numel(node))
+    work = gy.type.numel * node.outputs[0].type.numel // gy.shape[1]
+    buffers = [io.input(0), io.input(1), io.output(), scratch]
+    if _grad_weight_is_shifted(node):
+        pt, pb, pl, pr = node.attrs["padding"]
+        attrs = [
+            *x.shape,
+            *node.outputs[0].shape[:1],
+            *gy.shape[2:],
+            *node.outputs[0].shape[2:],
+            pt,
+            pb,
+            pl,
+            pr,
+            *node.attrs["dilation"],
+            node.attrs["groups"],
+            images_per_task(forward),
+            threads,
+        ]
+        return [
+            conv2d_grad_weight_shifted.step(node.name, io.dtype, io.parallel(work), buffers, attrs)
+        ]
     attrs = _conv_attrs(node, x.shape, node.outputs[0].shape, gy.shape)
     attrs += [
         rows_and_block(forward)[1],
@@ -292,16 +401,15 @@ def _lower_conv2d_grad_weight(node: Node, io: NodeIO):
         images_per_task(forward),
         threads,
     ]
-    scratch = io.scratch(_grad_weight_scratch_numel(node))
-    work = gy.type.numel * node.outputs[0].type.numel // gy.shape[1]
+    return [conv2d_grad_weight.step(node.name, io.dtype, io.parallel(work), buffers, attrs)]
+
+
+@lowers("conv2d_flip_weight")
+def _lower_conv2d_flip_weight(node: Node, io: NodeIO):
+    ints = [*node.inputs[0].shape, node.attrs["groups"]]
+    parallel = io.parallel(node.inputs[0].type.numel)
     return [
-        conv2d_grad_weight.step(
-            node.name,
-            io.dtype,
-            io.parallel(work),
-            [io.input(0), io.input(1), io.output(), scratch],
-            attrs,
-        )
+        conv2d_flip_weight.step(node.name, io.dtype, parallel, [io.input(0), io.output()], ints)
     ]
 
 

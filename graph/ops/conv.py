@@ -73,13 +73,46 @@ def _conv2d_macs(in_types: list[TensorType], out_types: list[TensorType], attrs:
 def _conv2d_vjp(node, grads, wants, emit):
     """The course notes' rules: grad_input correlates the zero-padded output gradient with the
     180-degree-rotated kernel (a transposed conv); grad_weight correlates the input with the
-    output gradient; grad_bias sums the output gradient over batch and pixels."""
+    output gradient; grad_bias sums the output gradient over batch and pixels.
+
+    At stride 1 the transposed conv is an ordinary conv2d, so it runs on the forward pass's
+    fast kernels: the kernel flipped and its in/out channels swapped per group
+    (``conv2d_flip_weight``), with "full" padding (K-1)*D - P on each side. Otherwise (strides,
+    padding wider than the dilated kernel, or fewer than 8 input channels per group, which make
+    that conv's GEMM too thin) ``conv2d_grad_input`` scatters columns back."""
     (gy,), (x, w) = grads, node.inputs[:2]
     attrs = {k: node.attrs[k] for k in ("stride", "padding", "dilation", "groups")}
-    grad_x = emit("conv2d_grad_input", [gy, w], input_size=x.shape[2:], **attrs)[0]
-    grad_w = emit("conv2d_grad_weight", [x, gy], kernel=w.shape[2:], **attrs)[0]
+    (kh, kw), (dh, dw), (pt, pb, pl, pr) = w.shape[2:], attrs["dilation"], attrs["padding"]
+    full = ((kh - 1) * dh - pt, (kh - 1) * dh - pb, (kw - 1) * dw - pl, (kw - 1) * dw - pr)
+    grad_x = None
+    if wants[0] and attrs["stride"] == (1, 1) and min(full) >= 0 and w.shape[1] >= 8:
+        flipped = emit("conv2d_flip_weight", [w], groups=attrs["groups"])[0]
+        grad_x = emit(
+            "conv2d",
+            [gy, flipped],
+            stride=(1, 1),
+            padding=full,
+            dilation=attrs["dilation"],
+            groups=attrs["groups"],
+        )[0]
+    elif wants[0]:
+        grad_x = emit("conv2d_grad_input", [gy, w], input_size=x.shape[2:], **attrs)[0]
+    grad_w = (
+        emit("conv2d_grad_weight", [x, gy], kernel=w.shape[2:], **attrs)[0] if wants[1] else None
+    )
     grad_b = [emit("channel_sum", [gy])[0]] if len(node.inputs) == 3 else []
-    return [grad_x if wants[0] else None, grad_w if wants[1] else None, *grad_b]
+    return [grad_x, grad_w, *grad_b]
+
+
+def _conv2d_flip_weight_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """[OC, C/g, KH, KW] -> [C, OC/g, KH, KW]: per group, in and out channels swapped and the
+    kernel rotated by 180 degrees (the weight of the transposed conv)."""
+    w, groups = in_types[0], attrs["groups"]
+    expect_rank("conv2d_flip_weight", w, 4, "weight")
+    oc, cg, kh, kw = w.shape
+    if oc % groups:
+        raise ValueError(f"conv2d_flip_weight: {oc} output channels do not divide into {groups}")
+    return [TensorType((cg * groups, oc // groups, kh, kw), w.dtype)]
 
 
 def _conv2d_grad_input_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
@@ -132,3 +165,4 @@ register(
     **_CONV_DEFAULTS,
 )
 register("channel_sum", _channel_sum_shape, no_macs)
+register("conv2d_flip_weight", _conv2d_flip_weight_shape, no_macs, groups=1)
