@@ -40,7 +40,7 @@ def compile(
         dtype: "float32" or "float64".
         train: also build the training plan (forward in training mode, loss, backward, and the
             optimizer's updates when ``optimizer`` is given).
-        loss: "cross_entropy" (default when training) or "mse".
+        loss: "cross_entropy" (default when training), "mse" or "margin" (capsule lengths).
         optimizer: an ``engine.optim`` optimizer (SGD, Adam, AdamW); needed by ``train_step``.
         label_smoothing: for the cross-entropy loss, as ``torch.nn.CrossEntropyLoss``.
         input_grad: with train=True, also compute the loss's gradient with respect to the input

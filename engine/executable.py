@@ -185,7 +185,7 @@ class Executable:
             raise ValueError(
                 f"expected a target of shape {list(self._target.shape)}, but got {list(y.shape)}"
             )
-        if self._loss_op == "cross_entropy":
+        if self._loss_op in ("cross_entropy", "margin"):
             classes = self._output.shape[1]
             if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= classes:
                 raise ValueError(

@@ -21,7 +21,7 @@ from __future__ import annotations
 from graph.ir import Graph, TensorType, Value
 from graph.ops import get_op
 
-LOSSES = ("cross_entropy", "mse")
+LOSSES = ("cross_entropy", "mse", "margin")
 DROPOUT_RNG = "dropout.rng"
 _TRAINING_FORMS = {"batch_norm": "batch_norm_train", "dropout": "dropout_train"}
 
@@ -33,8 +33,9 @@ def autodiff(
 
     Args:
         forward: a traced inference graph with one output (the logits or prediction).
-        loss: "cross_entropy" (target: class indices, ``label_smoothing`` attr) or "mse"
-            (target: same shape as the output).
+        loss: "cross_entropy" (target: class indices, ``label_smoothing`` attr), "mse"
+            (target: same shape as the output) or "margin" (capsule lengths [N, C] and class
+            indices, Sabour et al.'s margin loss).
         input_grad: also differentiate with respect to the graph input (``grads["input"]``),
             for gradient checks and input-space methods.
     Returns:
@@ -46,11 +47,11 @@ def autodiff(
         raise ValueError(f"loss must be one of {LOSSES}, but got loss={loss!r}")
     graph, renamed = _replay_training_form(forward)
     prediction = renamed[forward.outputs[0].name]
-    target_shape = prediction.shape[:1] if loss == "cross_entropy" else prediction.shape
+    target_shape = prediction.shape if loss == "mse" else prediction.shape[:1]
     target = graph.add_value("target", TensorType(target_shape, prediction.type.dtype), "input")
-    attrs = {"label_smoothing": float(loss_attrs.get("label_smoothing", 0.0))}
-    if loss == "mse":
-        attrs = {}
+    attrs = {}
+    if loss == "cross_entropy":
+        attrs = {"label_smoothing": float(loss_attrs.get("label_smoothing", 0.0))}
     loss_node = graph.add_node(
         loss,
         [prediction, target],

@@ -6,6 +6,7 @@
   outside [0, C) returns error code 1 (the executor names the layer).
 - ``cross_entropy_grad``: ``(probs - q) * grad_loss / N``.
 - ``mse`` / ``mse_grad``: ``mean((p - t)^2)`` and ``2 (p - t) * grad_loss / numel``.
+- ``margin`` / ``margin_grad``: the capsule margin loss on lengths [N, C] and its gradient.
 Rows are summed in order in float64, so the loss is deterministic.
 
 Buffers: cross_entropy(logits, target, loss, probs, consts=[s]); cross_entropy_grad(probs,
@@ -79,6 +80,65 @@ def mse_grad(p, t, grad_loss, grad, a):
     for i in prange(p.shape[0]):
         grad[i] = (p[i] - t[i]) * scale
     return 0
+
+
+@kernel(buffers=4)
+def margin(lengths, target, loss, consts, a):
+    n, c = a[0], a[1]
+    m_plus, m_minus, down = consts[0], consts[1], consts[2]
+    total = 0.0
+    for i in range(n):
+        label = int(target[i])
+        if label < 0 or label >= c or label != target[i]:
+            return BAD_TARGET
+        for j in range(c):
+            v = lengths[i * c + j]
+            if j == label:
+                total += max(0.0, m_plus - v) ** 2
+            else:
+                total += down * max(0.0, v - m_minus) ** 2
+    loss[0] = total / n
+    return 0
+
+
+@kernel(buffers=5)
+def margin_grad(lengths, target, grad_loss, grad, consts, a):
+    n, c = a[0], a[1]
+    m_plus, m_minus, down = consts[0], consts[1], consts[2]
+    scale = grad_loss[0] / n
+    for i in prange(n):
+        label = int(target[i])
+        for j in range(c):
+            v = lengths[i * c + j]
+            if j == label:
+                g = -2.0 * max(0.0, m_plus - v)
+            else:
+                g = 2.0 * down * max(0.0, v - m_minus)
+            grad[i * c + j] = g * scale
+    return 0
+
+
+def _margin_consts(node: Node, io: NodeIO) -> tuple[int, int]:
+    attrs = node.attrs
+    return io.const(
+        [attrs.get("m_plus", 0.9), attrs.get("m_minus", 0.1), attrs.get("down_weight", 0.5)]
+    )
+
+
+@lowers("margin")
+def _lower_margin(node: Node, io: NodeIO):
+    buffers = [io.input(0), io.input(1), io.output(), _margin_consts(node, io)]
+    return [margin.step(node.name, io.dtype, False, buffers, list(node.inputs[0].shape))]
+
+
+@lowers("margin_grad")
+def _lower_margin_grad(node: Node, io: NodeIO):
+    buffers = [io.input(0), io.input(1), io.input(2), io.output(), _margin_consts(node, io)]
+    return [
+        margin_grad.step(
+            node.name, io.dtype, io.parallel(io.output()[1]), buffers, list(node.inputs[0].shape)
+        )
+    ]
 
 
 @lowers("cross_entropy")

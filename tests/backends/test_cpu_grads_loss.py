@@ -68,3 +68,32 @@ def test_mse_grad(dtype, rng):
         return TF.linear(x.flatten(1), params["layer.weight"], params["layer.bias"])
 
     check_gradients(model, oracle, (5, 3, 2, 2), dtype, rng)
+
+
+def _torch_margin(lengths, target, m_plus=0.9, m_minus=0.1, down=0.5):
+    onehot = torch.nn.functional.one_hot(target, lengths.shape[1]).to(lengths.dtype)
+    present = onehot * torch.clamp(m_plus - lengths, min=0) ** 2
+    absent = down * (1 - onehot) * torch.clamp(lengths - m_minus, min=0) ** 2
+    return (present + absent).sum(dim=1).mean()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_margin_loss_and_gradient_match_torch(dtype, rng):
+    """The capsule margin loss on sigmoid "lengths" in (0, 1), against a torch oracle."""
+    model = Net(nn.Sequential(nn.Linear(12, 10), nn.Sigmoid()), flatten=True)
+    exe = engine.compile(model, (3, 2, 2), batch=6, dtype=dtype, train=True, loss="margin",
+                         input_grad=True)
+    x = rng.standard_normal((6, 3, 2, 2)).astype(dtype)
+    y = rng.integers(0, 10, 6)
+    loss = exe.forward_backward(x, y)
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in exe.params.items()}
+    tx = torch.tensor(x, requires_grad=True)
+    lengths = torch.sigmoid(
+        torch.nn.functional.linear(tx.flatten(1), params["layer.0.weight"], params["layer.0.bias"])
+    )
+    ref = _torch_margin(lengths, torch.from_numpy(y))
+    ref.backward()
+    tol = OP_TOLERANCE[dtype]
+    assert rel_error([loss], [ref.item()]) < tol
+    assert rel_error(exe.grads["input"], tx.grad.numpy()) < tol
+    assert rel_error(exe.grads["layer.0.weight"], params["layer.0.weight"].grad.numpy()) < tol
