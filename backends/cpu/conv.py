@@ -58,17 +58,34 @@ PARALLEL_MIN_MACS = 1 << 18
 
 
 @njit(cache=True)
-def im2col_block(
-    x, src, h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw, rows, start, width, cols, slot, ld
-):
-    """cols[slot + r*ld + j] = the input under tap r for output pixel start + j of the image at
-    ``src`` (0 where the tap falls in the padding), for j < width."""
-    for r in range(rows):
-        ci, kk = r // (kh * kw), r % (kh * kw)
-        ki, kj = kk // kw, kk % kw
-        plane = src + ci * h * wd
-        row = cols[slot + r * ld : slot + r * ld + width]
-        _im2col_row(x, plane, h, wd, ow, sh, sw, pt, pl, ki * dh, kj * dw, start, row)
+def im2col_images(x, first, count, c, group_start, geometry, rows, start, width, cols, slot):
+    """im2col of ``count`` images side by side: for image m (``first + m``, channels from
+    ``group_start``), cols[slot + r*count*width + m*width + j] = the input under tap r for
+    output pixel start + j (0 where the tap falls in the padding), for j < width.
+    ``geometry`` = (H, W, OW, KH, KW, SH, SW, PT, PL, DH, DW)."""
+    h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw = geometry
+    ld = count * width
+    for m in range(count):
+        image = ((first + m) * c + group_start) * h * wd
+        for r in range(rows):
+            ci, kk = r // (kh * kw), r % (kh * kw)
+            ki, kj = kk // kw, kk % kw
+            at = slot + r * ld + m * width
+            _im2col_row(
+                x,
+                image + ci * h * wd,
+                h,
+                wd,
+                ow,
+                sh,
+                sw,
+                pt,
+                pl,
+                ki * dh,
+                kj * dw,
+                start,
+                cols[at : at + width],
+            )
 
 
 @njit(inline="always", cache=True)
@@ -116,29 +133,8 @@ def conv2d_gemm(x, w, b, y, scratch, a):
             code = matmul(ocg, width, rows, weights, (x, src, hw), (y, dst, ohw))
         else:
             slot = tid * rows * span
-            for m in range(count):
-                src = ((first + m) * c + g * cg) * hw
-                im2col_block(
-                    x,
-                    src,
-                    h,
-                    wd,
-                    ow,
-                    kh,
-                    kw,
-                    sh,
-                    sw,
-                    pt,
-                    pl,
-                    dh,
-                    dw,
-                    rows,
-                    start,
-                    width,
-                    cols,
-                    slot + m * width,
-                    count * width,
-                )
+            geometry = (h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw)
+            im2col_images(x, first, count, c, g * cg, geometry, rows, start, width, cols, slot)
             if images == 1:
                 code = matmul(ocg, width, rows, weights, (cols, slot, width), (y, dst, ohw))
             else:

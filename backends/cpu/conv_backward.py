@@ -39,7 +39,7 @@ from numba import get_thread_id, njit, prange
 from backends.cpu.blas import matmul as gemm_block
 from backends.cpu.conv import (
     BLOCK_BYTES,
-    im2col_block,
+    im2col_images,
     images_per_task,
     is_pointwise,
     pad_plane,
@@ -149,29 +149,10 @@ def conv2d_grad_weight(x, gy, gw, scratch, a):
         if pointwise and images == 1:
             patches = (x, (first * c + g * cg) * hw + start, hw)
         else:
-            for m in range(count):
-                src = ((first + m) * c + g * cg) * hw
-                im2col_block(
-                    x,
-                    src,
-                    h,
-                    wd,
-                    ow,
-                    kh,
-                    kw,
-                    sh,
-                    sw,
-                    pt,
-                    pl,
-                    dh,
-                    dw,
-                    rows,
-                    start,
-                    width,
-                    cols,
-                    tid * rows * span + m * width,
-                    columns,
-                )
+            geometry = (h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw)
+            im2col_images(
+                x, first, count, c, g * cg, geometry, rows, start, width, cols, tid * rows * span
+            )
             patches = (cols, tid * rows * span, columns)
         if images == 1:
             grads = (gy, (first * oc + g * ocg) * ohw + start, ohw)

@@ -81,8 +81,9 @@ def _torch_margin(lengths, target, m_plus=0.9, m_minus=0.1, down=0.5):
 def test_margin_loss_and_gradient_match_torch(dtype, rng):
     """The capsule margin loss on sigmoid "lengths" in (0, 1), against a torch oracle."""
     model = Net(nn.Sequential(nn.Linear(12, 10), nn.Sigmoid()), flatten=True)
-    exe = engine.compile(model, (3, 2, 2), batch=6, dtype=dtype, train=True, loss="margin",
-                         input_grad=True)
+    exe = engine.compile(
+        model, (3, 2, 2), batch=6, dtype=dtype, train=True, loss="margin", input_grad=True
+    )
     x = rng.standard_normal((6, 3, 2, 2)).astype(dtype)
     y = rng.integers(0, 10, 6)
     loss = exe.forward_backward(x, y)
