@@ -51,4 +51,13 @@ def get(name: str, **kwargs: object) -> Module:
     return spec(name).build(**kwargs)
 
 
-from zoo import lenet, resnet  # noqa: E402,F401  (registration)
+def _register_families() -> None:
+    """Import every family module in this package; each registers its models on import."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_families()

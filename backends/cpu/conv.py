@@ -64,28 +64,60 @@ def im2col_images(x, first, count, c, group_start, geometry, rows, start, width,
     output pixel start + j (0 where the tap falls in the padding), for j < width.
     ``geometry`` = (H, W, OW, KH, KW, SH, SW, PT, PL, DH, DW)."""
     h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw = geometry
-    ld = count * width
+    ld, oh = count * width, (start + width + ow - 1) // ow
+    whole = start == 0 and width == oh * ow  # the block is whole images: copy planes
     for m in range(count):
         image = ((first + m) * c + group_start) * h * wd
         for r in range(rows):
             ci, kk = r // (kh * kw), r % (kh * kw)
             ki, kj = kk // kw, kk % kw
-            at = slot + r * ld + m * width
-            _im2col_row(
-                x,
-                image + ci * h * wd,
-                h,
-                wd,
-                ow,
-                sh,
-                sw,
-                pt,
-                pl,
-                ki * dh,
-                kj * dw,
-                start,
-                cols[at : at + width],
-            )
+            plane, at = image + ci * h * wd, slot + r * ld + m * width
+            if whole:
+                _im2col_plane(
+                    x[plane : plane + h * wd].reshape((h, wd)),
+                    cols[at : at + width].reshape((oh, ow)),
+                    sh,
+                    sw,
+                    pt,
+                    pl,
+                    ki * dh,
+                    kj * dw,
+                )
+            else:
+                _im2col_row(
+                    x,
+                    plane,
+                    h,
+                    wd,
+                    ow,
+                    sh,
+                    sw,
+                    pt,
+                    pl,
+                    ki * dh,
+                    kj * dw,
+                    start,
+                    cols[at : at + width],
+                )
+
+
+@njit(inline="always", cache=True)
+def _im2col_plane(image, out, sh, sw, pt, pl, dy, dx):
+    """One tap's whole output plane at once (2-D strided slices, no per-row bookkeeping):
+    small feature maps have rows too short to amortise ``_im2col_row``'s per-row work."""
+    (h, wd), (oh, ow) = image.shape, out.shape
+    y_lo, y_hi = valid_range(oh, h, sh, pt, dy)
+    x_lo, x_hi = valid_range(ow, wd, sw, pl, dx)
+    out[:y_lo, :] = 0
+    out[y_hi:, :] = 0
+    out[:, :x_lo] = 0
+    out[:, x_hi:] = 0
+    if y_lo < y_hi and x_lo < x_hi:
+        top, left = y_lo * sh - pt + dy, x_lo * sw - pl + dx
+        out[y_lo:y_hi, x_lo:x_hi] = image[
+            top : top + (y_hi - y_lo - 1) * sh + 1 : sh,
+            left : left + (x_hi - x_lo - 1) * sw + 1 : sw,
+        ]
 
 
 @njit(inline="always", cache=True)

@@ -327,7 +327,14 @@ def _lower_conv2d_grad_input(node: Node, io: NodeIO):
 
 
 def _grad_weight_is_shifted(node: Node) -> bool:
-    return node.attrs["stride"] == (1, 1) and not is_pointwise(_as_forward(node))
+    """Stride-1 convs on maps large enough for one image per task; on small maps the padding
+    ring of the wide grid would more than double the GEMM work, so im2col wins there."""
+    forward = _as_forward(node)
+    return (
+        node.attrs["stride"] == (1, 1)
+        and not is_pointwise(forward)
+        and (images_per_task(forward) == 1)
+    )
 
 
 def _grad_weight_scratch_numel(node: Node) -> int:
