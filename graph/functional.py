@@ -96,8 +96,31 @@ def dropout(input, p: float = 0.5, training: bool = False, inplace: bool = False
     return _emit("dropout", [input], p=float(p))
 
 
+def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
+    return _emit("hardtanh", [input], min_val=float(min_val), max_val=float(max_val))
+
+
+def relu6(input, inplace: bool = False) -> Tensor:
+    """min(max(x, 0), 6) (MobileNet v2), as ``F.relu6``: a hardtanh(0, 6)."""
+    return hardtanh(input, 0.0, 6.0)
+
+
 def add(input, other) -> Tensor:
     return _emit("add", [input, other])
+
+
+def sub(input, other) -> Tensor:
+    return _emit("sub", [input, other])
+
+
+def neg(input) -> Tensor:
+    return _emit("neg", [input])
+
+
+def channel_scale(input, scale) -> Tensor:
+    """``input * scale.view(1, C, 1, 1)``: a learned per-channel scale (ConvNeXt's layer
+    scale), ``scale`` a [C] parameter."""
+    return _emit("channel_scale", [input, scale])
 
 
 def mul(input, other) -> Tensor:
@@ -213,6 +236,33 @@ def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     if not tensors:
         raise ValueError("cat needs at least one tensor")
     return _emit("concat", tensors, dim=_axis(dim, tensors[0].dim()))
+
+
+def split(tensor, split_size_or_sections: int | Sequence[int], dim: int = 0) -> list[Tensor]:
+    """As ``torch.split``: equal chunks of ``split_size`` (the last may be smaller), or the given
+    section sizes."""
+    dim = _axis(dim, tensor.dim())
+    size = tensor.shape[dim]
+    if isinstance(split_size_or_sections, int):
+        step = split_size_or_sections
+        if step < 1:
+            raise ValueError(f"split size must be positive, but got {step}")
+        sections = [min(step, size - start) for start in range(0, size, step)]
+    else:
+        sections = list(split_size_or_sections)
+        if sum(sections) != size or min(sections) < 1:
+            raise ValueError(f"split sections {sections} must be positive and sum to {size}")
+    parts, start = [], 0
+    for length in sections:
+        parts.append(_emit("slice", [tensor], dim=dim, start=start, length=length))
+        start += length
+    return parts
+
+
+def chunk(input, chunks: int, dim: int = 0) -> list[Tensor]:
+    """As ``torch.chunk``: ``chunks`` pieces of ceil(size / chunks) (ShuffleNet's split)."""
+    size = input.shape[_axis(dim, input.dim())]
+    return split(input, -(-size // chunks), dim)
 
 
 def channel_shuffle(input, groups: int) -> Tensor:

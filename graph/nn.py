@@ -437,6 +437,22 @@ class ReLU(Module):
         return F.relu(x)
 
 
+class Hardtanh(Module):
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
+        super().__init__()
+        if not min_val < max_val:
+            raise ValueError(f"Hardtanh needs min_val < max_val, got {min_val}, {max_val}")
+        self.min_val, self.max_val = float(min_val), float(max_val)
+
+    def forward(self, x):
+        return F.hardtanh(x, self.min_val, self.max_val)
+
+
+class ReLU6(Hardtanh):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(0.0, 6.0)
+
+
 class LeakyReLU(Module):
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
@@ -610,6 +626,7 @@ __all__ = [
     "Dropout",
     "Flatten",
     "GELU",
+    "Hardtanh",
     "Identity",
     "LayerNorm2d",
     "LeakyReLU",
@@ -619,6 +636,7 @@ __all__ = [
     "ModuleList",
     "Parameter",
     "ReLU",
+    "ReLU6",
     "ReflectionPad2d",
     "Sequential",
     "Sigmoid",
@@ -626,5 +644,6 @@ __all__ = [
     "Tanh",
     "Tensor",
     "ZeroPad2d",
+    "kaiming_normal_",
     "manual_seed",
 ]

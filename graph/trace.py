@@ -48,6 +48,16 @@ class Tensor:
 
         return F.mul(self, other)
 
+    def __sub__(self, other: Tensor) -> Tensor:
+        from graph import functional as F
+
+        return F.sub(self, other)
+
+    def __neg__(self) -> Tensor:
+        from graph import functional as F
+
+        return F.neg(self)
+
     __radd__ = __add__
     __rmul__ = __mul__
 

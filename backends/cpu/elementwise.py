@@ -33,8 +33,8 @@ from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
 from graph.ir import Node
 
-RELU, LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH, COPY = range(7)
-ADD, MUL = range(2)
+RELU, LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH, COPY, HARDTANH, NEG = range(9)
+ADD, MUL, SUB = range(3)
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -48,7 +48,7 @@ _UNIFORM_BITS = 53
 
 
 @njit(inline="always", cache=True)
-def _unary_chunk(x, y, kind, slope):
+def _unary_chunk(x, y, kind, slope, low, high):
     if kind == RELU:
         for i in range(x.shape[0]):
             y[i] = 0 if x[i] <= 0 else x[i]  # keeps NaN, as torch.relu
@@ -68,22 +68,29 @@ def _unary_chunk(x, y, kind, slope):
         for i in range(x.shape[0]):
             v = x[i]
             y[i] = 0.5 * v * (1.0 + np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+    elif kind == HARDTANH:
+        for i in range(x.shape[0]):
+            y[i] = low if x[i] < low else (high if x[i] > high else x[i])
+    elif kind == NEG:
+        for i in range(x.shape[0]):
+            y[i] = -x[i]
     else:
         y[:] = x
 
 
 @kernel(buffers=3)
 def unary(x, y, consts, a):
-    """a = [kind]; consts = [negative_slope] for leaky_relu, else unused."""
-    kind, slope = a[0], consts[0]
+    """a = [kind]; consts = [negative_slope, min_val, max_val] (leaky_relu, hardtanh)."""
+    kind, slope, low, high = a[0], consts[0], consts[1], consts[2]
     for c in prange((x.shape[0] + CHUNK - 1) // CHUNK):
-        _unary_chunk(x[c * CHUNK : (c + 1) * CHUNK], y[c * CHUNK : (c + 1) * CHUNK], kind, slope)
+        lo, hi = c * CHUNK, (c + 1) * CHUNK
+        _unary_chunk(x[lo:hi], y[lo:hi], kind, slope, low, high)
     return 0
 
 
 @kernel(buffers=3)
 def binary(p, q, y, a):
-    """a = [kind]: y = p + q or y = p * q, same shapes."""
+    """a = [kind]: y = p + q, p - q or p * q, same shapes."""
     kind = a[0]
     for c in prange((y.shape[0] + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, (c + 1) * CHUNK
@@ -91,14 +98,32 @@ def binary(p, q, y, a):
         if kind == ADD:
             for i in range(yc.shape[0]):
                 yc[i] = pc[i] + qc[i]
+        elif kind == SUB:
+            for i in range(yc.shape[0]):
+                yc[i] = pc[i] - qc[i]
         else:
             for i in range(yc.shape[0]):
                 yc[i] = pc[i] * qc[i]
     return 0
 
 
+@kernel(buffers=3)
+def channel_scale(x, scale, y, a):
+    """y[n, c, ...] = x[n, c, ...] * scale[c]; a = [N, C, inner]."""
+    n, c, inner = a[0], a[1], a[2]
+    for p in prange(n * c):
+        src, dst, factor = (
+            x[p * inner : (p + 1) * inner],
+            y[p * inner : (p + 1) * inner],
+            scale[p % c],
+        )
+        for j in range(inner):
+            dst[j] = src[j] * factor
+    return 0
+
+
 @njit(inline="always", cache=True)
-def _activation_grad_chunk(gy, saved, gx, kind, slope):
+def _activation_grad_chunk(gy, saved, gx, kind, slope, low, high):
     """gx = gy * f'(.), from the output y (relu, sigmoid, tanh) or the input x (leaky_relu,
     gelu), with PyTorch's formulas (relu's derivative is 0 at 0)."""
     if kind == RELU:
@@ -118,6 +143,9 @@ def _activation_grad_chunk(gy, saved, gx, kind, slope):
             v = saved[i]
             cdf = 0.5 * (1.0 + math.erf(v * _SQRT_HALF))
             gx[i] = gy[i] * (cdf + v * np.exp(-0.5 * v * v) * _INV_SQRT_2PI)
+    elif kind == HARDTANH:
+        for i in range(gy.shape[0]):
+            gx[i] = gy[i] if low < saved[i] < high else 0
     else:
         for i in range(gy.shape[0]):
             v = saved[i]
@@ -129,11 +157,11 @@ def _activation_grad_chunk(gy, saved, gx, kind, slope):
 
 @kernel(buffers=4)
 def activation_grad(gy, saved, gx, consts, a):
-    """a = [kind]; consts = [negative_slope]."""
-    kind, slope = a[0], consts[0]
+    """a = [kind]; consts = [negative_slope, min_val, max_val]."""
+    kind, slope, low, high = a[0], consts[0], consts[1], consts[2]
     for c in prange((gy.shape[0] + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, (c + 1) * CHUNK
-        _activation_grad_chunk(gy[lo:hi], saved[lo:hi], gx[lo:hi], kind, slope)
+        _activation_grad_chunk(gy[lo:hi], saved[lo:hi], gx[lo:hi], kind, slope, low, high)
     return 0
 
 
@@ -160,7 +188,21 @@ def dropout_train(x, y, mask, rng, consts, a):
     return 0
 
 
-_UNARY_KINDS = {"relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID, "tanh": TANH}
+_UNARY_KINDS = {
+    "relu": RELU,
+    "leaky_relu": LEAKY_RELU,
+    "sigmoid": SIGMOID,
+    "tanh": TANH,
+    "hardtanh": HARDTANH,
+    "neg": NEG,
+}
+
+
+def _activation_consts(node: Node, io: NodeIO) -> tuple[int, int]:
+    attrs = node.attrs
+    return io.const(
+        [attrs.get("negative_slope", 0.01), attrs.get("min_val", -1.0), attrs.get("max_val", 1.0)]
+    )
 
 
 def _unary_kind(node: Node) -> int:
@@ -169,17 +211,28 @@ def _unary_kind(node: Node) -> int:
     return _UNARY_KINDS.get(node.op, COPY)
 
 
-@lowers("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "dropout", "flatten", "reshape")
+@lowers(
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "hardtanh",
+    "neg",
+    "dropout",
+    "flatten",
+    "reshape",
+)
 def _lower_unary(node: Node, io: NodeIO):
     x, y = io.input(0), io.output()
-    consts = io.const([node.attrs.get("negative_slope", 0.0)])
+    consts = _activation_consts(node, io)
     return [unary.step(node.name, io.dtype, io.parallel(y[1]), [x, y, consts], [_unary_kind(node)])]
 
 
-@lowers("add", "mul")
+@lowers("add", "sub", "mul")
 def _lower_binary(node: Node, io: NodeIO):
     y = io.output()
-    kind = ADD if node.op == "add" else MUL
+    kind = {"add": ADD, "sub": SUB, "mul": MUL}[node.op]
     return [
         binary.step(node.name, io.dtype, io.parallel(y[1]), [io.input(0), io.input(1), y], [kind])
     ]
@@ -190,8 +243,7 @@ def _lower_activation_grad(node: Node, io: NodeIO):
     kind = node.attrs["kind"]
     exact = node.attrs.get("approximate", "none") == "none"
     code = (GELU if exact else GELU_TANH) if kind == "gelu" else _UNARY_KINDS[kind]
-    consts = io.const([node.attrs.get("negative_slope", 0.01)])
-    buffers = [io.input(0), io.input(1), io.output(), consts]
+    buffers = [io.input(0), io.input(1), io.output(), _activation_consts(node, io)]
     return [activation_grad.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, [code])]
 
 
@@ -204,3 +256,11 @@ def _lower_dropout_train(node: Node, io: NodeIO):
     buffers = [io.input(0), io.output(0), io.output(1), io.input(1), io.const([keep])]
     ints = [threshold, zlib.crc32(node.name.encode())]
     return [dropout_train.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, ints)]
+
+
+@lowers("channel_scale")
+def _lower_channel_scale(node: Node, io: NodeIO):
+    shape = node.inputs[0].shape
+    ints = [shape[0], shape[1], math.prod(shape[2:])]
+    buffers = [io.input(0), io.input(1), io.output()]
+    return [channel_scale.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, ints)]

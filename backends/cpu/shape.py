@@ -119,6 +119,31 @@ def _lower_slice(node: Node, io: NodeIO):
     return [_copy_step(io, node.name, 0, ints)]
 
 
+@kernel(buffers=2)
+def fill(dst, consts, a):
+    """dst[:] = consts[0] (the zeros a slice's gradient is placed into)."""
+    for c in prange((dst.shape[0] + 4095) // 4096):
+        dst[c * 4096 : (c + 1) * 4096] = consts[0]
+    return 0
+
+
+@lowers("slice_grad")
+def _lower_slice_grad(node: Node, io: NodeIO):
+    """Zeros, then the gradient copied into [start, start + length) along dim."""
+    shape, dim = node.outputs[0].shape, node.attrs["dim"]
+    outer, after = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
+    length = node.inputs[0].shape[dim] * after
+    zero = fill.step(
+        f"{node.name}.fill",
+        io.dtype,
+        io.parallel(io.output()[1]),
+        [io.output(), io.const([0.0])],
+        [],
+    )
+    ints = [outer, length, length, 0, shape[dim] * after, node.attrs["start"] * after]
+    return [zero, _copy_step(io, node.name, 0, ints)]
+
+
 @lowers("channel_shuffle")
 def _lower_channel_shuffle(node: Node, io: NodeIO):
     n, c, h, w = node.inputs[0].shape

@@ -1,8 +1,10 @@
-"""Elementwise ops: add, mul (same-shape binary) and the activations.
+"""Elementwise ops: add, sub, mul (same-shape binary), neg, channel_scale (x times a
+per-channel [C] scale) and the activations.
 
 relu, leaky_relu (``negative_slope``), sigmoid, tanh, gelu (``approximate`` = "none" for the
-exact erf form or "tanh"), and dropout (``p``; the identity at inference, as ``F.dropout`` with
-``training=False``). MACs count one per multiply of two tensors (mul) and none otherwise.
+exact erf form or "tanh"), hardtanh (``min_val``, ``max_val``; ReLU6 is hardtanh(0, 6)), and
+dropout (``p``; the identity at inference, as ``F.dropout`` with ``training=False``). MACs
+count one per multiply of two tensors (mul, channel_scale) and none otherwise.
 """
 
 from __future__ import annotations
@@ -49,6 +51,38 @@ def _add_vjp(node, grads, wants, emit):
     return [grads[0], grads[0]]
 
 
+def _sub_vjp(node, grads, wants, emit):
+    return [grads[0], emit("neg", [grads[0]])[0] if wants[1] else None]
+
+
+def _neg_vjp(node, grads, wants, emit):
+    return [emit("neg", [grads[0]])[0]]
+
+
+def _hardtanh_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    if not attrs["min_val"] < attrs["max_val"]:
+        raise ValueError(f"hardtanh needs min_val < max_val, but got {attrs}")
+    return same_shape(in_types, attrs)
+
+
+def _channel_scale_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """x [N, C, ...] times a per-channel scale [C] (ConvNeXt's layer scale)."""
+    x, scale = in_types
+    if len(x.shape) < 2 or scale.shape != (x.shape[1],):
+        raise ValueError(
+            f"channel_scale needs a scale of shape [{x.shape[1]}] for input {x}, but got {scale}"
+        )
+    return [x]
+
+
+def _channel_scale_vjp(node, grads, wants, emit):
+    """grad_x = gy * scale per channel; grad_scale = the channel sum of gy * x."""
+    (gy,), (x, scale) = grads, node.inputs
+    grad_x = emit("channel_scale", [gy, scale])[0] if wants[0] else None
+    grad_scale = emit("channel_sum", [emit("mul", [gy, x])[0]])[0] if wants[1] else None
+    return [grad_x, grad_scale]
+
+
 def _mul_vjp(node, grads, wants, emit):
     (gy,), (a, b) = grads, node.inputs
     return [
@@ -64,7 +98,8 @@ _SAVED_OUTPUT = frozenset({"relu", "sigmoid", "tanh"})
 
 def _activation_vjp(node, grads, wants, emit):
     saved = node.outputs[0] if node.op in _SAVED_OUTPUT else node.inputs[0]
-    attrs = {k: v for k, v in node.attrs.items() if k in ("negative_slope", "approximate")}
+    keys = ("negative_slope", "approximate", "min_val", "max_val")
+    attrs = {k: v for k, v in node.attrs.items() if k in keys}
     return [emit("activation_grad", [grads[0], saved], kind=node.op, **attrs)[0]]
 
 
@@ -73,7 +108,7 @@ def _identity_vjp(node, grads, wants, emit):
 
 
 def _activation_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
-    if attrs["kind"] not in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu"):
+    if attrs["kind"] not in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "hardtanh"):
         raise ValueError(f"activation_grad kind must be an activation, got {attrs['kind']!r}")
     return _binary_shape(in_types, attrs)
 
@@ -93,6 +128,10 @@ def _dropout_train_vjp(node, grads, wants, emit):
 
 register("add", _binary_shape, no_macs, arity=2, vjp=_add_vjp)
 register("mul", _binary_shape, _mul_macs, arity=2, vjp=_mul_vjp)
+register("sub", _binary_shape, no_macs, arity=2, vjp=_sub_vjp)
+register("neg", same_shape, no_macs, vjp=_neg_vjp)
+register("hardtanh", _hardtanh_shape, no_macs, vjp=_activation_vjp, min_val=-1.0, max_val=1.0)
+register("channel_scale", _channel_scale_shape, _mul_macs, arity=2, vjp=_channel_scale_vjp)
 register("relu", same_shape, no_macs, vjp=_activation_vjp)
 register("leaky_relu", _leaky_relu_shape, no_macs, vjp=_activation_vjp, negative_slope=0.01)
 register("sigmoid", same_shape, no_macs, vjp=_activation_vjp)

@@ -121,13 +121,28 @@ def _pad_vjp(node, grads, wants, emit):
 
 
 def _slice_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
-    """A contiguous range [start, start + length) along ``dim`` (concat's gradient)."""
+    """A contiguous range [start, start + length) along ``dim`` (``split``/``chunk``, and
+    concat's gradient)."""
     x, dim, start, length = in_types[0], attrs["dim"], attrs["start"], attrs["length"]
     if not (
         0 <= dim < len(x.shape) and 0 <= start and length >= 1 and start + length <= x.shape[dim]
     ):
         raise ValueError(f"slice [{start}, {start + length}) along dim {dim} exceeds {x}")
     return [TensorType(x.shape[:dim] + (length,) + x.shape[dim + 1 :], x.dtype)]
+
+
+def _slice_vjp(node, grads, wants, emit):
+    attrs = {k: node.attrs[k] for k in ("dim", "start")}
+    size = node.inputs[0].shape[node.attrs["dim"]]
+    return [emit("slice_grad", [grads[0]], size=size, **attrs)[0]]
+
+
+def _slice_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """The gradient of a slice: zeros of the sliced input's shape with gy at [start, ...)."""
+    gy, dim = in_types[0], attrs["dim"]
+    if not 0 <= attrs["start"] <= attrs["size"] - gy.shape[dim]:
+        raise ValueError(f"slice_grad: {gy} does not fit at {attrs}")
+    return [TensorType(gy.shape[:dim] + (attrs["size"],) + gy.shape[dim + 1 :], gy.dtype)]
 
 
 def _pad_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
@@ -143,5 +158,6 @@ register("reshape", _reshape_shape, no_macs, vjp=_reshape_vjp)
 register("concat", _concat_shape, no_macs, arity=None, vjp=_concat_vjp)
 register("channel_shuffle", _channel_shuffle_shape, no_macs, vjp=_channel_shuffle_vjp)
 register("pad", _pad_shape, no_macs, vjp=_pad_vjp, mode="constant", value=0.0)
-register("slice", _slice_shape, no_macs)
+register("slice", _slice_shape, no_macs, vjp=_slice_vjp)
+register("slice_grad", _slice_grad_shape, no_macs)
 register("pad_grad", _pad_grad_shape, no_macs, mode="constant")
