@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from graph.trace import Tensor
+from graph.trace import Tensor, active_tracer
 
 IntOrPair = int | Sequence[int]
 
@@ -25,8 +25,13 @@ def pair(value: IntOrPair, name: str = "value") -> tuple[int, int]:
 
 
 def _emit(op: str, inputs: Sequence[object], **attrs: object) -> Tensor:
-    tensor = next(x for x in inputs if isinstance(x, Tensor))
-    return tensor.tracer.emit(op, inputs, attrs)
+    """Emit through the tracer of the first traced input (or the active one: an op may read
+    parameters only, such as reshaping a weight)."""
+    tensor = next((x for x in inputs if isinstance(x, Tensor)), None)
+    tracer = tensor.tracer if tensor is not None else active_tracer()
+    if tracer is None:
+        raise RuntimeError(f"graph.functional.{op} runs only while tracing a model")
+    return tracer.emit(op, inputs, attrs)
 
 
 def _axis(dim: int, rank: int, what: str = "dim") -> int:
@@ -119,7 +124,7 @@ def neg(input) -> Tensor:
 
 def channel_scale(input, scale) -> Tensor:
     """``input * scale.view(1, C, 1, 1)``: a learned per-channel scale (ConvNeXt's layer
-    scale), ``scale`` a [C] parameter."""
+    scale), ``scale`` a [C] or [C, 1, 1] parameter."""
     return _emit("channel_scale", [input, scale])
 
 

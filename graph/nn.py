@@ -38,6 +38,17 @@ def kaiming_normal_(param: Parameter, mode: str = "fan_out") -> None:
     param.data[...] = _rng.normal(0.0, np.sqrt(2.0 / fan), size=param.shape)
 
 
+def trunc_normal_(param: Parameter, std: float = 1.0, a: float = -2.0, b: float = 2.0) -> None:
+    """N(0, std) truncated to [a, b] by redrawing the values outside, as
+    ``torch.nn.init.trunc_normal_`` (ConvNeXt's initialisation), from the seeded generator."""
+    values = _rng.normal(0.0, std, size=param.shape)
+    outside = (values < a) | (values > b)
+    while outside.any():
+        values[outside] = _rng.normal(0.0, std, size=int(outside.sum()))
+        outside = (values < a) | (values > b)
+    param.data[...] = values
+
+
 def _uniform(shape: tuple[int, ...], bound: float) -> np.ndarray:
     return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
@@ -646,4 +657,5 @@ __all__ = [
     "ZeroPad2d",
     "kaiming_normal_",
     "manual_seed",
+    "trunc_normal_",
 ]

@@ -66,11 +66,13 @@ def _hardtanh_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]
 
 
 def _channel_scale_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
-    """x [N, C, ...] times a per-channel scale [C] (ConvNeXt's layer scale)."""
+    """x [N, C, ...] times a per-channel scale of C values, shaped [C] or [C, 1, 1]
+    (ConvNeXt's layer scale)."""
     x, scale = in_types
-    if len(x.shape) < 2 or scale.shape != (x.shape[1],):
+    if len(x.shape) < 2 or scale.shape[:1] != (x.shape[1],) or scale.numel != x.shape[1]:
         raise ValueError(
-            f"channel_scale needs a scale of shape [{x.shape[1]}] for input {x}, but got {scale}"
+            f"channel_scale needs a scale of {x.shape[1]} values ([C] or [C, 1, 1]) for input "
+            f"{x}, but got {scale}"
         )
     return [x]
 
@@ -79,7 +81,11 @@ def _channel_scale_vjp(node, grads, wants, emit):
     """grad_x = gy * scale per channel; grad_scale = the channel sum of gy * x."""
     (gy,), (x, scale) = grads, node.inputs
     grad_x = emit("channel_scale", [gy, scale])[0] if wants[0] else None
-    grad_scale = emit("channel_sum", [emit("mul", [gy, x])[0]])[0] if wants[1] else None
+    grad_scale = None
+    if wants[1]:
+        grad_scale = emit("channel_sum", [emit("mul", [gy, x])[0]])[0]
+        if scale.shape != grad_scale.shape:
+            grad_scale = emit("reshape", [grad_scale], shape=scale.shape)[0]
     return [grad_x, grad_scale]
 
 

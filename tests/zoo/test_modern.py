@@ -1,0 +1,175 @@
+"""ResNets, MobileNets, ShuffleNet v2, ConvNeXt and the highway network: exact parameter counts,
+forward and training at small inputs, and torch twins with identical state_dicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as T
+
+import engine
+import zoo
+from engine.optim import SGD
+from tests.helpers import rel_error
+
+COUNTS = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904,
+    "wide_resnet50_2": 68_883_240, "mobilenet_v2": 3_504_872,
+    "shufflenet_v2_x0_5": 1_366_792, "shufflenet_v2_x1_0": 2_278_604,
+    "shufflenet_v2_x1_5": 3_503_624, "shufflenet_v2_x2_0": 7_393_996,
+    "convnext_tiny": 28_589_128, "convnext_small": 50_223_688, "convnext_base": 88_591_464,
+    # MobileNet v1: conv 3x3 (864 + BN 64), 13 separable blocks, fc 1024*1000 + 1000
+    "mobilenet_v1": 4_231_976,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
+def test_parameter_counts_are_exact(name):
+    assert zoo.get(name).num_parameters() == COUNTS[name]
+
+
+# Small inputs where the architecture allows it (adaptive pooling at the end), 10 classes.
+TRAINABLE = {
+    "resnet20_cifar": (3, 32, 32), "resnet18_cifar": (3, 16, 16), "resnet18": (3, 32, 32),
+    "resnext50_32x4d": (3, 32, 32), "mobilenet_v1": (3, 32, 32), "mobilenet_v2": (3, 32, 32),
+    "shufflenet_v2_x0_5": (3, 32, 32), "convnext_tiny": (3, 32, 32), "highway_cifar": (3, 16, 16),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRAINABLE))
+def test_trains_three_steps_with_a_falling_loss(name):
+    shape = TRAINABLE[name]
+    exe = engine.compile(
+        zoo.get(name, num_classes=10),
+        shape,
+        batch=4,
+        train=True,
+        optimizer=SGD(lr=0.01, momentum=0.9),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    losses = [exe.train_step(x, y) for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def _torch_resnet18() -> T.Module:
+    class Block(T.Module):
+        def __init__(self, inplanes, planes, stride):
+            super().__init__()
+            self.conv1 = T.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+            self.bn1 = T.BatchNorm2d(planes)
+            self.conv2 = T.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = T.BatchNorm2d(planes)
+            self.downsample = None
+            if stride != 1 or inplanes != planes:
+                self.downsample = T.Sequential(
+                    T.Conv2d(inplanes, planes, 1, stride, bias=False), T.BatchNorm2d(planes)
+                )
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(out)) + identity)
+
+    class Net(T.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = T.Conv2d(3, 64, 7, 2, 3, bias=False), T.BatchNorm2d(64)
+            inplanes = 64
+            for i, planes in enumerate((64, 128, 256, 512)):
+                stride = 1 if i == 0 else 2
+                setattr(
+                    self,
+                    f"layer{i + 1}",
+                    T.Sequential(Block(inplanes, planes, stride), Block(planes, planes, 1)),
+                )
+                inplanes = planes
+            self.fc = T.Linear(512, 10)
+
+        def forward(self, x):
+            x = TF.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(TF.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    return Net()
+
+
+def _torch_mobilenet_v2() -> T.Module:
+    def cna(i, o, k=3, s=1, g=1):
+        return T.Sequential(
+            T.Conv2d(i, o, k, s, (k - 1) // 2, groups=g, bias=False), T.BatchNorm2d(o), T.ReLU6()
+        )
+
+    class Inverted(T.Module):
+        def __init__(self, i, o, s, t):
+            super().__init__()
+            hidden = i * t
+            self.res = s == 1 and i == o
+            layers = [cna(i, hidden, 1)] if t != 1 else []
+            layers += [
+                cna(hidden, hidden, 3, s, hidden),
+                T.Conv2d(hidden, o, 1, bias=False),
+                T.BatchNorm2d(o),
+            ]
+            self.conv = T.Sequential(*layers)
+
+        def forward(self, x):
+            return x + self.conv(x) if self.res else self.conv(x)
+
+    class Net(T.Module):
+        def __init__(self):
+            super().__init__()
+            layers, c = [cna(3, 32, s=2)], 32
+            for t, out, n, s in (
+                (1, 16, 1, 1),
+                (6, 24, 2, 2),
+                (6, 32, 3, 2),
+                (6, 64, 4, 2),
+                (6, 96, 3, 1),
+                (6, 160, 3, 2),
+                (6, 320, 1, 1),
+            ):
+                for k in range(n):
+                    layers.append(Inverted(c, out, s if k == 0 else 1, t))
+                    c = out
+            layers.append(cna(c, 1280, 1))
+            self.features = T.Sequential(*layers)
+            self.classifier = T.Sequential(T.Dropout(0.2), T.Linear(1280, 10))
+
+        def forward(self, x):
+            return self.classifier(TF.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+    return Net()
+
+
+TF = torch.nn.functional
+
+
+@pytest.mark.parametrize(
+    "name,twin", [("resnet18", _torch_resnet18), ("mobilenet_v2", _torch_mobilenet_v2)]
+)
+def test_outputs_equal_the_same_network_written_in_torch(name, twin):
+    model = zoo.get(name, num_classes=10)
+    rng = np.random.default_rng(1)
+    # non-trivial BatchNorm statistics, so eval mode is really exercised
+    state = {
+        k: (
+            rng.uniform(0.5, 2.0, v.shape)
+            if k.endswith("running_var")
+            else 0.1 * rng.standard_normal(v.shape)
+            if k.endswith("running_mean")
+            else v
+        )
+        for k, v in model.state_dict().items()
+    }
+    model.load_state_dict(state)
+    reference = twin().eval()
+    reference.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    ours = engine.compile(model, (3, 64, 64), batch=2).run(x)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    assert rel_error(ours, expected) < 1e-4
