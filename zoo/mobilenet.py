@@ -6,7 +6,8 @@ and parameter names (``features.<i>.conv.<j>``, ``classifier.1``).
   ReLU, 1x1 pointwise + BN + ReLU) up to 1024 channels, global average pooling, one linear
   layer; ``width_mult`` scales every width (the paper's alpha).
 - ``mobilenet_v2``: torchvision's inverted-residual setting, widths rounded to multiples of 8,
-  dropout 0.2 before the classifier; 3,504,872 parameters.
+  dropout 0.2 before the classifier; 3,504,872 parameters. ``blur=k`` is the anti-aliased
+  variant: strided depthwise convs run at stride 1 followed by a BlurPool (``zoo/blurpool.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import graph.functional as F
 from graph import nn
 from zoo import register
+from zoo.blurpool import BlurPool2d
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -43,13 +45,19 @@ class ConvBNActivation(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, blur: int = 0) -> None:
         super().__init__()
         hidden = int(round(inp * expand_ratio))
         self.use_res_connect = stride == 1 and inp == oup
         layers = [ConvBNActivation(inp, hidden, 1)] if expand_ratio != 1 else []
+        if blur and stride > 1:  # anti-aliased: depthwise at stride 1, then blur-pool
+            layers += [
+                ConvBNActivation(hidden, hidden, 3, 1, groups=hidden),
+                BlurPool2d(hidden, blur, stride),
+            ]
+        else:
+            layers.append(ConvBNActivation(hidden, hidden, 3, stride, groups=hidden))
         layers += [
-            ConvBNActivation(hidden, hidden, 3, stride, groups=hidden),
             nn.Conv2d(hidden, oup, 1, bias=False),
             nn.BatchNorm2d(oup),
         ]
@@ -76,6 +84,7 @@ class MobileNetV2(nn.Module):
         width_mult: float = 1.0,
         dropout: float = 0.2,
         in_channels: int = 3,
+        blur: int = 0,
     ) -> None:
         super().__init__()
         channels = _make_divisible(32 * width_mult)
@@ -84,7 +93,7 @@ class MobileNetV2(nn.Module):
         for t, c, n, s in self.SETTING:
             out = _make_divisible(c * width_mult)
             for i in range(n):
-                layers.append(InvertedResidual(channels, out, s if i == 0 else 1, t))
+                layers.append(InvertedResidual(channels, out, s if i == 0 else 1, t, blur))
                 channels = out
         layers.append(ConvBNActivation(channels, self.last_channel, 1))
         self.features = nn.Sequential(*layers)
@@ -141,9 +150,9 @@ class MobileNetV1(nn.Module):
 
 @register("mobilenet_v2", (3, 224, 224), 1000)
 def mobilenet_v2(
-    num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3
+    num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3, blur: int = 0
 ) -> MobileNetV2:
-    return MobileNetV2(num_classes, width_mult, in_channels=in_channels)
+    return MobileNetV2(num_classes, width_mult, in_channels=in_channels, blur=blur)
 
 
 @register("mobilenet_v1", (3, 224, 224), 1000)

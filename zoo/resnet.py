@@ -9,6 +9,9 @@
   16/32/64 channels, 6n+2 layers). Shortcuts that change shape are 1x1 conv + BN projections
   (the paper's option B), so counts differ slightly from option A's zero-padding figures.
 Weights start as torchvision's: Kaiming-normal (fan_out) convs, BN weight 1 and bias 0.
+``blur=k`` builds the anti-aliased variant (``zoo/blurpool.py``, as antialiased-cnns lays it
+out): the stem's max-pool runs at stride 1 then blur-pools, each strided block conv runs at
+stride 1 and blur-pools after its ReLU, and shortcut projections blur-pool before the 1x1 conv.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import graph.functional as F
 from graph import nn
 from zoo import register
+from zoo.blurpool import BlurPool2d, antialiased_max_pool
 
 
 class BasicBlock(nn.Module):
@@ -29,11 +33,14 @@ class BasicBlock(nn.Module):
         downsample=None,
         groups: int = 1,
         base_width: int = 64,
+        blur: int = 0,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        conv_stride = 1 if blur and stride > 1 else stride
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, conv_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
+        self.blurpool = BlurPool2d(planes, blur, stride) if conv_stride != stride else None
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
@@ -41,6 +48,7 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         identity = self.downsample(x) if self.downsample is not None else x
         out = self.relu(self.bn1(self.conv1(x)))
+        out = self.blurpool(out) if self.blurpool is not None else out
         return self.relu(F.add(self.bn2(self.conv2(out)), identity))
 
 
@@ -55,13 +63,16 @@ class Bottleneck(nn.Module):
         downsample=None,
         groups: int = 1,
         base_width: int = 64,
+        blur: int = 0,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
+        conv_stride = 1 if blur and stride > 1 else stride
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, conv_stride, 1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
+        self.blurpool = BlurPool2d(width, blur, stride) if conv_stride != stride else None
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
@@ -71,12 +82,14 @@ class Bottleneck(nn.Module):
         identity = self.downsample(x) if self.downsample is not None else x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
+        out = self.blurpool(out) if self.blurpool is not None else out
         return self.relu(F.add(self.bn3(self.conv3(out)), identity))
 
 
 class ResNet(nn.Module):
     """torchvision's ResNet; ``cifar_stem`` swaps the 7x7/2 stem and max-pool for a 3x3/1
-    conv, ``widths`` sets the stages' channels (64, 128, 256, 512 for ImageNet)."""
+    conv, ``widths`` sets the stages' channels (64, 128, 256, 512 for ImageNet), ``blur`` the
+    anti-aliasing filter size (0: none)."""
 
     def __init__(
         self,
@@ -88,20 +101,26 @@ class ResNet(nn.Module):
         cifar_stem: bool = False,
         widths=(64, 128, 256, 512),
         in_channels: int = 3,
+        blur: int = 0,
     ) -> None:
         super().__init__()
         self.inplanes, self.groups, self.base_width = widths[0], groups, width_per_group
+        self.blur = blur
         if cifar_stem:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         else:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, 2, 1)
+        if cifar_stem:
+            self.maxpool = nn.Identity()
+        elif blur:
+            self.maxpool = antialiased_max_pool(widths[0], 3, 2, 1, blur)
+        else:
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
         for i, (planes, blocks) in enumerate(zip(widths, layers, strict=True)):
-            setattr(
-                self, f"layer{i + 1}", self._make_layer(block, planes, blocks, 1 if i == 0 else 2)
-            )
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, stride))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(widths[len(layers) - 1] * block.expansion, num_classes)
         for _, module in self.named_modules():
@@ -109,18 +128,21 @@ class ResNet(nn.Module):
                 nn.kaiming_normal_(module.weight, mode="fan_out")
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
+        downsample, out = None, planes * block.expansion
+        if self.blur and stride != 1:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion),
+                BlurPool2d(self.inplanes, self.blur, stride),
+                nn.Conv2d(self.inplanes, out, 1, bias=False),
+                nn.BatchNorm2d(out),
             )
-        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
-        self.inplanes = planes * block.expansion
-        layers += [
-            block(self.inplanes, planes, 1, None, self.groups, self.base_width)
-            for _ in range(1, blocks)
-        ]
+        elif stride != 1 or self.inplanes != out:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
+        options = (self.groups, self.base_width, self.blur)
+        layers = [block(self.inplanes, planes, stride, downsample, *options)]
+        self.inplanes = out
+        layers += [block(self.inplanes, planes, 1, None, *options) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -144,8 +166,8 @@ _IMAGENET = {
 
 
 def _imagenet_factory(block, layers, options):
-    def build(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
-        return ResNet(block, layers, num_classes, in_channels=in_channels, **options)
+    def build(num_classes: int = 1000, in_channels: int = 3, blur: int = 0) -> ResNet:
+        return ResNet(block, layers, num_classes, in_channels=in_channels, blur=blur, **options)
 
     return build
 

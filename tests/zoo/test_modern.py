@@ -173,3 +173,59 @@ def test_outputs_equal_the_same_network_written_in_torch(name, twin):
     with torch.no_grad():
         expected = reference(torch.from_numpy(x)).numpy()
     assert rel_error(ours, expected) < 1e-4
+
+
+# **** Anti-aliased variants (blur=k) ****
+
+
+@pytest.mark.parametrize("size", range(1, 8))
+def test_binomial_filters_are_normalised_rows_of_pascals_triangle(size):
+    from math import comb
+
+    from zoo.blurpool import binomial_filter
+
+    kernel = binomial_filter(size)
+    row = np.array([comb(size - 1, k) for k in range(size)], np.float64)
+    np.testing.assert_allclose(kernel, np.outer(row, row) / row.sum() ** 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size,stride", [(1, 2), (3, 2), (4, 2), (7, 2), (3, 1)])
+def test_blurpool_equals_reflect_pad_and_depthwise_binomial_conv(size, stride, rng):
+    from tests.helpers import check
+    from zoo.blurpool import BlurPool2d, binomial_filter
+
+    filt = torch.from_numpy(np.broadcast_to(binomial_filter(size), (3, 1, size, size)).copy())
+    total = size - 1
+    pads = (total // 2, total - total // 2) * 2
+
+    def reference(x):
+        return TF.conv2d(TF.pad(x, pads, mode="reflect"), filt.to(x.dtype), stride=stride, groups=3)
+
+    check(BlurPool2d(3, size, stride), reference, (2, 3, 9, 10), "float64", rng)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_blur_adds_no_parameters_and_keeps_every_stage_size(name):
+    from graph.trace import trace
+
+    plain, blurred = zoo.get(name), zoo.get(name, blur=4)
+    assert blurred.num_parameters() == plain.num_parameters()
+    shapes = {n.name: n.outputs[0].shape for n in trace(plain, (3, 64, 64), 1).nodes}
+    joins = [n for n in trace(blurred, (3, 64, 64), 1).nodes if n.op in ("add", "linear")]
+    assert joins
+    for node in joins:  # residual sums (block outputs) and the classifier keep their sizes
+        assert node.outputs[0].shape == shapes[node.name], node.name
+
+
+def test_blurred_resnet_trains():
+    exe = engine.compile(
+        zoo.get("resnet18", blur=3, num_classes=10),
+        (3, 32, 32),
+        batch=4,
+        train=True,
+        optimizer=SGD(lr=0.01, momentum=0.9),
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 4)
+    losses = [exe.train_step(x, y) for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
