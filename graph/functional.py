@@ -122,6 +122,11 @@ def neg(input) -> Tensor:
     return _emit("neg", [input])
 
 
+def scale(input, factor: float) -> Tensor:
+    """``input * factor`` for a constant factor."""
+    return _emit("scale", [input], factor=float(factor))
+
+
 def channel_scale(input, scale) -> Tensor:
     """``input * scale.view(1, C, 1, 1)``: a learned per-channel scale (ConvNeXt's layer
     scale), ``scale`` a [C] or [C, 1, 1] parameter."""

@@ -33,7 +33,7 @@ from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
 from graph.ir import Node
 
-RELU, LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH, COPY, HARDTANH, NEG = range(9)
+RELU, LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH, COPY, HARDTANH, NEG, SCALE = range(10)
 ADD, MUL, SUB = range(3)
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -74,13 +74,17 @@ def _unary_chunk(x, y, kind, slope, low, high):
     elif kind == NEG:
         for i in range(x.shape[0]):
             y[i] = -x[i]
+    elif kind == SCALE:
+        for i in range(x.shape[0]):
+            y[i] = x[i] * slope
     else:
         y[:] = x
 
 
 @kernel(buffers=3)
 def unary(x, y, consts, a):
-    """a = [kind]; consts = [negative_slope, min_val, max_val] (leaky_relu, hardtanh)."""
+    """a = [kind]; consts = [negative_slope or factor, min_val, max_val] (leaky_relu, scale,
+    hardtanh)."""
     kind, slope, low, high = a[0], consts[0], consts[1], consts[2]
     for c in prange((x.shape[0] + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, (c + 1) * CHUNK
@@ -195,14 +199,15 @@ _UNARY_KINDS = {
     "tanh": TANH,
     "hardtanh": HARDTANH,
     "neg": NEG,
+    "scale": SCALE,
 }
 
 
 def _activation_consts(node: Node, io: NodeIO) -> tuple[int, int]:
+    """[slope, min_val, max_val]: leaky_relu's slope (or scale's factor), hardtanh's bounds."""
     attrs = node.attrs
-    return io.const(
-        [attrs.get("negative_slope", 0.01), attrs.get("min_val", -1.0), attrs.get("max_val", 1.0)]
-    )
+    slope = attrs.get("factor", attrs.get("negative_slope", 0.01))
+    return io.const([slope, attrs.get("min_val", -1.0), attrs.get("max_val", 1.0)])
 
 
 def _unary_kind(node: Node) -> int:
@@ -219,6 +224,7 @@ def _unary_kind(node: Node) -> int:
     "gelu",
     "hardtanh",
     "neg",
+    "scale",
     "dropout",
     "flatten",
     "reshape",

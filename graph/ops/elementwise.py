@@ -1,5 +1,5 @@
-"""Elementwise ops: add, sub, mul (same-shape binary), neg, channel_scale (x times a
-per-channel [C] scale) and the activations.
+"""Elementwise ops: add, sub, mul (same-shape binary), neg, scale (times a constant
+``factor``), channel_scale (x times a per-channel [C] scale) and the activations.
 
 relu, leaky_relu (``negative_slope``), sigmoid, tanh, gelu (``approximate`` = "none" for the
 exact erf form or "tanh"), hardtanh (``min_val``, ``max_val``; ReLU6 is hardtanh(0, 6)), and
@@ -57,6 +57,10 @@ def _sub_vjp(node, grads, wants, emit):
 
 def _neg_vjp(node, grads, wants, emit):
     return [emit("neg", [grads[0]])[0]]
+
+
+def _scale_vjp(node, grads, wants, emit):
+    return [emit("scale", [grads[0]], factor=node.attrs["factor"])[0]]
 
 
 def _hardtanh_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
@@ -136,6 +140,7 @@ register("add", _binary_shape, no_macs, arity=2, vjp=_add_vjp)
 register("mul", _binary_shape, _mul_macs, arity=2, vjp=_mul_vjp)
 register("sub", _binary_shape, no_macs, arity=2, vjp=_sub_vjp)
 register("neg", same_shape, no_macs, vjp=_neg_vjp)
+register("scale", same_shape, no_macs, vjp=_scale_vjp, factor=1.0)
 register("hardtanh", _hardtanh_shape, no_macs, vjp=_activation_vjp, min_val=-1.0, max_val=1.0)
 register("channel_scale", _channel_scale_shape, _mul_macs, arity=2, vjp=_channel_scale_vjp)
 register("relu", same_shape, no_macs, vjp=_activation_vjp)

@@ -103,3 +103,15 @@ def test_split_rejects_bad_sections():
 
     with pytest.raises(ValueError, match="sum to 6"):
         trace(Lambda(lambda x: F.split(x, [1, 2], dim=3)[0]), SHAPE[1:], batch=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale_forward_and_gradient(dtype, rng):
+    """LeNet-1998's squashing function, A tanh(S a), built from scale and tanh."""
+
+    def reference(tx, p=None):
+        return 1.7159 * torch.tanh(tx * (2.0 / 3.0))
+
+    model = Lambda(lambda x: F.scale(F.tanh(F.scale(x, 2.0 / 3.0)), 1.7159))
+    check(model, reference, SHAPE, dtype, rng)
+    check_gradients(model, reference, SHAPE, dtype, rng)
