@@ -275,6 +275,32 @@ def chunk(input, chunks: int, dim: int = 0) -> list[Tensor]:
     return split(input, -(-size // chunks), dim)
 
 
+def transpose(input, dim0: int, dim1: int) -> Tensor:
+    """As ``torch.transpose(input, dim0, dim1).contiguous()``."""
+    a, b = sorted((_axis(dim0, input.dim()), _axis(dim1, input.dim())))
+    return input if a == b else _emit("transpose", [input], dim0=a, dim1=b)
+
+
+def squash(input, dim: int = -1, eps: float = 1e-8) -> Tensor:
+    """The capsule non-linearity along ``dim`` (see ``graph/ops/capsule.py``)."""
+    return _emit("squash", [input], dim=_axis(dim, input.dim()), eps=float(eps))
+
+
+def capsule_predict(input, weight) -> Tensor:
+    """[N, I, Din] capsules and [I, J, Dout, Din] weights -> [N, I, J, Dout] predictions."""
+    return _emit("capsule_predict", [input, weight])
+
+
+def capsule_routing(predictions, iterations: int = 3, eps: float = 1e-8) -> Tensor:
+    """Routing by agreement over [N, I, J, D] predictions -> [N, J, D] output capsules."""
+    return _emit("capsule_routing", [predictions], iterations=int(iterations), eps=float(eps))
+
+
+def capsule_length(input, eps: float = 1e-8) -> Tensor:
+    """[N, J, D] capsules -> [N, J] lengths (the margin loss's class scores)."""
+    return _emit("capsule_length", [input], eps=float(eps))
+
+
 def channel_shuffle(input, groups: int) -> Tensor:
     return _emit("channel_shuffle", [input], groups=int(groups))
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from backends.base import Backend
 from backends.cpu import (  # noqa: F401  (registration)
+    capsule,
     conv,
     conv_backward,
     elementwise,

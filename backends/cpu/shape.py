@@ -144,6 +144,37 @@ def _lower_slice_grad(node: Node, io: NodeIO):
     return [zero, _copy_step(io, node.name, 0, ints)]
 
 
+@kernel(buffers=2)
+def transpose(x, y, a):
+    """x viewed as [outer, A, mid, B, inner] -> y [outer, B, mid, A, inner]."""
+    outer, size_a, mid, size_b, inner = a[0], a[1], a[2], a[3], a[4]
+    for task in prange(outer * size_b):
+        o, q = task // size_b, task % size_b
+        for p in range(size_a):
+            for m in range(mid):
+                src = (((o * size_a + p) * mid + m) * size_b + q) * inner
+                dst = (((o * size_b + q) * mid + m) * size_a + p) * inner
+                y[dst : dst + inner] = x[src : src + inner]
+    return 0
+
+
+@lowers("transpose")
+def _lower_transpose(node: Node, io: NodeIO):
+    shape, a, b = node.inputs[0].shape, node.attrs["dim0"], node.attrs["dim1"]
+    ints = [
+        math.prod(shape[:a]),
+        shape[a],
+        math.prod(shape[a + 1 : b]),
+        shape[b],
+        math.prod(shape[b + 1 :]),
+    ]
+    return [
+        transpose.step(
+            node.name, io.dtype, io.parallel(io.output()[1]), [io.input(0), io.output()], ints
+        )
+    ]
+
+
 @lowers("channel_shuffle")
 def _lower_channel_shuffle(node: Node, io: NodeIO):
     n, c, h, w = node.inputs[0].shape

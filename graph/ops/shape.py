@@ -4,6 +4,7 @@
   keep the element order (row-major), as ``torch.flatten`` and ``Tensor.reshape``.
 - concat(``dim``) joins any number of inputs that agree on every other axis (``torch.cat``).
 - channel_shuffle(``groups``): view [N, g, C/g, H, W], swap axes 1 and 2 (ShuffleNet).
+- transpose(``dim0``, ``dim1``): two axes swapped, as ``torch.transpose(...).contiguous()``.
 - pad(``pads=(left, right, top, bottom)``, ``mode`` "constant" or "reflect", ``value``), as
   ``F.pad`` on the last two axes; reflect padding must be smaller than the padded axis.
 """
@@ -145,6 +146,20 @@ def _slice_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorTyp
     return [TensorType(gy.shape[:dim] + (attrs["size"],) + gy.shape[dim + 1 :], gy.dtype)]
 
 
+def _transpose_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """Swap axes ``dim0`` < ``dim1`` (``torch.transpose``), copying into the new layout."""
+    x, a, b = in_types[0], attrs["dim0"], attrs["dim1"]
+    if not 0 <= a < b < len(x.shape):
+        raise ValueError(f"transpose needs 0 <= dim0 < dim1 < {len(x.shape)}, got {a}, {b}")
+    shape = list(x.shape)
+    shape[a], shape[b] = shape[b], shape[a]
+    return [TensorType(tuple(shape), x.dtype)]
+
+
+def _transpose_vjp(node, grads, wants, emit):
+    return [emit("transpose", [grads[0]], **node.attrs)[0]]
+
+
 def _pad_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
     gy = in_types[0]
     x = TensorType(gy.shape[:2] + tuple(attrs["input_size"]), gy.dtype)
@@ -160,4 +175,5 @@ register("channel_shuffle", _channel_shuffle_shape, no_macs, vjp=_channel_shuffl
 register("pad", _pad_shape, no_macs, vjp=_pad_vjp, mode="constant", value=0.0)
 register("slice", _slice_shape, no_macs, vjp=_slice_vjp)
 register("slice_grad", _slice_grad_shape, no_macs)
+register("transpose", _transpose_shape, no_macs, vjp=_transpose_vjp)
 register("pad_grad", _pad_grad_shape, no_macs, mode="constant")
