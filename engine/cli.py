@@ -6,6 +6,9 @@
   progress bar, validating every epoch; ``--checkpoint`` saves after each epoch and
   ``--resume`` continues a run exactly.
 - ``convforge eval MODEL --checkpoint C --data ...``: top-1/top-5 of a checkpoint.
+- ``convforge summary MODEL [--input CxHxW] [--json]``: per-layer output shapes, parameters,
+  MACs, receptive fields and activation bytes, with totals (``graph/analysis.py``).
+- ``convforge zoo``: every zoo model with its input shape, classes and parameter count.
 - ``convforge warmup``: compile every CPU kernel variant into Numba's on-disk cache, so the
   first real compile in later processes loads in a fraction of a second.
 """
@@ -220,6 +223,50 @@ def warmup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_shape(text: str) -> tuple[int, int, int]:
+    """``CxHxW`` (``3x224x224``) as a tuple of three positive ints."""
+    try:
+        shape = tuple(int(v) for v in text.split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"input must be CxHxW, e.g. 3x224x224, but got {text!r}")
+    return shape
+
+
+def summary(args: argparse.Namespace) -> int:
+    """Per-layer shapes, parameters, MACs and receptive fields; traces the model, no compile."""
+    import json
+
+    from graph.analysis import analyze, summary_dict, summary_table
+    from graph.trace import trace
+
+    spec = zoo.spec(args.model)
+    shape = args.input or spec.input_shape
+    kwargs = {"in_channels": shape[0]} if shape[0] != spec.input_shape[0] else {}
+    try:
+        graph = trace(zoo.get(args.model, **kwargs), shape, batch=args.batch)
+    except ValueError as err:  # a layer that does not fit this input: the tracer's message
+        raise SystemExit(f"convforge summary: {args.model} at input {shape}: {err}") from None
+    result = analyze(graph, args.model)
+    print(json.dumps(summary_dict(result)) if args.json else summary_table(result))
+    return 0
+
+
+def list_zoo(args: argparse.Namespace) -> int:
+    """Every zoo model with its default input, classes and parameters (builds each one)."""
+    from graph.analysis import text_table
+
+    rows = [("model", "input", "classes", "params")]
+    for name in zoo.names():
+        spec = zoo.spec(name)
+        shape = "x".join(map(str, spec.input_shape))
+        params = zoo.get(name).num_parameters()
+        rows.append((name, shape, str(spec.num_classes), f"{params:,}"))
+    print(text_table(rows, left=2))
+    return 0
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", choices=zoo.names())
     p.add_argument("--data", default="digits", help="digits, fashion-mnist or a directory")
@@ -264,6 +311,14 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=evaluate_checkpoint)
     p = commands.add_parser("warmup", help="compile every CPU kernel into Numba's cache")
     p.set_defaults(func=warmup)
+    p = commands.add_parser("summary", help="per-layer shapes, params, MACs, receptive fields")
+    p.add_argument("model", choices=zoo.names())
+    p.add_argument("--input", type=_input_shape, help="CxHxW (default: the model's input shape)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.set_defaults(func=summary)
+    p = commands.add_parser("zoo", help="list the zoo models with input shapes and parameters")
+    p.set_defaults(func=list_zoo)
     return parser
 
 
