@@ -1,0 +1,97 @@
+"""AlexNet (Krizhevsky et al. 2012) and ZFNet (Zeiler & Fergus 2013), in torchvision's layout.
+
+- ``alexnet``: torchvision's single-tower variant ("One weird trick", Krizhevsky 2014): 64/192/
+  384/256/256 filters, no local response normalisation, 61,100,840 parameters.
+- ``zfnet``: the network of "Visualizing and Understanding Convolutional Networks" (Figure 3):
+  a 7x7 stride-2 first layer with 96 filters and 3x3 stride-2 pooling, then a 5x5 stride-2 conv
+  with 256 filters, 384/384/256 3x3 convs and FC 4096-4096-classes. Padding 1 on conv1 and
+  ceil-mode pooling reproduce the figure's map sizes on 224x224 inputs (110, 55, 26, 13, 13, 6).
+  Its contrast normalisation is left out, as torchvision leaves out AlexNet's LRN.
+
+Both end in torchvision's ``AdaptiveAvgPool2d((6, 6))``: the identity at 224x224, and what lets
+smaller inputs reach the 256*6*6 classifier. State-dict keys are torchvision's
+(``features.0.weight``, ``classifier.1.weight``); weights start from torch.nn's defaults, as
+torchvision's AlexNet does.
+"""
+
+from __future__ import annotations
+
+import graph.functional as F
+from graph import nn
+from zoo import register
+
+
+class AlexNet(nn.Module):
+    """torchvision's AlexNet: ``features``, ``avgpool``, ``classifier`` (with dropout)."""
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5):
+        super().__init__()
+        self.features = self._make_features(in_channels)
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    @staticmethod
+    def _make_features(in_channels: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 64, 11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+        )
+
+    def forward(self, x):
+        return self.classifier(F.flatten(self.avgpool(self.features(x)), 1))
+
+
+def zf_conv_layers(in_channels: int) -> list[nn.Module]:
+    """ZFNet's five conv layers with their ReLUs and the two pools between them, up to conv5's
+    ReLU (13x13 on 224x224 inputs): the "ZF-5" backbone that SPP-net also builds on."""
+    return [
+        nn.Conv2d(in_channels, 96, 7, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(96, 256, 5, stride=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class ZFNet(AlexNet):
+    """AlexNet's head on ZFNet's smaller-stride first layers; same module indices as AlexNet."""
+
+    @staticmethod
+    def _make_features(in_channels: int) -> nn.Sequential:
+        return nn.Sequential(*zf_conv_layers(in_channels), nn.MaxPool2d(3, 2, ceil_mode=True))
+
+
+@register("alexnet", (3, 224, 224), 1000)
+def alexnet(num_classes: int = 1000, in_channels: int = 3) -> AlexNet:
+    return AlexNet(num_classes, in_channels)
+
+
+@register("zfnet", (3, 224, 224), 1000)
+def zfnet(num_classes: int = 1000, in_channels: int = 3) -> ZFNet:
+    return ZFNet(num_classes, in_channels)
