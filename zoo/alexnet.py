@@ -19,14 +19,21 @@ from __future__ import annotations
 import graph.functional as F
 from graph import nn
 from zoo import register
+from zoo.blurpool import BlurPool2d
 
 
 class AlexNet(nn.Module):
     """torchvision's AlexNet: ``features``, ``avgpool``, ``classifier`` (with dropout)."""
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5):
+    def __init__(
+        self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, blur: int = 0
+    ):
         super().__init__()
-        self.features = self._make_features(in_channels)
+        self.features = (
+            self._make_blurred_features(in_channels, blur)
+            if blur
+            else (self._make_features(in_channels))
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
@@ -55,6 +62,22 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2),
         )
+
+    @staticmethod
+    def _make_blurred_features(in_channels: int, blur: int) -> nn.Sequential:
+        """Anti-aliased AlexNet (Zhang 2019, as antialiased-cnns builds it): the stride-4 conv
+        becomes stride 2 + ReLU + BlurPool(2), each max-pool becomes max-pool(stride 1) +
+        BlurPool(2)."""
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 64, 11, stride=2, padding=2), nn.ReLU(inplace=True),
+            BlurPool2d(64, blur, 2), nn.MaxPool2d(3, 1), BlurPool2d(64, blur, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 1), BlurPool2d(192, blur, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 1), BlurPool2d(256, blur, 2),
+        )  # fmt: skip
 
     def forward(self, x):
         return self.classifier(F.flatten(self.avgpool(self.features(x)), 1))
@@ -88,8 +111,8 @@ class ZFNet(AlexNet):
 
 
 @register("alexnet", (3, 224, 224), 1000)
-def alexnet(num_classes: int = 1000, in_channels: int = 3) -> AlexNet:
-    return AlexNet(num_classes, in_channels)
+def alexnet(num_classes: int = 1000, in_channels: int = 3, blur: int = 0) -> AlexNet:
+    return AlexNet(num_classes, in_channels, blur=blur)
 
 
 @register("zfnet", (3, 224, 224), 1000)

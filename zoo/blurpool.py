@@ -3,7 +3,7 @@
 ``BlurPool2d`` low-pass filters each channel with a fixed binomial kernel (sizes 1 to 7: rows of
 Pascal's triangle, normalised) after reflect padding, then subsamples with the stride. The
 filter is a buffer, not a parameter, so anti-aliased models have exactly the parameters of the
-originals. Models take ``blur=k`` (the filter size):
+originals. ResNets, VGG, AlexNet and MobileNet v2 take ``blur=k`` (the filter size):
 
 - a max-pool of stride s becomes max-pool(stride 1) + BlurPool(stride s) (``antialiased_max_pool``);
 - a strided conv becomes conv(stride 1) + ReLU + BlurPool (the activation already follows the

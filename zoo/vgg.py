@@ -17,6 +17,7 @@ from __future__ import annotations
 import graph.functional as F
 from graph import nn
 from zoo import register
+from zoo.blurpool import BlurPool2d
 
 # Convs per stage (the paper's Table 1 columns A, B, D, E); stage widths are shared.
 _STAGE_DEPTHS: dict[str, tuple[int, ...]] = {
@@ -28,9 +29,13 @@ _STAGE_DEPTHS: dict[str, tuple[int, ...]] = {
 _STAGE_WIDTHS = (64, 128, 256, 512, 512)
 
 
-def make_layers(depths: tuple[int, ...], batch_norm: bool, in_channels: int = 3) -> nn.Sequential:
+def make_layers(
+    depths: tuple[int, ...], batch_norm: bool, in_channels: int = 3, blur: int = 0
+) -> nn.Sequential:
     """torchvision's ``make_layers``: conv (+ BN) + ReLU per conv, a 2x2 max-pool per stage,
-    in the same order, so module indices (and state-dict keys) line up with torchvision's."""
+    in the same order, so module indices (and state-dict keys) line up with torchvision's.
+    ``blur=k`` (anti-aliased, as antialiased-cnns): each pool is a 2x2 max-pool at stride 1
+    followed by a BlurPool of filter size k and stride 2 (two modules, so indices shift)."""
     layers: list[nn.Module] = []
     channels = in_channels
     for depth, width in zip(depths, _STAGE_WIDTHS, strict=True):
@@ -40,7 +45,10 @@ def make_layers(depths: tuple[int, ...], batch_norm: bool, in_channels: int = 3)
                 layers.append(nn.BatchNorm2d(width))
             layers.append(nn.ReLU(inplace=True))
             channels = width
-        layers.append(nn.MaxPool2d(2, 2))
+        if blur:
+            layers += [nn.MaxPool2d(2, 1), BlurPool2d(channels, blur, 2)]
+        else:
+            layers.append(nn.MaxPool2d(2, 2))
     return nn.Sequential(*layers)
 
 
@@ -73,8 +81,8 @@ class VGG(nn.Module):
 
 
 def _factory(depths: tuple[int, ...], batch_norm: bool):
-    def build(num_classes: int = 1000, in_channels: int = 3) -> VGG:
-        return VGG(make_layers(depths, batch_norm, in_channels), num_classes)
+    def build(num_classes: int = 1000, in_channels: int = 3, blur: int = 0) -> VGG:
+        return VGG(make_layers(depths, batch_norm, in_channels, blur), num_classes)
 
     return build
 

@@ -209,17 +209,21 @@ def test_blurpool_equals_reflect_pad_and_depthwise_binomial_conv(size, stride, r
     check(BlurPool2d(3, size, stride), reference, (2, 3, 9, 10), "float64", rng)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "alexnet"])
 def test_blur_adds_no_parameters_and_keeps_every_stage_size(name):
     from graph.trace import trace
 
     plain, blurred = zoo.get(name), zoo.get(name, blur=4)
     assert blurred.num_parameters() == plain.num_parameters()
-    shapes = {n.name: n.outputs[0].shape for n in trace(plain, (3, 64, 64), 1).nodes}
-    joins = [n for n in trace(blurred, (3, 64, 64), 1).nodes if n.op in ("add", "linear")]
+    size = (3, 224, 224) if name == "alexnet" else (3, 64, 64)
+    shapes = {n.name: n.outputs[0].shape for n in trace(plain, size, 1).nodes}
+    joins = [n for n in trace(blurred, size, 1).nodes if n.op in ("add", "linear")]
     assert joins
     for node in joins:  # residual sums (block outputs) and the classifier keep their sizes
         assert node.outputs[0].shape == shapes[node.name], node.name
+    pooled = [n.inputs[0].shape for n in trace(blurred, size, 1).nodes if "avg_pool" in n.op]
+    plain_pooled = [n.inputs[0].shape for n in trace(plain, size, 1).nodes if "avg_pool" in n.op]
+    assert pooled == plain_pooled  # the feature map reaching the head has the same size
 
 
 def test_blurred_resnet_trains():
