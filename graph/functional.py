@@ -101,6 +101,15 @@ def dropout(input, p: float = 0.5, training: bool = False, inplace: bool = False
     return _emit("dropout", [input], p=float(p))
 
 
+def stochastic_depth(input, p: float, mode: str = "row") -> Tensor:
+    """Drop path (Huang et al. 2016), as ``torchvision.ops.stochastic_depth`` in "row" mode:
+    in training each sample is zeroed with probability ``p`` and kept ones scaled by 1/(1-p);
+    the identity at inference."""
+    if mode != "row":
+        raise ValueError(f"stochastic_depth supports mode='row' only, but got mode={mode!r}")
+    return _emit("dropout", [input], p=float(p), per_sample=True)
+
+
 def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
     return _emit("hardtanh", [input], min_val=float(min_val), max_val=float(max_val))
 

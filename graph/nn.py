@@ -518,6 +518,19 @@ class Dropout(Module):
         return F.dropout(x, self.p, self.training)
 
 
+class StochasticDepth(Module):
+    """torchvision.ops.StochasticDepth: drops whole residual branches per sample in training."""
+
+    def __init__(self, p: float, mode: str = "row") -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0 or mode != "row":
+            raise ValueError(f"StochasticDepth needs 0 <= p <= 1 and mode='row', got {p}, {mode}")
+        self.p, self.mode = p, mode
+
+    def forward(self, x):
+        return F.stochastic_depth(x, self.p, self.mode)
+
+
 class MaxPool2d(Module):
     def __init__(
         self,
@@ -652,6 +665,7 @@ __all__ = [
     "Sequential",
     "Sigmoid",
     "Softmax",
+    "StochasticDepth",
     "Tanh",
     "Tensor",
     "ZeroPad2d",

@@ -7,8 +7,9 @@ stem is a 4x4/4 "patchify" conv; stages are separated by LayerNorm + 2x2/2 conv 
 torchvision applies its pointwise layers as ``Linear`` over channels-last data (``block.3`` and
 ``block.5`` hold [out, in] weights); here they run as 1x1 convs on the same weights, reshaped
 in the graph, so state_dicts load both ways. ``block.1`` and ``block.6`` (torchvision's permutes)
-are parameter-free placeholders. Stochastic depth is not implemented: the factories take
-``stochastic_depth_prob=0.0`` only (torchvision trains with 0.1; inference is unaffected).
+are parameter-free placeholders. Stochastic depth (drop path) grows linearly over the blocks to
+``stochastic_depth_prob`` (torchvision's defaults: 0.1 / 0.4 / 0.5 for T/S/B); it is the
+identity at inference.
 ConvNeXt-T/S/B: 28,589,128 / 50,223,688 / 88,591,464 parameters.
 """
 
@@ -20,10 +21,10 @@ import graph.functional as F
 from graph import nn
 from zoo import register
 
-_STAGES = {
-    "convnext_tiny": ((96, 192, 384, 768), (3, 3, 9, 3)),
-    "convnext_small": ((96, 192, 384, 768), (3, 3, 27, 3)),
-    "convnext_base": ((128, 256, 512, 1024), (3, 3, 27, 3)),
+_STAGES = {  # widths, depths, torchvision's default stochastic depth
+    "convnext_tiny": ((96, 192, 384, 768), (3, 3, 9, 3), 0.1),
+    "convnext_small": ((96, 192, 384, 768), (3, 3, 27, 3), 0.4),
+    "convnext_base": ((128, 256, 512, 1024), (3, 3, 27, 3), 0.5),
 }
 
 
@@ -36,7 +37,9 @@ class PointwiseLinear(nn.Linear):
 
 
 class CNBlock(nn.Module):
-    def __init__(self, dim: int, layer_scale: float = 1e-6) -> None:
+    def __init__(
+        self, dim: int, stochastic_depth_prob: float = 0.0, layer_scale: float = 1e-6
+    ) -> None:
         super().__init__()
         self.block = nn.Sequential(
             nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
@@ -48,9 +51,13 @@ class CNBlock(nn.Module):
             nn.Identity(),
         )
         self.layer_scale = nn.Parameter(np.full((dim, 1, 1), layer_scale, np.float32))
+        self.stochastic_depth = nn.StochasticDepth(stochastic_depth_prob, "row")
 
     def forward(self, x):
-        return F.add(F.channel_scale(self.block(x), self.layer_scale), x)
+        branch = F.channel_scale(self.block(x), self.layer_scale)
+        if self.stochastic_depth.p > 0:
+            branch = self.stochastic_depth(branch)
+        return F.add(branch, x)
 
 
 class ConvNeXt(nn.Module):
@@ -63,14 +70,16 @@ class ConvNeXt(nn.Module):
         stochastic_depth_prob: float = 0.0,
     ) -> None:
         super().__init__()
-        if stochastic_depth_prob != 0.0:
-            raise ValueError("ConvNeXt stochastic depth is not supported yet; use 0.0")
         stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 4, 4), nn.LayerNorm2d(widths[0], eps=1e-6)
         )
-        layers = [stem]
+        layers, block_id, total = [stem], 0, sum(depths)
         for i, (dim, depth) in enumerate(zip(widths, depths, strict=True)):
-            layers.append(nn.Sequential(*[CNBlock(dim) for _ in range(depth)]))
+            blocks = []
+            for _ in range(depth):  # torchvision: the drop probability grows linearly to p
+                blocks.append(CNBlock(dim, stochastic_depth_prob * block_id / (total - 1.0)))
+                block_id += 1
+            layers.append(nn.Sequential(*blocks))
             if i + 1 < len(widths):
                 layers.append(
                     nn.Sequential(
@@ -97,14 +106,16 @@ class ConvNeXt(nn.Module):
         return self.classifier(self.avgpool(self.features(x)))
 
 
-def _factory(widths, depths):
+def _factory(widths, depths, default_depth_prob):
     def build(
-        num_classes: int = 1000, in_channels: int = 3, stochastic_depth_prob: float = 0.0
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        stochastic_depth_prob: float = default_depth_prob,
     ) -> ConvNeXt:
         return ConvNeXt(widths, depths, num_classes, in_channels, stochastic_depth_prob)
 
     return build
 
 
-for _name, (_widths, _depths) in _STAGES.items():
-    register(_name, (3, 224, 224), 1000)(_factory(_widths, _depths))
+for _name, (_widths, _depths, _depth_prob) in _STAGES.items():
+    register(_name, (3, 224, 224), 1000)(_factory(_widths, _depths, _depth_prob))

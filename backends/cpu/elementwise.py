@@ -179,14 +179,16 @@ def _mix(z):
 
 @kernel(buffers=5)
 def dropout_train(x, y, mask, rng, consts, a):
-    threshold, salt, keep = np.uint64(a[0]), np.uint64(a[1]), consts[0]
+    """One keep/drop draw per ``block`` consecutive elements: 1 for dropout, a whole sample for
+    stochastic depth (drop path)."""
+    threshold, salt, keep, block = np.uint64(a[0]), np.uint64(a[1]), consts[0], a[2]
     key = _mix(_mix(_mix(np.uint64(rng[0])) ^ salt) ^ np.uint64(rng[1]))
     for c in prange((x.shape[0] + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, (c + 1) * CHUNK
         xc, yc, mc = x[lo:hi], y[lo:hi], mask[lo:hi]
-        first = key + np.uint64(lo + 1) * _GAMMA
         for i in range(xc.shape[0]):
-            m = keep if _mix(first + np.uint64(i) * _GAMMA) >> _S11 >= threshold else 0.0
+            draw = key + np.uint64((lo + i) // block + 1) * _GAMMA
+            m = keep if _mix(draw) >> _S11 >= threshold else 0.0
             mc[i] = m
             yc[i] = xc[i] * m
     return 0
@@ -260,7 +262,9 @@ def _lower_dropout_train(node: Node, io: NodeIO):
     threshold = round(p * 2**_UNIFORM_BITS)
     keep = 1.0 / (1.0 - p) if p < 1.0 else 0.0
     buffers = [io.input(0), io.output(0), io.output(1), io.input(1), io.const([keep])]
-    ints = [threshold, zlib.crc32(node.name.encode())]
+    shape = node.inputs[0].shape
+    block = math.prod(shape[1:]) if node.attrs.get("per_sample", False) else 1
+    ints = [threshold, zlib.crc32(node.name.encode()), block]
     return [dropout_train.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, ints)]
 
 

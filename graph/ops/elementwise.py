@@ -3,7 +3,9 @@
 
 relu, leaky_relu (``negative_slope``), sigmoid, tanh, gelu (``approximate`` = "none" for the
 exact erf form or "tanh"), hardtanh (``min_val``, ``max_val``; ReLU6 is hardtanh(0, 6)), and
-dropout (``p``; the identity at inference, as ``F.dropout`` with ``training=False``). MACs
+dropout (``p``; the identity at inference, as ``F.dropout`` with ``training=False``;
+``per_sample`` drops whole samples: stochastic depth / drop path, as torchvision's
+``StochasticDepth(p, "row")``). MACs
 count one per multiply of two tensors (mul, channel_scale) and none otherwise.
 """
 
@@ -148,7 +150,7 @@ register("leaky_relu", _leaky_relu_shape, no_macs, vjp=_activation_vjp, negative
 register("sigmoid", same_shape, no_macs, vjp=_activation_vjp)
 register("tanh", same_shape, no_macs, vjp=_activation_vjp)
 register("gelu", _gelu_shape, no_macs, vjp=_activation_vjp, approximate="none")
-register("dropout", _dropout_shape, no_macs, vjp=_identity_vjp)
+register("dropout", _dropout_shape, no_macs, vjp=_identity_vjp, per_sample=False)
 register("dropout_train", _dropout_train_shape, no_macs, arity=2, vjp=_dropout_train_vjp)
 register(
     "activation_grad",

@@ -115,3 +115,36 @@ def test_scale_forward_and_gradient(dtype, rng):
     model = Lambda(lambda x: F.scale(F.tanh(F.scale(x, 2.0 / 3.0)), 1.7159))
     check(model, reference, SHAPE, dtype, rng)
     check_gradients(model, reference, SHAPE, dtype, rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stochastic_depth_drops_whole_samples_in_training_only(dtype, rng):
+    """torchvision's StochasticDepth(p, "row"): each sample kept (scaled by 1/(1-p)) or zeroed
+    as a whole; about a fraction p dropped; the identity at inference."""
+    import engine
+
+    p, batch = 0.5, 256
+    model = Net(nn.Sequential(nn.Conv2d(3, 3, 1), nn.StochasticDepth(p)))
+    exe = engine.compile(model, (3, 4, 4), batch=batch, dtype=dtype, train=True, loss="mse")
+    x = rng.standard_normal((batch, 3, 4, 4)).astype(dtype)
+    exe.eval()
+    reference = exe.run(x)
+    exe.train()
+    out = exe.run(x)
+    ratio = out.reshape(batch, -1) / reference.reshape(batch, -1)
+    per_sample = ratio[:, :1]
+    np.testing.assert_allclose(ratio, np.broadcast_to(per_sample, ratio.shape), rtol=1e-5)
+    assert set(np.round(per_sample.ravel(), 4)) <= {0.0, 2.0}
+    assert abs(np.mean(per_sample == 0) - p) < 6 * np.sqrt(p * (1 - p) / batch)
+    assert not np.array_equal(exe.run(x), out)  # a new draw at the next training forward
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stochastic_depth_with_p_zero_is_the_identity_in_gradients(dtype, rng):
+    check_gradients(
+        Lambda(lambda x: F.stochastic_depth(F.tanh(x), 0.0)),
+        lambda tx, p: torch.tanh(tx),
+        SHAPE,
+        dtype,
+        rng,
+    )
