@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import environment_line, median_time, print_table  # noqa: E402
 
 import engine  # noqa: E402
 import zoo  # noqa: E402
 from engine.optim import SGD  # noqa: E402
+from tests.torch_twins import TorchResNet18  # noqa: E402
 
 CASES = [("lenet5", 64, 30), ("resnet18_cifar", 32, 5)]
 
@@ -46,56 +48,9 @@ def _torch_twin(name: str, model) -> torch.nn.Module:
             T.Linear(400, 120), T.ReLU(), T.Linear(120, 84), T.ReLU(), T.Linear(84, 10)
         )
     else:
-        twin = _torch_resnet18_cifar()
+        twin = TorchResNet18(num_classes=10, cifar_stem=True)
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     return twin.train()
-
-
-def _torch_resnet18_cifar() -> torch.nn.Module:
-    T = torch.nn
-
-    class Block(T.Module):
-        def __init__(self, inplanes, planes, stride):
-            super().__init__()
-            self.conv1 = T.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = T.BatchNorm2d(planes)
-            self.relu = T.ReLU()
-            self.conv2 = T.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = T.BatchNorm2d(planes)
-            self.downsample = None
-            if stride != 1 or inplanes != planes:
-                self.downsample = T.Sequential(
-                    T.Conv2d(inplanes, planes, 1, stride, bias=False), T.BatchNorm2d(planes)
-                )
-
-        def forward(self, x):
-            identity = self.downsample(x) if self.downsample is not None else x
-            out = self.relu(self.bn1(self.conv1(x)))
-            return self.relu(self.bn2(self.conv2(out)) + identity)
-
-    class Net(T.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = T.Conv2d(3, 64, 3, 1, 1, bias=False)
-            self.bn1 = T.BatchNorm2d(64)
-            self.relu = T.ReLU()
-            inplanes, stages = 64, []
-            for i, planes in enumerate((64, 128, 256, 512)):
-                stride = 1 if i == 0 else 2
-                stages.append(
-                    T.Sequential(Block(inplanes, planes, stride), Block(planes, planes, 1))
-                )
-                inplanes = planes
-            self.layer1, self.layer2, self.layer3, self.layer4 = stages
-            self.avgpool = T.AdaptiveAvgPool2d(1)
-            self.fc = T.Linear(512, 10)
-
-        def forward(self, x):
-            x = self.relu(self.bn1(self.conv1(x)))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(self.avgpool(x).flatten(1))
-
-    return Net()
 
 
 def _step_times(name: str, batch: int, repeat: int) -> list[str]:

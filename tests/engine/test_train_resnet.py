@@ -11,6 +11,7 @@ import graph.functional as F
 import graph.nn as nn
 from engine.optim import SGD
 from tests.helpers import DTYPES, rel_error
+from tests.torch_twins import TorchBasicBlock
 
 
 class Block(nn.Module):
@@ -49,26 +50,6 @@ class SmallResNet(nn.Module):
         return self.fc(self.dropout(F.flatten(x, 1)))
 
 
-class TorchBlock(torch.nn.Module):
-    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        T = torch.nn
-        self.conv1 = T.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = T.BatchNorm2d(planes)
-        self.conv2 = T.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = T.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = T.Sequential(
-                T.Conv2d(inplanes, planes, 1, stride, bias=False), T.BatchNorm2d(planes)
-            )
-
-    def forward(self, x):
-        identity = self.downsample(x) if self.downsample is not None else x
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + identity)
-
-
 class TorchSmallResNet(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -76,7 +57,7 @@ class TorchSmallResNet(torch.nn.Module):
         self.conv1 = T.Conv2d(3, 8, 3, 1, 1, bias=False)
         self.bn1 = T.BatchNorm2d(8)
         self.pool = T.MaxPool2d(2)
-        self.layer1 = T.Sequential(TorchBlock(8, 8, 1), TorchBlock(8, 16, 2))
+        self.layer1 = T.Sequential(TorchBasicBlock(8, 8, 1), TorchBasicBlock(8, 16, 2))
         self.dropout = T.Dropout(0.0)
         self.avgpool = T.AdaptiveAvgPool2d(1)
         self.fc = T.Linear(16, 10)

@@ -12,6 +12,7 @@ import engine
 import zoo
 from engine.optim import SGD
 from tests.helpers import rel_error
+from tests.torch_twins import TorchResNet18
 
 COUNTS = {
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
@@ -61,45 +62,7 @@ def test_trains_three_steps_with_a_falling_loss(name):
 
 
 def _torch_resnet18() -> T.Module:
-    class Block(T.Module):
-        def __init__(self, inplanes, planes, stride):
-            super().__init__()
-            self.conv1 = T.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = T.BatchNorm2d(planes)
-            self.conv2 = T.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = T.BatchNorm2d(planes)
-            self.downsample = None
-            if stride != 1 or inplanes != planes:
-                self.downsample = T.Sequential(
-                    T.Conv2d(inplanes, planes, 1, stride, bias=False), T.BatchNorm2d(planes)
-                )
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(out)) + identity)
-
-    class Net(T.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.bn1 = T.Conv2d(3, 64, 7, 2, 3, bias=False), T.BatchNorm2d(64)
-            inplanes = 64
-            for i, planes in enumerate((64, 128, 256, 512)):
-                stride = 1 if i == 0 else 2
-                setattr(
-                    self,
-                    f"layer{i + 1}",
-                    T.Sequential(Block(inplanes, planes, stride), Block(planes, planes, 1)),
-                )
-                inplanes = planes
-            self.fc = T.Linear(512, 10)
-
-        def forward(self, x):
-            x = TF.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(TF.adaptive_avg_pool2d(x, 1).flatten(1))
-
-    return Net()
+    return TorchResNet18(num_classes=10)
 
 
 def _torch_mobilenet_v2() -> T.Module:
