@@ -25,12 +25,14 @@ changes. Int block layout: ``[block length, numel of each buffer..., attrs...]``
 from __future__ import annotations
 
 import types
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numba import carray, cfunc, njit
 from numba import types as nbtypes
+from numba.core.errors import NumbaPerformanceWarning
 
 from backends.cpu import numba_setup
 
@@ -89,7 +91,11 @@ class Kernel:
             module_globals.setdefault("carray", carray)
             module_globals.setdefault("np", np)
             exec(compile(source, self.func.__code__.co_filename, "exec"), module_globals)
-            self._shims[key] = cfunc(STEP_SIGNATURE, cache=True)(module_globals[shim_name])
+            with warnings.catch_warnings():
+                # the parallel variant of a kernel without prange (a loss, a tiny reduction)
+                # is legitimate: it runs serially, which is all Numba's warning says
+                warnings.simplefilter("ignore", NumbaPerformanceWarning)
+                self._shims[key] = cfunc(STEP_SIGNATURE, cache=True)(module_globals[shim_name])
         return self._shims[key]
 
     def step(
