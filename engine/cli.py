@@ -9,6 +9,7 @@
 - ``convforge summary MODEL [--input CxHxW] [--json]``: per-layer output shapes, parameters,
   MACs, receptive fields and activation bytes, with totals (``graph/analysis.py``).
 - ``convforge zoo``: every zoo model with its input shape, classes and parameter count.
+- ``convforge memory MODEL [--input CxHxW] [--batch B] [--train] [--json]``: the memory plan.
 - ``convforge warmup``: compile every CPU kernel variant into Numba's on-disk cache, so the
   first real compile in later processes loads in a fraction of a second.
 """
@@ -253,6 +254,42 @@ def summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def memory(args: argparse.Namespace) -> int:
+    """The memory plan a compile would make: arena, lower bound, naive bytes, parameters, and
+    the largest buffers live at the peak step."""
+    import json
+
+    from engine.compiler import memory_plans
+
+    spec = zoo.spec(args.model)
+    shape = args.input or spec.input_shape
+    model = zoo.get(args.model)
+    plan = memory_plans(model, shape, args.batch, train=args.train)[
+        "training" if args.train else "inference"
+    ]
+    params = 4 * model.num_parameters()
+    report = {
+        "model": args.model,
+        "input_shape": list(shape),
+        "batch": args.batch,
+        "plan": "training" if args.train else "inference",
+        "naive_bytes": plan.naive_bytes,
+        "arena_bytes": plan.arena_bytes,
+        "lower_bound_bytes": plan.lower_bound_bytes,
+        "param_bytes": params,
+        "grad_bytes": params if args.train else 0,
+        "optimizer_bytes": params if args.train else 0,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for key, value in report.items():
+        shown = f"{value:,} ({value / 2**20:.1f} MiB)" if key.endswith("_bytes") else value
+        print(f"{key:>18}: {shown}")
+    print(f"{'arena/lower bound':>18}: {plan.arena_bytes / max(plan.lower_bound_bytes, 1):.4f}")
+    return 0
+
+
 def list_zoo(args: argparse.Namespace) -> int:
     """Every zoo model with its default input, classes and parameters (builds each one)."""
     from graph.analysis import text_table
@@ -317,6 +354,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(func=summary)
+    p = commands.add_parser("memory", help="memory plan: arena, lower bound, naive bytes")
+    p.add_argument("model", choices=zoo.names())
+    p.add_argument("--input", type=_input_shape, help="CxHxW (default: the model's input shape)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--train", action="store_true", help="the training plan (SGD + momentum)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.set_defaults(func=memory)
     p = commands.add_parser("zoo", help="list the zoo models with input shapes and parameters")
     p.set_defaults(func=list_zoo)
     return parser

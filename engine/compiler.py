@@ -10,10 +10,10 @@ from backends import get_backend
 from backends.base import Backend
 from engine._runtime import Runner
 from engine.executable import Executable, Plan
-from engine.optim import Optimizer
+from engine.optim import SGD, Optimizer
 from graph.autodiff import autodiff
 from graph.ir import Graph
-from graph.memory import plan_naive, transient_buffers
+from graph.memory import MemoryPlan, plan_memory, transient_buffers, verify_plan
 from graph.nn import Module, Parameter
 from graph.trace import trace
 
@@ -74,11 +74,38 @@ def compile(
     return Executable(inference, training, storage, extra_state, optimizer)
 
 
-def _build_plan(graph: Graph, device: Backend, storage: dict[str, np.ndarray]) -> Plan:
-    """Plan the graph's transient buffers in one arena and lower every node to steps."""
+def plan_graph(graph: Graph, device: Backend) -> MemoryPlan:
+    """The verified memory plan of ``graph``'s transient buffers (the backend sizes scratch)."""
     device.check_supported(graph)
     scratch = {node.name: device.scratch_bytes(node) for node in graph.nodes}
-    memory = plan_naive(transient_buffers(graph, scratch))
+    memory = plan_memory(transient_buffers(graph, scratch))
+    verify_plan(memory)
+    return memory
+
+
+def memory_plans(
+    model: Module,
+    input_shape: Sequence[int],
+    batch: int = 1,
+    train: bool = False,
+    dtype: str = "float32",
+    backend: str = "cpu",
+) -> dict[str, MemoryPlan]:
+    """The plans ``compile`` would make (inference, and training with an SGD-with-momentum
+    update), without allocating anything: for reports and the memory benchmark."""
+    forward = trace(model, input_shape, batch, dtype)
+    device = get_backend(backend)
+    plans = {"inference": plan_graph(forward, device)}
+    if train:
+        graph = autodiff(forward)
+        SGD(momentum=0.9).add_updates(graph)
+        plans["training"] = plan_graph(graph, device)
+    return plans
+
+
+def _build_plan(graph: Graph, device: Backend, storage: dict[str, np.ndarray]) -> Plan:
+    """Plan the graph's transient buffers in one arena and lower every node to steps."""
+    memory = plan_graph(graph, device)
     arena = device.allocate(memory.arena_bytes)
 
     def address(name: str) -> int:
