@@ -9,7 +9,8 @@
 - ``convforge summary MODEL [--input CxHxW] [--json]``: per-layer output shapes, parameters,
   MACs, receptive fields and activation bytes, with totals (``graph/analysis.py``).
 - ``convforge zoo``: every zoo model with its input shape, classes and parameter count.
-- ``convforge memory MODEL [--input CxHxW] [--batch B] [--train] [--json]``: the memory plan.
+- ``convforge memory MODEL [--input CxHxW] [--batch B] [--train] [--recompute sqrt|LAYERS]
+  [--json]``: the memory plan.
 - ``convforge warmup``: compile every CPU kernel variant into Numba's on-disk cache, so the
   first real compile in later processes loads in a fraction of a second.
 """
@@ -255,38 +256,50 @@ def summary(args: argparse.Namespace) -> int:
 
 
 def memory(args: argparse.Namespace) -> int:
-    """The memory plan a compile would make: arena, lower bound, naive bytes, parameters, and
-    the largest buffers live at the peak step."""
+    """The memory plan a compile would make (nothing is allocated): the report of
+    ``Executable.memory_report`` as a table or as JSON."""
     import json
 
     from engine.compiler import memory_plans
+    from graph.memory import plan_report
 
+    if args.recompute and not args.train:
+        raise SystemExit("convforge memory: --recompute applies to the training plan (--train)")
     spec = zoo.spec(args.model)
     shape = args.input or spec.input_shape
     model = zoo.get(args.model)
-    plan = memory_plans(model, shape, args.batch, train=args.train)[
-        "training" if args.train else "inference"
-    ]
-    params = 4 * model.num_parameters()
+    kind = "training" if args.train else "inference"
+    try:
+        plan = memory_plans(model, shape, args.batch, train=args.train, recompute=args.recompute)
+    except ValueError as err:
+        raise SystemExit(f"convforge memory: {args.model} at input {shape}: {err}") from None
+    trainable = 4 * model.num_parameters()
+    tensors = [np.asarray(getattr(t, "data", t)) for _, t, _ in model.named_tensors()]
+    persistent = 4 * sum(a.size for a in tensors if np.issubdtype(a.dtype, np.floating))
     report = {
         "model": args.model,
         "input_shape": list(shape),
         "batch": args.batch,
-        "plan": "training" if args.train else "inference",
-        "naive_bytes": plan.naive_bytes,
-        "arena_bytes": plan.arena_bytes,
-        "lower_bound_bytes": plan.lower_bound_bytes,
-        "param_bytes": params,
-        "grad_bytes": params if args.train else 0,
-        "optimizer_bytes": params if args.train else 0,
+        "plan": kind,
+        **plan_report(plan[kind]),
+        "param_bytes": persistent,
+        "grad_bytes": trainable if args.train else 0,
+        "optimizer_bytes": trainable if args.train else 0,  # SGD momentum
     }
     if args.json:
         print(json.dumps(report))
         return 0
     for key, value in report.items():
-        shown = f"{value:,} ({value / 2**20:.1f} MiB)" if key.endswith("_bytes") else value
-        print(f"{key:>18}: {shown}")
-    print(f"{'arena/lower bound':>18}: {plan.arena_bytes / max(plan.lower_bound_bytes, 1):.4f}")
+        if key == "peak_layers":
+            print(f"{'live at peak':>36}:")
+            for layer in value:
+                print(f"{layer['name']:>36}  {layer['bytes'] / 2**20:,.1f} MiB")
+        elif key.endswith("_bytes"):
+            print(f"{key:>36}: {value:,} ({value / 2**20:,.1f} MiB)")
+        else:
+            print(f"{key:>36}: {value}")
+    ratio = report["arena_bytes"] / max(report["lower_bound_bytes"], 1)
+    print(f"{'arena / lower bound':>36}: {ratio:.4f}")
     return 0
 
 
@@ -359,11 +372,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=_input_shape, help="CxHxW (default: the model's input shape)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--train", action="store_true", help="the training plan (SGD + momentum)")
+    p.add_argument(
+        "--recompute",
+        type=_recompute_policy,
+        help='"sqrt", or comma-separated layer names whose activations are recomputed',
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(func=memory)
     p = commands.add_parser("zoo", help="list the zoo models with input shapes and parameters")
     p.set_defaults(func=list_zoo)
     return parser
+
+
+def _recompute_policy(text: str) -> str | list[str]:
+    """``sqrt``, or layer names separated by commas."""
+    return text if text == "sqrt" else [name for name in text.split(",") if name]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -13,8 +15,19 @@ from engine.executable import Executable, Plan
 from engine.optim import SGD, Optimizer
 from graph.autodiff import autodiff
 from graph.ir import Graph
-from graph.memory import MemoryPlan, plan_memory, transient_buffers, verify_plan
+from graph.memory import (
+    MemoryPlan,
+    lower_bound,
+    persistent_values,
+    plan_memory,
+    plan_naive,
+    transient_buffers,
+    verify_plan,
+)
 from graph.nn import Module, Parameter
+from graph.passes.inplace import inplace_aliases, verify_inplace
+from graph.passes.recompute import recompute as run_recompute
+from graph.passes.schedule import schedule_for_memory
 from graph.trace import trace
 
 
@@ -29,6 +42,9 @@ def compile(
     optimizer: Optimizer | None = None,
     label_smoothing: float = 0.0,
     input_grad: bool = False,
+    recompute: str | Sequence[str] | None = None,
+    inplace: bool = True,
+    reorder: bool = True,
 ) -> Executable:
     """Compile ``model`` for inputs of shape [batch, *input_shape].
 
@@ -45,27 +61,35 @@ def compile(
         label_smoothing: for the cross-entropy loss, as ``torch.nn.CrossEntropyLoss``.
         input_grad: with train=True, also compute the loss's gradient with respect to the input
             (``grads["input"]``).
-        input_grad: with train=True, also compute the loss's gradient with respect to the input
-            (``grads["input"]``).
+        recompute: with train=True, "sqrt" or a list of layer names: drop those activations
+            after the forward pass and recompute them in the backward pass (less memory, more
+            time, the same gradients bit for bit; ``graph.passes.recompute``).
+        inplace: let elementwise nodes write over an input that dies there
+            (``graph.passes.inplace``); results are identical either way.
+        reorder: run the nodes in a memory-aware order (``graph.passes.schedule``).
     Returns:
         An ``Executable``: ``run(x)``, ``params``, ``state_dict()``, ``load_state_dict()``, and
         with ``train=True`` also ``forward_backward(x, y)``, ``train_step(x, y)``, ``grads``.
     """
     if not train and (loss is not None or optimizer is not None):
         raise ValueError("loss and optimizer apply to training: pass train=True as well")
+    if not train and recompute is not None:
+        raise ValueError("recompute applies to training: pass train=True as well")
     forward = trace(model, input_shape, batch, dtype)
     device = get_backend(backend)
     storage = _persistent_storage(forward, model, dtype)
-    inference = _build_plan(forward, device, storage)
+    passes = {"inplace": inplace, "reorder": reorder}
     training = None
-    if train:
+    if train:  # differentiated in program order, before planning reorders ``forward``
         graph = autodiff(
             forward, loss or "cross_entropy", input_grad=input_grad, label_smoothing=label_smoothing
         )
         if optimizer is not None:
             optimizer.add_updates(graph)
         _add_training_storage(graph, storage, dtype)
-        training = _build_plan(graph, device, storage)
+        graph, memory = plan_training_graph(graph, device, recompute, **passes)
+        training = _build_plan(graph, device, storage, memory)
+    inference = _build_plan(forward, device, storage, plan_graph(forward, device, **passes))
     extra_state = {
         name: np.array(t, copy=True)
         for name, t, _ in model.named_tensors()
@@ -74,13 +98,53 @@ def compile(
     return Executable(inference, training, storage, extra_state, optimizer)
 
 
-def plan_graph(graph: Graph, device: Backend) -> MemoryPlan:
-    """The verified memory plan of ``graph``'s transient buffers (the backend sizes scratch)."""
+def plan_graph(
+    graph: Graph,
+    device: Backend,
+    inplace: bool = True,
+    reorder: bool = True,
+) -> MemoryPlan:
+    """The verified memory plan of ``graph``'s transient buffers (the backend sizes scratch):
+    the memory-aware order (``reorder``, which changes ``graph.nodes``), the in-place aliases
+    (``inplace``), then offsets. ``CONVFORGE_NAIVE_PLAN=1`` turns all three off, to bisect."""
     device.check_supported(graph)
+    if os.environ.get("CONVFORGE_NAIVE_PLAN") == "1":
+        inplace = reorder = False
     scratch = {node.name: device.scratch_bytes(node) for node in graph.nodes}
-    memory = plan_memory(transient_buffers(graph, scratch))
+
+    def peak(g: Graph) -> int:
+        return lower_bound(transient_buffers(g, scratch))
+
+    program_order = reordered = peak(graph)
+    if reorder:
+        graph.nodes, program_order, reordered = schedule_for_memory(graph, peak)
+    persistent = persistent_values(graph)
+    aliases = inplace_aliases(graph, persistent) if inplace else {}
+    verify_inplace(graph, aliases, persistent)
+    memory = plan_memory(transient_buffers(graph, scratch, aliases))
+    memory = replace(
+        memory,
+        naive_bytes=plan_naive(transient_buffers(graph, scratch)).naive_bytes,
+        aliases=aliases,
+        program_order_bound_bytes=program_order,
+        reordered_bound_bytes=reordered,
+    )
     verify_plan(memory)
     return memory
+
+
+def plan_training_graph(
+    graph: Graph, device: Backend, recompute: str | Sequence[str] | None, **passes: bool
+) -> tuple[Graph, MemoryPlan]:
+    """The training graph to run (``graph``, or its rewrite by the recompute pass) and its
+    plan, which keeps the plan without recompute for the report."""
+    if recompute is None:
+        return graph, plan_graph(graph, device, **passes)
+    without = plan_graph(graph, device, **passes)
+    rewritten = run_recompute(graph, recompute)
+    policy = recompute if isinstance(recompute, str) else tuple(recompute)
+    plan = plan_graph(rewritten, device, **passes)
+    return rewritten, replace(plan, recompute=policy, without_recompute=without)
 
 
 def memory_plans(
@@ -90,28 +154,31 @@ def memory_plans(
     train: bool = False,
     dtype: str = "float32",
     backend: str = "cpu",
+    recompute: str | Sequence[str] | None = None,
 ) -> dict[str, MemoryPlan]:
     """The plans ``compile`` would make (inference, and training with an SGD-with-momentum
     update), without allocating anything: for reports and the memory benchmark."""
     forward = trace(model, input_shape, batch, dtype)
     device = get_backend(backend)
-    plans = {"inference": plan_graph(forward, device)}
-    if train:
+    plans = {}
+    if train:  # differentiated in program order, as compile does
         graph = autodiff(forward)
         SGD(momentum=0.9).add_updates(graph)
-        plans["training"] = plan_graph(graph, device)
+        plans["training"] = plan_training_graph(graph, device, recompute)[1]
+    plans["inference"] = plan_graph(forward, device)
     return plans
 
 
-def _build_plan(graph: Graph, device: Backend, storage: dict[str, np.ndarray]) -> Plan:
-    """Plan the graph's transient buffers in one arena and lower every node to steps."""
-    memory = plan_graph(graph, device)
+def _build_plan(
+    graph: Graph, device: Backend, storage: dict[str, np.ndarray], memory: MemoryPlan
+) -> Plan:
+    """Allocate the arena of ``memory`` (the graph's plan) and lower every node to steps."""
     arena = device.allocate(memory.arena_bytes)
 
     def address(name: str) -> int:
         if name in storage:
             return storage[name].ctypes.data
-        return arena.ctypes.data + memory.offsets[name]
+        return arena.ctypes.data + memory.offset(name)
 
     consts: list[np.ndarray] = []
     steps, step_nodes = [], []

@@ -19,7 +19,7 @@ from engine._runtime import Runner
 from engine.optim import HYPER_VALUE, Optimizer
 from graph.autodiff import DROPOUT_RNG
 from graph.ir import Graph
-from graph.memory import MemoryPlan
+from graph.memory import MemoryPlan, plan_report
 from graph.ops.optim import UPDATES
 
 
@@ -242,32 +242,18 @@ class Executable:
 
     def memory_report(self, top: int = 5) -> dict[str, object]:
         """Bytes of the plan in use (the training plan when compiled with train=True): the
-        arena against one-buffer-per-value (``naive_bytes``) and against the lower bound, the
-        persistent parameters, gradients and optimizer state, and the ``top`` buffers live at
-        the peak step (layer name, bytes)."""
+        planner's numbers (``graph.memory.plan_report``: naive, arena, lower bound before and
+        after the passes, recompute, the ``top`` buffers live at the peak step) and the
+        persistent ``param_bytes``, ``grad_bytes`` and ``optimizer_bytes`` outside the arena."""
         plan = self._training or self._inference
-        memory, itemsize = plan.memory, self._input.itemsize
-        live_at: dict[int, int] = {}
-        for b in memory.buffers:
-            for step in range(b.first_use, b.last_use + 1):
-                live_at[step] = live_at.get(step, 0) + b.nbytes
-        peak = max(live_at, key=live_at.get) if live_at else 0
-        at_peak = sorted(
-            (b for b in memory.buffers if b.first_use <= peak <= b.last_use),
-            key=lambda b: -b.nbytes,
-        )[:top]
         grads = getattr(self, "grads", {})
         return {
             "plan": "training" if self._training else "inference",
-            "naive_bytes": memory.naive_bytes,
-            "arena_bytes": memory.arena_bytes,
-            "lower_bound_bytes": memory.lower_bound_bytes,
+            **plan_report(plan.memory, top),
             "param_bytes": sum(v.nbytes for v in self.params.values()),
             "grad_bytes": sum(v.nbytes for k, v in grads.items() if k != "input"),
             "optimizer_bytes": sum(v.nbytes for v in self.optimizer_state.values()),
-            "peak_step": peak,
-            "peak_layers": [{"name": b.name, "bytes": b.nbytes} for b in at_peak],
-            "dtype_bytes": itemsize,
+            "dtype_bytes": self._input.itemsize,
         }
 
     # **** Weights ****

@@ -152,6 +152,27 @@ class Graph:
             k += 1
         return f"{base}_{k}"
 
+    def copy(self) -> Graph:
+        """A new graph with the same values, nodes (same names, order and attributes),
+        outputs and training records, sharing nothing mutable with this one: passes that
+        rewrite a graph work on a copy."""
+        graph = Graph()
+        for value in self.values.values():
+            if value.producer is None:
+                graph.add_value(value.name, value.type, value.role)
+        for node in self.nodes:
+            inputs = [graph.values[v.name] for v in node.inputs]
+            types = [v.type for v in node.outputs]
+            copied = graph.add_node(node.op, inputs, types, node.attrs, node.name)
+            for old, new in zip(node.outputs, copied.outputs, strict=True):
+                if old.name != new.name:
+                    raise AssertionError(f"{node.name}: output %{old.name} copied as %{new.name}")
+        graph.outputs = [graph.values[v.name] for v in self.outputs]
+        graph.consts = dict(self.consts)
+        graph.grads = {k: graph.values[v.name] for k, v in self.grads.items()}
+        graph.backward_start = self.backward_start
+        return graph
+
     # **** Reading ****
 
     def __str__(self) -> str:

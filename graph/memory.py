@@ -24,9 +24,11 @@ buffers live at the same step overlap. ``CONVFORGE_NAIVE_PLAN=1`` switches the p
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 from graph.ir import Graph
+from graph.passes.inplace import alias_root
 
 ALIGN = 64
 
@@ -43,32 +45,65 @@ class Buffer:
 
 @dataclass(frozen=True)
 class MemoryPlan:
+    """Offsets of the buffers in one arena, and the numbers the reports print.
+
+    ``aliases`` maps each value written in place to the value whose buffer it takes over;
+    ``offset`` resolves them. Lower bounds before the passes: ``program_order_bound_bytes`` in
+    the order the tracer and autodiff emitted, ``reordered_bound_bytes`` in the memory-aware
+    order (``graph.passes.schedule``), both before in-place. A plan made with ``recompute``
+    (its policy) keeps the plan of the same graph without it in ``without_recompute``."""
+
     offsets: dict[str, int]
     arena_bytes: int
     naive_bytes: int
     lower_bound_bytes: int = 0
     buffers: tuple[Buffer, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)
+    program_order_bound_bytes: int = 0
+    reordered_bound_bytes: int = 0
+    recompute: str | tuple[str, ...] | None = None
+    without_recompute: MemoryPlan | None = None
+
+    def offset(self, name: str) -> int:
+        return self.offsets[alias_root(self.aliases, name)]
 
 
 def align(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-def transient_buffers(graph: Graph, scratch_bytes: dict[str, int]) -> list[Buffer]:
+def persistent_values(graph: Graph) -> set[str]:
+    """Values stored outside the arena: inputs, parameters, state, constants, graph outputs
+    and gradients."""
+    produced = {v.name for node in graph.nodes for v in node.outputs}
+    outputs = {v.name for v in graph.outputs} | {v.name for v in graph.grads.values()}
+    return (set(graph.values) - produced) | outputs
+
+
+def transient_buffers(
+    graph: Graph, scratch_bytes: dict[str, int], aliases: dict[str, str] | None = None
+) -> list[Buffer]:
     """Activations (except graph outputs and parameter gradients) and per-node scratch, with
     their lifetimes over the node schedule. ``scratch_bytes`` maps node names to the workspace
-    their kernel needs."""
+    their kernel needs. ``aliases`` (the in-place pass) maps a value to the input it overwrites:
+    such a chain is one buffer, named after its first value, live from its first write to its
+    last value's last read."""
+    aliases = aliases or {}
     outputs = {v.name for v in graph.outputs} | {v.name for v in graph.grads.values()}
     step_of = {node.name: i for i, node in enumerate(graph.nodes)}
+    spans: dict[str, list[int]] = {}  # buffer name -> [bytes, first use, last use]
     buffers = []
     for i, node in enumerate(graph.nodes):
         for value in node.outputs:
             if value.name not in outputs:
                 last = max((step_of[user.name] for user in value.users), default=i)
-                buffers.append(Buffer(value.name, value.type.nbytes, i, last))
+                root = alias_root(aliases, value.name)
+                span = spans.setdefault(root, [value.type.nbytes, i, last])
+                span[2] = max(span[2], last)
         if scratch_bytes.get(node.name):
             buffers.append(Buffer(f"{node.name}#scratch", scratch_bytes[node.name], i, i))
-    return buffers
+    buffers += [Buffer(name, nbytes, first, last) for name, (nbytes, first, last) in spans.items()]
+    return sorted(buffers, key=lambda b: (b.first_use, b.name))
 
 
 def plan_naive(buffers: list[Buffer]) -> MemoryPlan:
@@ -97,28 +132,48 @@ def lower_bound(buffers: list[Buffer]) -> int:
 
 
 def plan_memory(buffers: list[Buffer]) -> MemoryPlan:
-    """Greedy-by-size offsets with best-fit gaps; see the module docstring. Three orders are
-    tried (size; size times lifetime, Pisarchyk & Lee's "greedy by breadth" flavour; and
-    first use, which packs chains of short-lived buffers) and the smallest arena is kept."""
+    """Greedy-by-size offsets with best-fit gaps; see the module docstring. Orders tried, the
+    smallest arena kept, stopping at the bound: size; size times lifetime (Pisarchyk & Lee's
+    "greedy by breadth" flavour); first use (packs chains of short-lived buffers); longest
+    lifetime (long-lived buffers low, out of the way of the churn above); then, while the arena
+    is over 1% above the bound, a few seeded jitters of the size and lifetime orders (sizes or
+    lifetimes scaled by 0.7-1.3), which break the ties and near-ties that fragment the arena."""
     naive = plan_naive(buffers)
     bound = lower_bound(buffers)
     if os.environ.get("CONVFORGE_NAIVE_PLAN") == "1" or not buffers:
         return MemoryPlan(
             naive.offsets, naive.arena_bytes, naive.naive_bytes, bound, tuple(buffers)
         )
-    orders = (
-        lambda b: (-align(b.nbytes), b.first_use, b.name),
-        lambda b: (-align(b.nbytes) * (b.last_use - b.first_use + 1), b.first_use, b.name),
-        lambda b: (b.first_use, -align(b.nbytes), b.name),
-    )
     best = None
-    for key in orders:
+    for i, key in enumerate(_orders(buffers)):
+        if i >= _FIXED_ORDERS and best[1] <= 1.01 * bound:
+            break
         offsets, arena = _place(sorted(buffers, key=key))
         if best is None or arena < best[1]:
             best = (offsets, arena)
         if arena == bound:
             break
     return MemoryPlan(best[0], best[1], naive.naive_bytes, bound, tuple(buffers))
+
+
+_FIXED_ORDERS, _JITTERED_ORDERS = 4, 8
+
+
+def _orders(buffers: list[Buffer]):
+    """Sort keys for ``_place``: the fixed orders, then the seeded jitters."""
+    size = lambda b: align(b.nbytes)  # noqa: E731
+    life = lambda b: b.last_use - b.first_use + 1  # noqa: E731
+    yield lambda b: (-size(b), b.first_use, b.name)
+    yield lambda b: (-size(b) * life(b), b.first_use, b.name)
+    yield lambda b: (b.first_use, -size(b), b.name)
+    yield lambda b: (-life(b), -size(b), b.name)
+    rng = random.Random(0)
+    for k in range(_JITTERED_ORDERS):
+        jitter = {b.name: rng.uniform(0.7, 1.3) for b in buffers}
+        if k % 2:
+            yield lambda b, j=jitter: (-life(b) * j[b.name], -size(b), b.name)
+        else:
+            yield lambda b, j=jitter: (-size(b) * j[b.name], b.first_use, b.name)
 
 
 def _place(order: list[Buffer]) -> tuple[dict[str, int], int]:
@@ -165,3 +220,39 @@ def verify_plan(plan: MemoryPlan) -> None:
                     f"{name} at [{start}, {end}) is misaligned or outside "
                     f"the {plan.arena_bytes}-byte arena"
                 )
+
+
+def plan_report(plan: MemoryPlan, top: int = 5) -> dict[str, object]:
+    """The numbers of a plan, for reports and ``convforge memory``:
+
+    - ``naive_bytes`` (one buffer per value), ``arena_bytes``, ``lower_bound_bytes``;
+    - the bound before the passes: ``program_order_bound_bytes`` (as traced) and
+      ``reordered_bound_bytes`` (memory-aware order, before in-place), and
+      ``inplace_values``, how many values overwrite an input;
+    - ``recompute`` (the policy or None) and, with it, ``without_recompute_arena_bytes`` and
+      ``without_recompute_lower_bound_bytes``: the same graph planned keeping everything;
+    - ``peak_step`` and ``peak_layers``: the ``top`` buffers live there (name, bytes)."""
+    live_at: dict[int, int] = {}
+    for b in plan.buffers:
+        for step in range(b.first_use, b.last_use + 1):
+            live_at[step] = live_at.get(step, 0) + b.nbytes
+    peak = max(live_at, key=live_at.get) if live_at else 0
+    at_peak = sorted(
+        (b for b in plan.buffers if b.first_use <= peak <= b.last_use), key=lambda b: -b.nbytes
+    )[:top]
+    policy = list(plan.recompute) if isinstance(plan.recompute, tuple) else plan.recompute
+    report = {
+        "naive_bytes": plan.naive_bytes,
+        "arena_bytes": plan.arena_bytes,
+        "lower_bound_bytes": plan.lower_bound_bytes,
+        "program_order_bound_bytes": plan.program_order_bound_bytes,
+        "reordered_bound_bytes": plan.reordered_bound_bytes,
+        "inplace_values": len(plan.aliases),
+        "recompute": policy,
+        "peak_step": peak,
+        "peak_layers": [{"name": b.name, "bytes": b.nbytes} for b in at_peak],
+    }
+    if plan.without_recompute is not None:
+        report["without_recompute_arena_bytes"] = plan.without_recompute.arena_bytes
+        report["without_recompute_lower_bound_bytes"] = plan.without_recompute.lower_bound_bytes
+    return report

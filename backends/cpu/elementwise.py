@@ -233,6 +233,8 @@ def _unary_kind(node: Node) -> int:
 )
 def _lower_unary(node: Node, io: NodeIO):
     x, y = io.input(0), io.output()
+    if _unary_kind(node) == COPY and x[0] == y[0]:
+        return []  # flatten, reshape or inference dropout written in place: nothing to move
     consts = _activation_consts(node, io)
     return [unary.step(node.name, io.dtype, io.parallel(y[1]), [x, y, consts], [_unary_kind(node)])]
 

@@ -9,6 +9,9 @@ and their gradients.
   ``running = (1 - momentum) * running + momentum * batch``, with the unbiased variance
   ``var * M / (M - 1)`` (M = N * H * W values per channel). Fewer than 2 values per channel
   return ``TOO_FEW_VALUES`` (torch raises "Expected more than 1 value per channel").
+  ``batch_norm_recompute`` (recompute in the backward pass, graph/passes/recompute.py) runs
+  the same kernel with the update off and mean/invstd in its scratch: bit for bit the y of
+  the forward pass, and the running statistics are updated once per step, as without it.
 - ``batch_norm_grad``: with ``xhat = (x - mean) * invstd``, ``grad_bias = sum(gy)``,
   ``grad_weight = sum(gy * xhat)`` and
   ``gx = invstd * weight * (gy - grad_bias / M - xhat * grad_weight / M)`` (weight 1 without
@@ -24,11 +27,13 @@ and their gradients.
 
 Buffers: batch_norm(x, mean, var, weight, bias, y, consts=[eps]) with weight/bias empty when
 affine=False; batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd,
-consts=[eps, momentum]); batch_norm_grad(gy, x, mean, invstd, weight, gx, grad_weight,
-grad_bias); layer_norm2d(x, weight, bias, y, consts=[eps]); layer_norm2d_grad(gy, x, weight, gx,
-grad_weight, grad_bias, scratch=[mean per pixel, invstd per pixel], consts=[eps]);
-softmax(x, y); softmax_grad(gy, y, gx).
-Attrs: batch_norm* [N, C, inner]; layer_norm2d* [N, C, H, W]; softmax* [outer, D, inner].
+consts=[eps, momentum]) (batch_norm_recompute: mean and invstd in the scratch);
+batch_norm_grad(gy, x, mean, invstd, weight, gx, grad_weight, grad_bias); layer_norm2d(x,
+weight, bias, y, consts=[eps]); layer_norm2d_grad(gy, x, weight, gx, grad_weight, grad_bias,
+scratch=[mean per pixel, invstd per pixel], consts=[eps]); softmax(x, y); softmax_grad(gy, y,
+gx).
+Attrs: batch_norm* [N, C, inner] (batch_norm_train: then 1 to update the running statistics,
+0 to leave them); layer_norm2d* [N, C, H, W]; softmax* [outer, D, inner].
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ def batch_norm(x, mean, var, weight, bias, y, consts, a):
 def batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd, consts, a):
     n, c, inner = a[0], a[1], a[2]
     eps, momentum, affine, count = consts[0], consts[1], weight.shape[0] > 0, n * inner
+    update = a[3] == 1
     if count < 2:
         return TOO_FEW_VALUES
     for ch in prange(c):
@@ -111,8 +117,9 @@ def batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd
                 spread += d * d
         inv = 1.0 / math.sqrt(spread / count + eps)
         mean[ch], invstd[ch] = mu, inv
-        running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mu
-        running_var[ch] = (1.0 - momentum) * running_var[ch] + momentum * spread / (count - 1)
+        if update:
+            running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mu
+            running_var[ch] = (1.0 - momentum) * running_var[ch] + momentum * spread / (count - 1)
         alpha = inv * weight[ch] if affine else inv
         beta = (bias[ch] if affine else 0.0) - mu * alpha
         for i in range(n):
@@ -258,25 +265,37 @@ def _lower_batch_norm(node: Node, io: NodeIO):
     ]
 
 
-@lowers("batch_norm_train")
+def _batch_norm_train_scratch(node: Node) -> int:
+    """batch_norm_recompute keeps the mean and invstd it recomputes in its scratch."""
+    x = node.inputs[0].type
+    return 2 * x.shape[1] * x.itemsize if node.op == "batch_norm_recompute" else 0
+
+
+@lowers("batch_norm_train", "batch_norm_recompute", scratch=_batch_norm_train_scratch)
 def _lower_batch_norm_train(node: Node, io: NodeIO):
+    channels = node.inputs[0].shape[1]
+    if node.op == "batch_norm_train":
+        stats = [io.output(1), io.output(2)]
+    else:
+        scratch, _ = io.scratch(2 * channels)
+        stats = [(scratch, channels), (scratch + channels * node.inputs[0].type.itemsize, channels)]
     buffers = [
         io.input(0),
         io.input(1),
         io.input(2),
         *_affine(node, io, 3),
         io.output(0),
-        io.output(1),
-        io.output(2),
+        *stats,
         io.const([node.attrs["eps"], node.attrs["momentum"]]),
     ]
+    update = int(node.op == "batch_norm_train")
     return [
         batch_norm_train.step(
             node.name,
             io.dtype,
             io.parallel(3 * io.output()[1]),
             buffers,
-            _channel_layout(node.inputs[0].shape),
+            [*_channel_layout(node.inputs[0].shape), update],
         )
     ]
 

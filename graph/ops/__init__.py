@@ -33,6 +33,10 @@ class OpDef:
     defaults: dict  # attribute values that printing leaves out
     vjp: VjpRule | None = None  # None: not differentiable (backward and update ops)
     mutates: tuple[int, ...] = ()  # inputs the op writes in place (running stats, weights)
+    # inputs whose buffer output 0 may take over when that input dies at this node (the
+    # in-place pass, graph/passes/inplace.py): the kernel reads each element before it writes
+    # the same element, and never reads an element it has written
+    inplace: tuple[int, ...] = ()
 
     def infer(self, in_types: list[TensorType], attrs: dict) -> list[TensorType]:
         """Check arity and dtypes, then apply the shape rule."""
@@ -58,11 +62,12 @@ def register(
     *,
     vjp: VjpRule | None = None,
     mutates: tuple[int, ...] = (),
+    inplace: tuple[int, ...] = (),
     **defaults: object,
 ) -> OpDef:
     if name in OPS:
         raise ValueError(f"op {name!r} is registered twice")
-    OPS[name] = OpDef(name, shape, macs, arity, defaults, vjp, mutates)
+    OPS[name] = OpDef(name, shape, macs, arity, defaults, vjp, mutates, inplace)
     return OPS[name]
 
 

@@ -138,25 +138,40 @@ def _dropout_train_vjp(node, grads, wants, emit):
     return [emit("mul", [grads[0], node.outputs[1]])[0], None]
 
 
-register("add", _binary_shape, no_macs, arity=2, vjp=_add_vjp)
-register("mul", _binary_shape, _mul_macs, arity=2, vjp=_mul_vjp)
-register("sub", _binary_shape, no_macs, arity=2, vjp=_sub_vjp)
-register("neg", same_shape, no_macs, vjp=_neg_vjp)
-register("scale", same_shape, no_macs, vjp=_scale_vjp, factor=1.0)
-register("hardtanh", _hardtanh_shape, no_macs, vjp=_activation_vjp, min_val=-1.0, max_val=1.0)
-register("channel_scale", _channel_scale_shape, _mul_macs, arity=2, vjp=_channel_scale_vjp)
-register("relu", same_shape, no_macs, vjp=_activation_vjp)
-register("leaky_relu", _leaky_relu_shape, no_macs, vjp=_activation_vjp, negative_slope=0.01)
-register("sigmoid", same_shape, no_macs, vjp=_activation_vjp)
-register("tanh", same_shape, no_macs, vjp=_activation_vjp)
-register("gelu", _gelu_shape, no_macs, vjp=_activation_vjp, approximate="none")
-register("dropout", _dropout_shape, no_macs, vjp=_identity_vjp, per_sample=False)
-register("dropout_train", _dropout_train_shape, no_macs, arity=2, vjp=_dropout_train_vjp)
+register("add", _binary_shape, no_macs, arity=2, vjp=_add_vjp, inplace=(0, 1))
+register("mul", _binary_shape, _mul_macs, arity=2, vjp=_mul_vjp, inplace=(0, 1))
+register("sub", _binary_shape, no_macs, arity=2, vjp=_sub_vjp, inplace=(0, 1))
+register("neg", same_shape, no_macs, vjp=_neg_vjp, inplace=(0,))
+register("scale", same_shape, no_macs, vjp=_scale_vjp, factor=1.0, inplace=(0,))
+register(
+    "hardtanh",
+    _hardtanh_shape,
+    no_macs,
+    vjp=_activation_vjp,
+    min_val=-1.0,
+    max_val=1.0,
+    inplace=(0,),
+)
+register(
+    "channel_scale", _channel_scale_shape, _mul_macs, arity=2, vjp=_channel_scale_vjp, inplace=(0,)
+)
+register("relu", same_shape, no_macs, vjp=_activation_vjp, inplace=(0,))
+register(
+    "leaky_relu", _leaky_relu_shape, no_macs, vjp=_activation_vjp, negative_slope=0.01, inplace=(0,)
+)
+register("sigmoid", same_shape, no_macs, vjp=_activation_vjp, inplace=(0,))
+register("tanh", same_shape, no_macs, vjp=_activation_vjp, inplace=(0,))
+register("gelu", _gelu_shape, no_macs, vjp=_activation_vjp, approximate="none", inplace=(0,))
+register("dropout", _dropout_shape, no_macs, vjp=_identity_vjp, per_sample=False, inplace=(0,))
+register(
+    "dropout_train", _dropout_train_shape, no_macs, arity=2, vjp=_dropout_train_vjp, inplace=(0,)
+)
 register(
     "activation_grad",
     _activation_grad_shape,
     no_macs,
     arity=2,
+    inplace=(0,),
     negative_slope=0.01,
     approximate="none",
 )

@@ -79,6 +79,12 @@ def _batch_norm_train_shape(in_types: list[TensorType], attrs: dict) -> list[Ten
     return [x, channel, channel]
 
 
+def _batch_norm_recompute_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    """batch_norm_train's y again, from the same inputs, without touching the running
+    statistics: the backward pass's recompute of a dropped activation."""
+    return _batch_norm_train_shape(in_types, attrs)[:1]
+
+
 def _batch_norm_train_vjp(node, grads, wants, emit):
     """PyTorch's batch-norm backward with batch statistics: with xhat = (x - mean) * invstd,
     grad_x = invstd * w * (gy - mean(gy) - xhat * mean(gy * xhat)) per channel."""
@@ -128,7 +134,7 @@ def _softmax_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorT
     return _softmax_shape([y], attrs)
 
 
-register("batch_norm", _batch_norm_shape, no_macs, arity=None, eps=1e-5, momentum=0.1)
+register("batch_norm", _batch_norm_shape, no_macs, arity=None, inplace=(0,), eps=1e-5, momentum=0.1)
 register(
     "batch_norm_train",
     _batch_norm_train_shape,
@@ -139,7 +145,15 @@ register(
     eps=1e-5,
     momentum=0.1,
 )
-register("batch_norm_grad", _batch_norm_grad_shape, no_macs, arity=None, eps=1e-5)
+register(
+    "batch_norm_recompute",
+    _batch_norm_recompute_shape,
+    no_macs,
+    arity=None,
+    eps=1e-5,
+    momentum=0.1,
+)
+register("batch_norm_grad", _batch_norm_grad_shape, no_macs, arity=None, inplace=(0,), eps=1e-5)
 register("layer_norm2d", _layer_norm2d_shape, no_macs, arity=None, vjp=_layer_norm2d_vjp)
 register("layer_norm2d_grad", _layer_norm2d_grad_shape, no_macs, arity=None)
 register("softmax", _softmax_shape, no_macs, vjp=_softmax_vjp)

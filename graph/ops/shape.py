@@ -168,8 +168,8 @@ def _pad_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]
     return [x]
 
 
-register("flatten", _flatten_shape, no_macs, vjp=_reshape_vjp)
-register("reshape", _reshape_shape, no_macs, vjp=_reshape_vjp)
+register("flatten", _flatten_shape, no_macs, vjp=_reshape_vjp, inplace=(0,))
+register("reshape", _reshape_shape, no_macs, vjp=_reshape_vjp, inplace=(0,))
 register("concat", _concat_shape, no_macs, arity=None, vjp=_concat_vjp)
 register("channel_shuffle", _channel_shuffle_shape, no_macs, vjp=_channel_shuffle_vjp)
 register("pad", _pad_shape, no_macs, vjp=_pad_vjp, mode="constant", value=0.0)

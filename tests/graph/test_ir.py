@@ -300,3 +300,17 @@ def test_graph_package_imports_no_backend_engine_or_zoo():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_copy_is_equal_and_independent():
+    from graph.autodiff import autodiff
+
+    graph = autodiff(trace(LeNet(), (3, 28, 28), batch=2))
+    copied = graph.copy()
+    copied.verify()
+    assert str(copied) == str(graph)
+    assert [v.name for v in copied.inputs] == ["input", "target"]
+    assert list(copied.grads) == list(graph.grads) and copied.backward_start == graph.backward_start
+    copied.nodes.pop()
+    copied.values["input"].users.clear()
+    assert graph.nodes[-1].name != copied.nodes[-1].name and graph.values["input"].users
