@@ -8,9 +8,10 @@ Three parts (``--part zoo|recompute|rss``, all by default):
   (the CPU backend's scratch) but nothing is allocated.
 - ``recompute``: ResNet-50 training at batch 8 with and without ``recompute="sqrt"``: arena
   (activation memory) and median step time.
-- ``rss``: peak resident memory (``ru_maxrss``) of a process that builds ResNet-18 (CIFAR
-  variant), runs training steps at batch 32 and exits, for ConvForge and for PyTorch eager
-  with the same model, each in a fresh interpreter.
+- ``rss``: peak resident memory of a process that builds ResNet-18 (CIFAR variant), runs
+  training steps at batch 32 and exits, for ConvForge and for PyTorch eager with the same
+  model, each in a fresh interpreter. The peak is ``VmHWM`` of /proc/self/status: Linux
+  carries ``ru_maxrss`` over fork and exec, so a child would report its parent's peak.
 
 Run: ``python bench/memory.py`` (and with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` for
 the timings).
@@ -101,8 +102,14 @@ def recompute_table(batch: int, steps: int) -> None:
 
 
 # Each runs in a fresh interpreter; prints its peak resident set size in bytes as JSON.
+PEAK_RSS = """
+def peak_rss():
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+"""
 RSS_CONVFORGE = """
-import json, resource, sys
+import json, sys
 import numpy as np
 sys.path.insert(0, {root!r})
 import engine, zoo
@@ -114,10 +121,10 @@ x = rng.standard_normal(({batch}, 3, 32, 32)).astype(np.float32)
 y = rng.integers(0, 10, {batch})
 for _ in range({steps}):
     exe.train_step(x, y)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+print(json.dumps(peak_rss()))
 """
 RSS_TORCH = """
-import json, resource, sys
+import json, sys
 import torch
 sys.path.insert(0, {root!r})
 import zoo
@@ -132,7 +139,7 @@ for _ in range({steps}):
     optimizer.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
     optimizer.step()
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+print(json.dumps(peak_rss()))
 """
 
 
@@ -140,7 +147,7 @@ def rss_table(batch: int, steps: int) -> None:
     root = str(Path(__file__).resolve().parent.parent)
     rows = []
     for engine_name, script in (("ConvForge", RSS_CONVFORGE), ("PyTorch eager", RSS_TORCH)):
-        source = script.format(root=root, batch=batch, steps=steps)
+        source = PEAK_RSS + script.format(root=root, batch=batch, steps=steps)
         result = subprocess.run(
             [sys.executable, "-c", source], capture_output=True, text=True, check=True
         )
@@ -159,10 +166,10 @@ def main() -> None:
     print(environment_line())
     if "zoo" in parts:
         zoo_table(args.models, args.batch)
-    if "recompute" in parts:
-        recompute_table(batch=8, steps=3)
     if "rss" in parts:
         rss_table(batch=32, steps=3)
+    if "recompute" in parts:
+        recompute_table(batch=8, steps=3)
 
 
 if __name__ == "__main__":
