@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -15,19 +14,9 @@ from engine.executable import Executable, Plan
 from engine.optim import SGD, Optimizer
 from graph.autodiff import autodiff
 from graph.ir import Graph
-from graph.memory import (
-    MemoryPlan,
-    lower_bound,
-    persistent_values,
-    plan_memory,
-    plan_naive,
-    transient_buffers,
-    verify_plan,
-)
+from graph.memory import MemoryPlan, plan_graph_memory
 from graph.nn import Module, Parameter
-from graph.passes.inplace import inplace_aliases, verify_inplace
 from graph.passes.recompute import recompute as run_recompute
-from graph.passes.schedule import schedule_for_memory
 from graph.trace import trace
 
 
@@ -104,33 +93,12 @@ def plan_graph(
     inplace: bool = True,
     reorder: bool = True,
 ) -> MemoryPlan:
-    """The verified memory plan of ``graph``'s transient buffers (the backend sizes scratch):
-    the memory-aware order (``reorder``, which changes ``graph.nodes``), the in-place aliases
-    (``inplace``), then offsets. ``CONVFORGE_NAIVE_PLAN=1`` turns all three off, to bisect."""
+    """The verified memory plan of ``graph`` (``graph.memory.plan_graph_memory``: the
+    memory-aware order, which changes ``graph.nodes``, in-place aliases, offsets) with the
+    backend's scratch sizes."""
     device.check_supported(graph)
-    if os.environ.get("CONVFORGE_NAIVE_PLAN") == "1":
-        inplace = reorder = False
     scratch = {node.name: device.scratch_bytes(node) for node in graph.nodes}
-
-    def peak(g: Graph) -> int:
-        return lower_bound(transient_buffers(g, scratch))
-
-    program_order = reordered = peak(graph)
-    if reorder:
-        graph.nodes, program_order, reordered = schedule_for_memory(graph, peak)
-    persistent = persistent_values(graph)
-    aliases = inplace_aliases(graph, persistent) if inplace else {}
-    verify_inplace(graph, aliases, persistent)
-    memory = plan_memory(transient_buffers(graph, scratch, aliases))
-    memory = replace(
-        memory,
-        naive_bytes=plan_naive(transient_buffers(graph, scratch)).naive_bytes,
-        aliases=aliases,
-        program_order_bound_bytes=program_order,
-        reordered_bound_bytes=reordered,
-    )
-    verify_plan(memory)
-    return memory
+    return plan_graph_memory(graph, scratch, inplace=inplace, reorder=reorder)
 
 
 def plan_training_graph(

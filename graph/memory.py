@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from graph.ir import Graph
-from graph.passes.inplace import alias_root
+from graph.passes.inplace import alias_root, inplace_aliases, verify_inplace
+from graph.passes.schedule import schedule_for_memory
 
 ALIGN = 64
 
@@ -104,6 +105,37 @@ def transient_buffers(
             buffers.append(Buffer(f"{node.name}#scratch", scratch_bytes[node.name], i, i))
     buffers += [Buffer(name, nbytes, first, last) for name, (nbytes, first, last) in spans.items()]
     return sorted(buffers, key=lambda b: (b.first_use, b.name))
+
+
+def plan_graph_memory(
+    graph: Graph, scratch_bytes: dict[str, int], inplace: bool = True, reorder: bool = True
+) -> MemoryPlan:
+    """The whole pipeline for one graph, verified: the memory-aware order (``reorder``; it
+    sets ``graph.nodes``), the in-place aliases (``inplace``), then offsets. The plan records
+    the bound in program order and after reordering, and one buffer per value as its naive
+    size. ``CONVFORGE_NAIVE_PLAN=1`` turns all three steps off, to bisect a wrong answer."""
+    if os.environ.get("CONVFORGE_NAIVE_PLAN") == "1":
+        inplace = reorder = False
+
+    def peak(g: Graph) -> int:
+        return lower_bound(transient_buffers(g, scratch_bytes))
+
+    program_order = reordered = peak(graph)
+    if reorder:
+        graph.nodes, program_order, reordered = schedule_for_memory(graph, peak)
+    persistent = persistent_values(graph)
+    aliases = inplace_aliases(graph, persistent) if inplace else {}
+    verify_inplace(graph, aliases, persistent)
+    plan = plan_memory(transient_buffers(graph, scratch_bytes, aliases))
+    plan = replace(
+        plan,
+        naive_bytes=plan_naive(transient_buffers(graph, scratch_bytes)).naive_bytes,
+        aliases=aliases,
+        program_order_bound_bytes=program_order,
+        reordered_bound_bytes=reordered,
+    )
+    verify_plan(plan)
+    return plan
 
 
 def plan_naive(buffers: list[Buffer]) -> MemoryPlan:

@@ -15,8 +15,8 @@ from graph.memory import (
     Buffer,
     MemoryPlan,
     lower_bound,
+    plan_graph_memory,
     plan_memory,
-    transient_buffers,
     verify_plan,
 )
 from graph.trace import trace
@@ -77,12 +77,15 @@ SMALL = {"inception_v3": (3, 75, 75), "spp_net": (3, 80, 80)}
 
 @pytest.mark.parametrize("name", zoo.names())
 def test_zoo_plans_verify_and_stay_near_the_lower_bound(name):
+    """The whole pipeline (memory-aware order, in-place, offsets), verified inside."""
     spec = zoo.spec(name)
     shape = SMALL.get(name, spec.input_shape if spec.input_shape[1] < 224 else (3, 64, 64))
     forward = trace(zoo.get(name, num_classes=10), shape, batch=4)
     loss = "margin" if name == "capsnet" else "cross_entropy"
-    for graph in (forward, autodiff(forward, loss)):
-        plan = plan_memory(transient_buffers(graph, {}))
-        verify_plan(plan)
+    for graph in (autodiff(forward, loss), forward):
+        plan = plan_graph_memory(graph, {})
         assert plan.arena_bytes <= 1.02 * plan.lower_bound_bytes, name
+        assert (
+            plan.lower_bound_bytes <= plan.reordered_bound_bytes <= plan.program_order_bound_bytes
+        )
         assert plan.arena_bytes < plan.naive_bytes or len(plan.buffers) < 2
