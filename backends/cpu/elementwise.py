@@ -81,7 +81,7 @@ def _unary_chunk(x, y, kind, slope, low, high):
         y[:] = x
 
 
-@kernel(buffers=3)
+@kernel(buffers=3, inplace=((1, 0),))
 def unary(x, y, consts, a):
     """a = [kind]; consts = [negative_slope or factor, min_val, max_val] (leaky_relu, scale,
     hardtanh)."""
@@ -92,7 +92,7 @@ def unary(x, y, consts, a):
     return 0
 
 
-@kernel(buffers=3)
+@kernel(buffers=3, inplace=((2, 0), (2, 1)))
 def binary(p, q, y, a):
     """a = [kind]: y = p + q, p - q or p * q, same shapes."""
     kind = a[0]
@@ -111,7 +111,7 @@ def binary(p, q, y, a):
     return 0
 
 
-@kernel(buffers=3)
+@kernel(buffers=3, inplace=((2, 0),))
 def channel_scale(x, scale, y, a):
     """y[n, c, ...] = x[n, c, ...] * scale[c]; a = [N, C, inner]."""
     n, c, inner = a[0], a[1], a[2]
@@ -159,7 +159,7 @@ def _activation_grad_chunk(gy, saved, gx, kind, slope, low, high):
             gx[i] = gy[i] * (0.5 * (1.0 + t) + slope_inner)
 
 
-@kernel(buffers=4)
+@kernel(buffers=4, inplace=((2, 0),))
 def activation_grad(gy, saved, gx, consts, a):
     """a = [kind]; consts = [negative_slope, min_val, max_val]."""
     kind, slope, low, high = a[0], consts[0], consts[1], consts[2]
@@ -177,7 +177,7 @@ def _mix(z):
     return z ^ (z >> _S31)
 
 
-@kernel(buffers=5)
+@kernel(buffers=5, inplace=((1, 0),))
 def dropout_train(x, y, mask, rng, consts, a):
     """One keep/drop draw per ``block`` consecutive elements: 1 for dropout, a whole sample for
     stochastic depth (drop path)."""

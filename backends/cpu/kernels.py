@@ -61,9 +61,10 @@ def _renamed(func: Callable, name: str) -> types.FunctionType:
 class Kernel:
     """A kernel function plus its lazily compiled (dtype, parallel) cfunc variants."""
 
-    def __init__(self, func: Callable, buffers: int) -> None:
+    def __init__(self, func: Callable, buffers: int, inplace: tuple[tuple[int, int], ...]) -> None:
         self.func = func
         self.buffers = buffers
+        self.inplace = inplace
         self._shims: dict[tuple[str, bool], object] = {}
 
     @property
@@ -104,6 +105,16 @@ class Kernel:
                 warnings.simplefilter("ignore", NumbaPerformanceWarning)
                 self._shims[key] = cfunc(STEP_SIGNATURE, cache=True)(module_globals[shim_name])
         return self._shims[key]
+
+    def aliased_variants(self) -> list[tuple[int, ...]]:
+        """The ``sources`` of the in-place steps this kernel's lowerings make (one per
+        declared output -> input pair), for ``convforge warmup``."""
+        variants = []
+        for output, source in self.inplace:
+            sources = list(range(self.buffers))
+            sources[output] = source
+            variants.append(tuple(sources))
+        return variants
 
     def _compile_variant(self, module_globals: dict, parallel: bool, sources: tuple[int, ...]):
         """Name of the jitted (serial or parallel) kernel taking one array per distinct buffer
@@ -155,11 +166,13 @@ class Kernel:
 KERNELS: list[Kernel] = []
 
 
-def kernel(buffers: int) -> Callable[[Callable], Kernel]:
-    """Declare a kernel over ``buffers`` flat arrays (see the module docstring)."""
+def kernel(buffers: int, inplace: tuple[tuple[int, int], ...] = ()) -> Callable[[Callable], Kernel]:
+    """Declare a kernel over ``buffers`` flat arrays (see the module docstring); ``inplace``
+    lists (output buffer, input buffer) pairs that may be one memory: the ops' ``inplace``
+    declarations as this kernel's lowering lays out its buffers."""
 
     def wrap(func: Callable) -> Kernel:
-        KERNELS.append(Kernel(func, buffers))
+        KERNELS.append(Kernel(func, buffers, inplace))
         return KERNELS[-1]
 
     return wrap

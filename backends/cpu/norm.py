@@ -78,7 +78,7 @@ def _pixel_stats(x, pixel, c, hw, eps):
     return mu, 1.0 / math.sqrt(spread / c + eps)
 
 
-@kernel(buffers=7)
+@kernel(buffers=7, inplace=((5, 0),))
 def batch_norm(x, mean, var, weight, bias, y, consts, a):
     n, c, inner = a[0], a[1], a[2]
     eps, affine = consts[0], weight.shape[0] > 0
@@ -129,7 +129,7 @@ def batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd
     return 0
 
 
-@kernel(buffers=8)
+@kernel(buffers=8, inplace=((5, 0),))
 def batch_norm_grad(gy, x, mean, invstd, weight, gx, grad_weight, grad_bias, a):
     n, c, inner = a[0], a[1], a[2]
     affine, count = weight.shape[0] > 0, n * inner

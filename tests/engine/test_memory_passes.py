@@ -9,6 +9,7 @@ import pytest
 
 import engine
 import zoo
+from backends.cpu.kernels import Kernel
 from engine.compiler import memory_plans
 from engine.optim import SGD
 from tests.zoo.test_all_models import _input
@@ -43,10 +44,22 @@ def _assert_same_training(a: engine.Executable, b: engine.Executable, x, y, step
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_inplace_and_reorder_change_no_output_or_gradient(name):
+def test_inplace_and_reorder_change_no_output_or_gradient(name, monkeypatch):
     x, y = _batch(name)
     plain = _compile(name, inplace=False, reorder=False)
+    aliased = []
+    shim = Kernel.shim
+    monkeypatch.setattr(
+        Kernel,
+        "shim",
+        lambda self, dtype, parallel, sources=None: (
+            aliased.append((self, sources)) or shim(self, dtype, parallel, sources)
+        ),
+    )
     passes = _compile(name)
+    for kernel, sources in aliased:  # each in-place step is a declared one (warmup has it)
+        plain_sources = tuple(range(kernel.buffers))
+        assert sources in (None, plain_sources, *kernel.aliased_variants()), kernel.name
     assert passes._inference.memory.aliases and not plain._inference.memory.aliases
     passes.load_state_dict(plain.state_dict())
     np.testing.assert_array_equal(plain.run(x), passes.run(x))
