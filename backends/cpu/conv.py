@@ -34,6 +34,7 @@ PB, PL, PR, DH, DW, groups]; linear [N, in_features, out_features, block].
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import get_thread_id, njit, prange
 
 from backends.cpu.blas import matmul
@@ -73,16 +74,7 @@ def im2col_images(x, first, count, c, group_start, geometry, rows, start, width,
             ki, kj = kk // kw, kk % kw
             plane, at = image + ci * h * wd, slot + r * ld + m * width
             if whole:
-                _im2col_plane(
-                    x[plane : plane + h * wd].reshape((h, wd)),
-                    cols[at : at + width].reshape((oh, ow)),
-                    sh,
-                    sw,
-                    pt,
-                    pl,
-                    ki * dh,
-                    kj * dw,
-                )
+                _im2col_plane(x, plane, h, wd, oh, ow, sh, sw, pt, pl, ki * dh, kj * dw, cols, at)
             else:
                 _im2col_row(
                     x,
@@ -102,22 +94,34 @@ def im2col_images(x, first, count, c, group_start, geometry, rows, start, width,
 
 
 @njit(inline="always", cache=True)
-def _im2col_plane(image, out, sh, sw, pt, pl, dy, dx):
-    """One tap's whole output plane at once (2-D strided slices, no per-row bookkeeping):
-    small feature maps have rows too short to amortise ``_im2col_row``'s per-row work."""
-    (h, wd), (oh, ow) = image.shape, out.shape
+def _im2col_plane(x, plane, h, wd, oh, ow, sh, sw, pt, pl, dy, dx, cols, at):
+    """One tap's whole output plane, cols[at + oy*OW + ox]: small feature maps have rows too
+    short to amortise ``_im2col_row``'s per-row divisions. Indices are cast to unsigned (they
+    are never negative), which drops Numba's wraparound branch: 6x faster on LeNet's 10x10."""
     y_lo, y_hi = valid_range(oh, h, sh, pt, dy)
     x_lo, x_hi = valid_range(ow, wd, sw, pl, dx)
-    out[:y_lo, :] = 0
-    out[y_hi:, :] = 0
-    out[:, :x_lo] = 0
-    out[:, x_hi:] = 0
-    if y_lo < y_hi and x_lo < x_hi:
-        top, left = y_lo * sh - pt + dy, x_lo * sw - pl + dx
-        out[y_lo:y_hi, x_lo:x_hi] = image[
-            top : top + (y_hi - y_lo - 1) * sh + 1 : sh,
-            left : left + (x_hi - x_lo - 1) * sw + 1 : sw,
-        ]
+    for oy in range(oh):
+        row = at + oy * ow
+        if oy < y_lo or oy >= y_hi or x_lo >= x_hi:
+            cols[row : row + ow] = 0
+            continue
+        if x_lo > 0:
+            cols[row : row + x_lo] = 0
+        if x_hi < ow:
+            cols[row + x_hi : row + ow] = 0
+        start = plane + (oy * sh - pt + dy) * wd - pl + dx + x_lo * sw
+        _copy_run(x, start, sw, cols, row + x_lo, x_hi - x_lo)
+
+
+@njit(inline="always", cache=True)
+def _copy_run(src, start, stride, dst, at, count):
+    """dst[at + j] = src[start + j*stride] for j < count (non-negative indices, unsigned)."""
+    if stride == 1:
+        for j in range(count):
+            dst[np.uint64(at + j)] = src[np.uint64(start + j)]
+    else:
+        for j in range(count):
+            dst[np.uint64(at + j)] = src[np.uint64(start + j * stride)]
 
 
 @njit(inline="always", cache=True)
@@ -135,11 +139,7 @@ def _im2col_row(x, plane, h, wd, ow, sh, sw, pt, pl, dy, dx, start, row):
             row[out + ox0 : out + ox1] = 0
         else:
             row[out + ox0 : out + lo] = 0
-            base = plane + iy * wd - pl + dx
-            if sw == 1:
-                row[out + lo : out + hi] = x[base + lo : base + hi]
-            else:
-                row[out + lo : out + hi] = x[base + lo * sw : base + (hi - 1) * sw + 1 : sw]
+            _copy_run(x, plane + iy * wd - pl + dx + lo * sw, sw, row, out + lo, hi - lo)
             row[out + hi : out + ox1] = 0
         p += ox1 - ox0
 
@@ -170,20 +170,15 @@ def conv2d_gemm(x, w, b, y, scratch, a):
             if images == 1:
                 code = matmul(ocg, width, rows, weights, (cols, slot, width), (y, dst, ohw))
             else:
-                out = tid * ocg * span
-                code = matmul(
-                    ocg,
-                    count * width,
-                    rows,
-                    weights,
-                    (cols, slot, count * width),
-                    (staged, out, count * width),
+                code = _gemm_staged(
+                    ocg, count * width, rows, weights, cols, slot, staged, tid * ocg * span
                 )
                 for m in range(count):
                     for o in range(ocg):
                         at = ((first + m) * oc + g * ocg + o) * ohw + start
-                        row = out + o * count * width + m * width
-                        y[at : at + width] = staged[row : row + width]
+                        _unstage(
+                            staged, tid * ocg * span, ocg, count * width, o, m * width, y, at, width
+                        )
         status = code if code != 0 else status
         if b.shape[0]:
             for m in range(count):
@@ -191,6 +186,29 @@ def conv2d_gemm(x, w, b, y, scratch, a):
                     at = ((first + m) * oc + g * ocg + o) * ohw + start
                     y[at : at + width] += b[g * ocg + o]
     return status
+
+
+@njit(inline="always", cache=True)
+def _gemm_staged(ocg, columns, rows, weights, cols, slot, staged, out):
+    """Several images' outputs, staged: [OC/g, columns], or its transpose [columns, OC/g] when
+    OC/g is the smaller side: OpenBLAS's Haswell kernels run a row-major [M, N] product about
+    twice as fast with the smaller dimension as N (LeNet features.3: [16, 300, 150])."""
+    if ocg < columns:
+        return matmul(
+            columns, ocg, rows, (cols, slot, columns), weights, (staged, out, ocg), 0.0, 1, 1
+        )
+    return matmul(ocg, columns, rows, weights, (cols, slot, columns), (staged, out, columns))
+
+
+@njit(inline="always", cache=True)
+def _unstage(staged, out, ocg, columns, o, column, y, at, width):
+    """y[at + j] = staged output channel o, column ``column + j``, in either staged layout."""
+    if ocg < columns:
+        for j in range(width):
+            y[np.uint64(at + j)] = staged[np.uint64(out + (column + j) * ocg + o)]
+    else:
+        row = out + o * columns + column
+        y[at : at + width] = staged[row : row + width]
 
 
 @kernel(buffers=5)

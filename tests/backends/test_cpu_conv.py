@@ -92,6 +92,8 @@ CONV_CASES = {
     "same_blocks_batch3": (16, 32, 3, (20, 23), dict(batch=3, padding=1)),
     "same_5x5_dilated_blocks": (8, 16, 5, (21, 21), dict(padding=4, dilation=2)),
     "wide_rows_256_channels": (256, 8, 3, (6, 5), dict(padding=1)),
+    "staged_more_channels_than_columns": (4, 64, 3, (4, 4), dict(batch=3, padding=1)),
+    "parallel_staged_lenet_5x5": (6, 16, 5, (14, 14), dict(batch=8)),
 }
 
 

@@ -68,6 +68,14 @@ CONVS = {
         (2, 2, 5, 6),
     ),
     "parallel": (dict(in_channels=8, out_channels=8, kernel_size=3, padding=1), (2, 8, 24, 24)),
+    "parallel_stride2": (
+        dict(in_channels=8, out_channels=16, kernel_size=3, stride=2, padding=1),
+        (2, 8, 24, 24),
+    ),
+    "parallel_thin_5x5": (
+        dict(in_channels=1, out_channels=6, kernel_size=5, padding=2),
+        (2, 1, 28, 28),
+    ),
 }
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as TF
 
 import graph.nn as nn
-from tests.gradcheck import check_gradients
+from tests.gradcheck import check_gradients, compile_for_gradients
 from tests.helpers import DTYPES
 
 
@@ -53,6 +54,22 @@ def test_max_pool2d_grad(case, dtype, rng):
         rng,
         x=distinct_values(shape, rng),
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_grad_nan_wins(dtype, rng):
+    """A NaN anywhere in a window takes that window's gradient (the first NaN in scan order,
+    as in torch), also behind a larger finite value and with a second NaN after it."""
+    shape, kwargs = (1, 2, 4, 6), dict(kernel_size=3, stride=1, padding=1)
+    x = distinct_values(shape, rng)
+    x[0, 0, 1, 2] = x[0, 0, 2, 4] = x[0, 1, 3, 5] = np.nan
+    x[0, 0, 0, 1] = 10.0
+    exe = compile_for_gradients(nn.MaxPool2d(**kwargs), shape, dtype)
+    target = rng.standard_normal(exe.graph.outputs[0].shape)
+    exe.forward_backward(x.astype(dtype), target.astype(dtype))
+    tx = torch.tensor(x, requires_grad=True)
+    TF.mse_loss(TF.max_pool2d(tx, **kwargs), torch.from_numpy(target)).backward()
+    np.testing.assert_array_equal(np.isnan(exe.grads["input"]), np.isnan(tx.grad.numpy()))
 
 
 # name: (AvgPool2d keyword arguments, input shape); each runs with count_include_pad on and off
