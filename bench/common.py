@@ -32,6 +32,25 @@ def median_time(
     return samples[len(samples) // 2]
 
 
+def interleaved_medians(
+    funcs: list[Callable[[], object]], rounds: int = 5, block: int = 10, warmup: int = 3
+) -> list[float]:
+    """Median wall time of each ``func()`` in seconds, timed in alternating blocks of
+    ``block`` consecutive calls (after ``warmup`` calls at the start of each block), so that
+    drifting load on a shared machine hits every contender alike, while each runs warm: one
+    engine's spinning thread pool never sits between two calls of the other."""
+    samples: list[list[float]] = [[] for _ in funcs]
+    for _ in range(rounds):
+        for func, times in zip(funcs, samples, strict=True):
+            for _ in range(warmup):
+                func()
+            for _ in range(block):
+                start = time.perf_counter()
+                func()
+                times.append(time.perf_counter() - start)
+    return [sorted(times)[len(times) // 2] for times in samples]
+
+
 def environment_line() -> str:
     """What changes the numbers: BLAS core type, threads, Numba's threading layer, FTZ."""
     import numba

@@ -2,7 +2,8 @@
 
 - LeNet-5 (1x28x28) at batch 64.
 - ResNet-18, CIFAR variant (3x32x32, 3x3 stem, no max-pool), at batch 32.
-Both with SGD (momentum 0.9, weight decay 5e-4) and cross-entropy; medians of one run.
+Both with SGD (momentum 0.9, weight decay 5e-4) and cross-entropy; medians of one run, the
+two engines timed in alternating blocks so that the machine's drifting load hits both alike.
 
 Run: ``python bench/train.py`` (and with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE``).
 ``--fashion-mnist`` also trains LeNet-5 on Fashion-MNIST for 5 epochs and reports accuracy.
@@ -20,14 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import environment_line, median_time, print_table  # noqa: E402
+from common import environment_line, interleaved_medians, print_table  # noqa: E402
 
 import engine  # noqa: E402
 import zoo  # noqa: E402
 from engine.optim import SGD  # noqa: E402
 from tests.torch_twins import TorchResNet18  # noqa: E402
 
-CASES = [("lenet5", 64, 30), ("resnet18_cifar", 32, 5)]
+CASES = [("lenet5", 64, 20), ("resnet18_cifar", 32, 2)]
 
 
 def _torch_twin(name: str, model) -> torch.nn.Module:
@@ -53,7 +54,7 @@ def _torch_twin(name: str, model) -> torch.nn.Module:
     return twin.train()
 
 
-def _step_times(name: str, batch: int, repeat: int) -> list[str]:
+def _step_times(name: str, batch: int, block: int) -> list[str]:
     model = zoo.get(name)
     shape = zoo.spec(name).input_shape
     exe = engine.compile(
@@ -75,8 +76,7 @@ def _step_times(name: str, batch: int, repeat: int) -> list[str]:
         torch.nn.functional.cross_entropy(twin(tx), ty).backward()
         optimizer.step()
 
-    ours = median_time(lambda: exe.train_step(x, y), repeat)
-    theirs = median_time(torch_step, repeat)
+    ours, theirs = interleaved_medians([lambda: exe.train_step(x, y), torch_step], block=block)
     return [f"{name} b{batch}", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}", f"{theirs / ours:.2f}x"]
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fashion-mnist", action="store_true")
     args = parser.parse_args()
-    rows = [_step_times(name, batch, repeat) for name, batch, repeat in CASES]
+    rows = [_step_times(name, batch, block) for name, batch, block in CASES]
     print(environment_line())
     print_table(["train step", "convforge ms", "torch eager ms", "speed-up"], rows)
     if args.fashion_mnist:
