@@ -49,7 +49,7 @@ from backends.cpu.conv import (
 )
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
-from backends.cpu.windows import axpy, valid_range
+from backends.cpu.windows import valid_range
 from graph.ir import Node
 
 # Output channels per group up to which the im2col grad_weight GEMM is computed transposed.
@@ -121,16 +121,19 @@ def conv2d_grad_input(gy, w, gx, scratch, a):
 
 @njit(inline="always", cache=True)
 def _col2im_row(gx, row, plane, h, wd, ow, oh, sh, sw, pt, pl, dy, dx):
-    """Add one tap's row of columns back onto the input positions the tap read."""
+    """Add one tap's row of columns back onto the input positions the tap read. Flat unsigned
+    indices, no slice views: small maps have rows too short to pay for two views per row
+    (LeNet's 14x14 grad_input: 333 -> 248 us, native BLAS)."""
     y_lo, y_hi = valid_range(oh, h, sh, pt, dy)
     x_lo, x_hi = valid_range(ow, wd, sw, pl, dx)
     for oy in range(y_lo, y_hi):
-        base = plane + (oy * sh - pt + dy) * wd - pl + dx
-        src = row[oy * ow + x_lo : oy * ow + x_hi]
+        base, src = plane + (oy * sh - pt + dy) * wd - pl + dx, oy * ow
         if sw == 1:
-            axpy(gx[base + x_lo : base + x_hi], src, 1.0)
+            for j in range(x_lo, x_hi):
+                gx[np.uint64(base + j)] += row[np.uint64(src + j)]
         else:
-            axpy(gx[base + x_lo * sw : base + (x_hi - 1) * sw + 1 : sw], src, 1.0)
+            for j in range(x_lo, x_hi):
+                gx[np.uint64(base + j * sw)] += row[np.uint64(src + j)]
 
 
 @kernel(buffers=4)
