@@ -222,9 +222,12 @@ def warmup(args: argparse.Namespace) -> int:
             for parallel in (False, True):
                 kernel.shim(dtype, parallel)
                 count += 1
-            for sources in kernel.aliased_variants():  # written in place: run serially
-                kernel.shim(dtype, False, sources)
+            for sources in kernel.aliased_variants():  # written in place
+                kernel.shim(dtype, kernel.parallel_inplace, sources)
                 count += 1
+                if kernel.parallel_inplace:  # small steps run serially
+                    kernel.shim(dtype, False, sources)
+                    count += 1
     print(f"compiled {count} CPU kernel variants in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -111,9 +111,11 @@ def plan_graph_memory(
     graph: Graph, scratch_bytes: dict[str, int], inplace: bool = True, reorder: bool = True
 ) -> MemoryPlan:
     """The whole pipeline for one graph, verified: the memory-aware order (``reorder``; it
-    sets ``graph.nodes``), the in-place aliases (``inplace``), then offsets. The plan records
-    the bound in program order and after reordering, and one buffer per value as its naive
-    size. ``CONVFORGE_NAIVE_PLAN=1`` turns all three steps off, to bisect a wrong answer."""
+    sets ``graph.nodes``), the in-place aliases (``inplace``: used when they make the arena
+    smaller, as they do at inference, and not where the peak is the training pass's saved
+    activations, which no node may overwrite), then offsets. The plan records the bound in
+    program order and after reordering, and one buffer per value as its naive size.
+    ``CONVFORGE_NAIVE_PLAN=1`` turns all three steps off, to bisect a wrong answer."""
     if os.environ.get("CONVFORGE_NAIVE_PLAN") == "1":
         inplace = reorder = False
 
@@ -123,10 +125,14 @@ def plan_graph_memory(
     program_order = reordered = peak(graph)
     if reorder:
         graph.nodes, program_order, reordered = schedule_for_memory(graph, peak)
-    persistent = persistent_values(graph)
-    aliases = inplace_aliases(graph, persistent) if inplace else {}
-    verify_inplace(graph, aliases, persistent)
-    plan = plan_memory(transient_buffers(graph, scratch_bytes, aliases))
+    plan, aliases = plan_memory(transient_buffers(graph, scratch_bytes)), {}
+    if inplace:  # kept only where it pays: an in-place kernel step runs slower (kernels.py)
+        persistent = persistent_values(graph)
+        candidates = inplace_aliases(graph, persistent)
+        verify_inplace(graph, candidates, persistent)
+        aliased = plan_memory(transient_buffers(graph, scratch_bytes, candidates))
+        if worth_aliasing(aliased, plan):
+            plan, aliases = aliased, candidates
     plan = replace(
         plan,
         naive_bytes=plan_naive(transient_buffers(graph, scratch_bytes)).naive_bytes,
@@ -136,6 +142,11 @@ def plan_graph_memory(
     )
     verify_plan(plan)
     return plan
+
+
+def worth_aliasing(aliased: MemoryPlan, plain: MemoryPlan) -> bool:
+    """Whether the in-place plan is worth its slower kernel steps: when its arena is smaller."""
+    return aliased.arena_bytes < plain.arena_bytes
 
 
 def plan_naive(buffers: list[Buffer]) -> MemoryPlan:

@@ -61,10 +61,17 @@ def _renamed(func: Callable, name: str) -> types.FunctionType:
 class Kernel:
     """A kernel function plus its lazily compiled (dtype, parallel) cfunc variants."""
 
-    def __init__(self, func: Callable, buffers: int, inplace: tuple[tuple[int, int], ...]) -> None:
+    def __init__(
+        self,
+        func: Callable,
+        buffers: int,
+        inplace: tuple[tuple[int, int], ...],
+        parallel_inplace: bool,
+    ) -> None:
         self.func = func
         self.buffers = buffers
         self.inplace = inplace
+        self.parallel_inplace = parallel_inplace
         self._shims: dict[tuple[str, bool], object] = {}
 
     @property
@@ -79,9 +86,11 @@ class Kernel:
         inlines the kernel, so LLVM sees one array. Given two pointers that may alias, LLVM
         guards its vector loops with an overlap check, and equal pointers fail it: an in-place
         ReLU gradient ran 35x slower on the generic variant. ``step`` runs aliased steps
-        serially: a parallel variant hands each slice to its task function as a separate
-        array, so the check fails there whatever the wrapper does (measured 30x slower), while
-        one vectorised core nearly keeps up with two on this memory-bound elementwise work."""
+        serially unless the kernel says ``parallel_inplace``: a parallel variant hands each
+        slice to its task function as a separate array, so the check fails there whatever the
+        wrapper does. For the chunked elementwise kernels that is 30x slower, and one
+        vectorised core nearly keeps up with two on that memory-bound work; BatchNorm's
+        per-plane loops lose less (its gradient: 17 ms aliased parallel, 27 ms serial)."""
         sources = sources or tuple(range(self.buffers))
         key = (dtype, parallel, sources)
         if key not in self._shims:
@@ -162,7 +171,7 @@ class Kernel:
         sources = tuple(
             buffers.index(b) if b[0] else i for i, b in enumerate(buffers)
         )  # equal (address, numel) pairs: one buffer written in place
-        if sources != tuple(range(self.buffers)):
+        if sources != tuple(range(self.buffers)) and not self.parallel_inplace:
             parallel = False  # see ``shim``: the aliased parallel variant is not vectorised
         function = self.shim(dtype, parallel, sources).address
         return Step(function, tuple(a for a, _ in buffers), ints, name)
@@ -171,13 +180,16 @@ class Kernel:
 KERNELS: list[Kernel] = []
 
 
-def kernel(buffers: int, inplace: tuple[tuple[int, int], ...] = ()) -> Callable[[Callable], Kernel]:
+def kernel(
+    buffers: int, inplace: tuple[tuple[int, int], ...] = (), parallel_inplace: bool = False
+) -> Callable[[Callable], Kernel]:
     """Declare a kernel over ``buffers`` flat arrays (see the module docstring); ``inplace``
     lists (output buffer, input buffer) pairs that may be one memory: the ops' ``inplace``
-    declarations as this kernel's lowering lays out its buffers."""
+    declarations as this kernel's lowering lays out its buffers. ``parallel_inplace``: its
+    in-place steps may run in parallel (see ``Kernel.shim``)."""
 
     def wrap(func: Callable) -> Kernel:
-        KERNELS.append(Kernel(func, buffers, inplace))
+        KERNELS.append(Kernel(func, buffers, inplace, parallel_inplace))
         return KERNELS[-1]
 
     return wrap

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from backends.cpu.kernels import kernel
@@ -54,6 +55,29 @@ def _plane(buffer, i, ch, c, inner):
     """Image i's values of channel ch in a buffer laid out [N, C, inner]."""
     start = (i * c + ch) * inner
     return buffer[start : start + inner]
+
+
+@njit(inline="always", cache=True)
+def _lane_sums(g, x, shift, mu):
+    """(sum(g), sum((g - shift) * (x - mu))) in float64 over equal-length views, with four
+    interleaved partial sums added in a fixed order: one running float64 sum waits on the
+    adder's latency at every element (BatchNorm's statistics ran 2-3x slower that way).
+    ``_lane_sums(x, x, mu, mu)[1]`` is the sum of squared deviations."""
+    s0 = s1 = s2 = s3 = 0.0
+    t0 = t1 = t2 = t3 = 0.0
+    size = np.uint64(g.shape[0])
+    body = size - size % np.uint64(4)
+    for j in range(np.uint64(0), body, np.uint64(4)):
+        g0, g1, g2, g3 = g[j], g[j + np.uint64(1)], g[j + np.uint64(2)], g[j + np.uint64(3)]
+        s0, s1, s2, s3 = s0 + g0, s1 + g1, s2 + g2, s3 + g3
+        t0 += (g0 - shift) * (x[j] - mu)
+        t1 += (g1 - shift) * (x[j + np.uint64(1)] - mu)
+        t2 += (g2 - shift) * (x[j + np.uint64(2)] - mu)
+        t3 += (g3 - shift) * (x[j + np.uint64(3)] - mu)
+    for j in range(body, size):
+        s0 += g[j]
+        t0 += (g[j] - shift) * (x[j] - mu)
+    return (s0 + s1) + (s2 + s3), (t0 + t1) + (t2 + t3)
 
 
 @njit(inline="always", cache=True)
@@ -78,7 +102,7 @@ def _pixel_stats(x, pixel, c, hw, eps):
     return mu, 1.0 / math.sqrt(spread / c + eps)
 
 
-@kernel(buffers=7, inplace=((5, 0),))
+@kernel(buffers=7, inplace=((5, 0),), parallel_inplace=True)
 def batch_norm(x, mean, var, weight, bias, y, consts, a):
     n, c, inner = a[0], a[1], a[2]
     eps, affine = consts[0], weight.shape[0] > 0
@@ -106,15 +130,12 @@ def batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd
         total = 0.0
         for i in range(n):
             src = _plane(x, i, ch, c, inner)
-            for j in range(inner):
-                total += src[j]
+            total += _lane_sums(src, src, 0.0, 0.0)[0]
         mu = total / count
         spread = 0.0
         for i in range(n):
             src = _plane(x, i, ch, c, inner)
-            for j in range(inner):
-                d = src[j] - mu
-                spread += d * d
+            spread += _lane_sums(src, src, mu, mu)[1]
         inv = 1.0 / math.sqrt(spread / count + eps)
         mean[ch], invstd[ch] = mu, inv
         if update:
@@ -129,7 +150,7 @@ def batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd
     return 0
 
 
-@kernel(buffers=8, inplace=((5, 0),))
+@kernel(buffers=8, inplace=((5, 0),), parallel_inplace=True)
 def batch_norm_grad(gy, x, mean, invstd, weight, gx, grad_weight, grad_bias, a):
     n, c, inner = a[0], a[1], a[2]
     affine, count = weight.shape[0] > 0, n * inner
@@ -137,10 +158,9 @@ def batch_norm_grad(gy, x, mean, invstd, weight, gx, grad_weight, grad_bias, a):
         mu, inv = mean[ch], invstd[ch]
         sum_gy, sum_gy_xhat = 0.0, 0.0
         for i in range(n):
-            g, src = _plane(gy, i, ch, c, inner), _plane(x, i, ch, c, inner)
-            for j in range(inner):
-                sum_gy += g[j]
-                sum_gy_xhat += g[j] * (src[j] - mu)
+            sums = _lane_sums(_plane(gy, i, ch, c, inner), _plane(x, i, ch, c, inner), 0.0, mu)
+            sum_gy += sums[0]
+            sum_gy_xhat += sums[1]
         sum_gy_xhat *= inv
         grad_bias[ch], grad_weight[ch] = sum_gy, sum_gy_xhat
         scale = inv * weight[ch] if affine else inv

@@ -89,3 +89,17 @@ def test_zoo_plans_verify_and_stay_near_the_lower_bound(name):
             plan.lower_bound_bytes <= plan.reordered_bound_bytes <= plan.program_order_bound_bytes
         )
         assert plan.arena_bytes < plan.naive_bytes or len(plan.buffers) < 2
+
+
+def test_inplace_is_used_where_it_shrinks_the_arena_only():
+    """At inference GoogLeNet's ReLUs and BatchNorms overwrite their inputs and the arena
+    shrinks; in ResNet training the peak is the saved activations, so the slower aliased
+    kernels are not worth it and the plan keeps one buffer per value."""
+    googlenet = trace(zoo.get("googlenet", num_classes=10), (3, 64, 64), batch=4)
+    with_inplace = plan_graph_memory(googlenet, {})
+    assert with_inplace.aliases
+    assert with_inplace.arena_bytes < plan_graph_memory(googlenet, {}, inplace=False).arena_bytes
+    resnet = autodiff(trace(zoo.get("resnet18_cifar"), (3, 32, 32), batch=4))
+    plan = plan_graph_memory(resnet, {})
+    assert not plan.aliases
+    assert plan.arena_bytes == plan_graph_memory(resnet, {}, inplace=False).arena_bytes
