@@ -4,6 +4,8 @@
 - ResNet-18, CIFAR variant (3x32x32, 3x3 stem, no max-pool), at batch 32.
 Both with SGD (momentum 0.9, weight decay 5e-4) and cross-entropy; medians of one run, the
 two engines timed in alternating blocks so that the machine's drifting load hits both alike.
+The "in-place off" column (``compile(..., inplace=False)``) guards the in-place kernel variants:
+it should match the first column (their slow path was 30x slower).
 
 Run: ``python bench/train.py`` (and with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE``).
 ``--fashion-mnist`` also trains LeNet-5 on Fashion-MNIST for 5 epochs and reports accuracy.
@@ -57,12 +59,16 @@ def _torch_twin(name: str, model) -> torch.nn.Module:
 def _step_times(name: str, batch: int, block: int) -> list[str]:
     model = zoo.get(name)
     shape = zoo.spec(name).input_shape
-    exe = engine.compile(
-        model,
-        shape,
-        batch=batch,
-        train=True,
-        optimizer=SGD(lr=0.01, momentum=0.9, weight_decay=5e-4),
+    exe, no_inplace = (
+        engine.compile(
+            model,
+            shape,
+            batch=batch,
+            train=True,
+            optimizer=SGD(lr=0.01, momentum=0.9, weight_decay=5e-4),
+            inplace=inplace,
+        )
+        for inplace in (True, False)
     )
     twin = _torch_twin(name, model)
     optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -76,8 +82,10 @@ def _step_times(name: str, batch: int, block: int) -> list[str]:
         torch.nn.functional.cross_entropy(twin(tx), ty).backward()
         optimizer.step()
 
-    ours, theirs = interleaved_medians([lambda: exe.train_step(x, y), torch_step], block=block)
-    return [f"{name} b{batch}", f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}", f"{theirs / ours:.2f}x"]
+    steps = [lambda: exe.train_step(x, y), lambda: no_inplace.train_step(x, y), torch_step]
+    ours, plain, theirs = interleaved_medians(steps, block=block)
+    times = (f"{t * 1e3:.2f}" for t in (ours, plain, theirs))
+    return [f"{name} b{batch}", *times, f"{theirs / ours:.2f}x"]
 
 
 def _fashion_mnist() -> None:
@@ -108,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = [_step_times(name, batch, block) for name, batch, block in CASES]
     print(environment_line())
-    print_table(["train step", "convforge ms", "torch eager ms", "speed-up"], rows)
+    header = ["train step", "convforge ms", "in-place off ms", "torch eager ms", "speed-up"]
+    print_table(header, rows)
     if args.fashion_mnist:
         _fashion_mnist()
 
