@@ -120,3 +120,26 @@ def test_recompute_errors_name_the_problem():
         engine.compile(model, (3, 32, 32), train=True, recompute=["layer9"])
     with pytest.raises(ValueError, match='"sqrt" or a list of layer names'):
         engine.compile(model, (3, 32, 32), train=True, recompute="half")
+
+
+def test_cli_memory_prints_the_report(capsys):
+    import json
+
+    from engine.cli import main
+
+    assert (
+        main(["memory", "lenet5", "--batch", "8", "--train", "--recompute", "sqrt", "--json"]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["plan"] == "training" and report["recompute"] == "sqrt"
+    for key in ("naive_bytes", "arena_bytes", "lower_bound_bytes", "param_bytes", "grad_bytes"):
+        assert report[key] > 0, key
+    assert report["without_recompute_arena_bytes"] >= report["arena_bytes"]
+    assert report["peak_layers"] and report["arena_bytes"] >= report["lower_bound_bytes"]
+    assert main(["memory", "resnet18_cifar", "--batch", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "arena / lower bound" in table and "live at peak" in table
+    with pytest.raises(SystemExit, match="--recompute applies to the training plan"):
+        main(["memory", "lenet5", "--recompute", "sqrt"])
+    with pytest.raises(SystemExit, match="no layer named 'nope'"):
+        main(["memory", "lenet5", "--train", "--recompute", "features,nope"])
