@@ -94,21 +94,22 @@ def _greedy(phase: list[Node], deps: dict[str, set[str]], graph: Graph) -> list[
             followers.setdefault(dep, []).append(node)
     unread = {v.name: len(v.users) for v in graph.values.values()}
     keep = {v.name for v in graph.outputs} | {v.name for v in graph.grads.values()}
+
+    def added_bytes(node: Node) -> int:
+        """Its new activations, less the activations it is the last reader of."""
+        new = sum(v.type.nbytes for v in node.outputs if v.name not in keep)
+        freed = {
+            v.name: v.type.nbytes
+            for v in node.inputs
+            if v.producer is not None
+            and v.name not in keep
+            and unread[v.name] == node.inputs.count(v)
+        }
+        return new - sum(freed.values())
+
     ready = [n for n in phase if waiting[n.name] == 0]
     order = []
     while ready:
-
-        def added_bytes(node: Node) -> int:
-            new = sum(v.type.nbytes for v in node.outputs if v.name not in keep)
-            freed = {
-                v.name: v.type.nbytes
-                for v in node.inputs
-                if v.producer is not None
-                and v.name not in keep
-                and unread[v.name] == node.inputs.count(v)
-            }
-            return new - sum(freed.values())
-
         best = min(ready, key=lambda n: (added_bytes(n), position[n.name]))
         ready.remove(best)
         order.append(best)
