@@ -8,8 +8,9 @@ the schedule reads the input: a saved activation for the backward pass or a resi
 keeps its own buffer. Chains fold: conv -> BatchNorm -> ReLU can share one buffer at inference.
 
 The result is an alias map, output value name -> the input value name it overwrites; the
-planner gives both one buffer (``graph.memory.transient_buffers``). ``verify_inplace`` checks a
-map against the rules with its own walk.
+planner gives both one buffer (``graph.memory.transient_buffers``), and uses the map only when
+that shrinks the arena (an in-place kernel step runs slower: ``backends/cpu/kernels.py``).
+``verify_inplace`` checks a map against the rules with its own walk.
 """
 
 from __future__ import annotations
