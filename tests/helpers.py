@@ -102,3 +102,17 @@ def run_with_random_params(
         params[name] = torch.from_numpy(array.copy())
     exe.poison_buffers()
     return exe.run(x), params
+
+
+def record_steps(monkeypatch, kernels) -> list[tuple[str, str]]:
+    """Spy on ``Kernel.step`` of ``kernels``: the returned list collects (kernel name, node
+    name) of every step they make, so a test can assert which algorithm a lowering chose."""
+    used: list[tuple[str, str]] = []
+    for kernel in kernels:
+
+        def spy(node_name, *args, _step=kernel.step, _name=kernel.name, **kwargs):
+            used.append((_name, node_name))
+            return _step(node_name, *args, **kwargs)
+
+        monkeypatch.setattr(kernel, "step", spy)
+    return used

@@ -37,6 +37,7 @@ import numba
 import numpy as np
 from numba import get_thread_id, njit, prange
 
+from backends.cpu import winograd
 from backends.cpu.blas import matmul as gemm_block
 from backends.cpu.conv import (
     BLOCK_BYTES,
@@ -44,12 +45,11 @@ from backends.cpu.conv import (
     im2col_images,
     images_per_task,
     is_pointwise,
-    pad_plane,
     rows_and_block,
 )
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
-from backends.cpu.windows import valid_range
+from backends.cpu.windows import pad_plane, valid_range
 from graph.ir import Node
 
 # Output channels per group up to which the im2col grad_weight GEMM is computed transposed.
@@ -359,6 +359,8 @@ def _grad_weight_is_shifted(node: Node) -> bool:
 
 def _grad_weight_scratch_numel(node: Node) -> int:
     forward, threads = _as_forward(node), numba.config.NUMBA_NUM_THREADS
+    if winograd.is_winograd(forward):
+        return winograd.scratch_numel(forward)
     images, (oc, cg, kh, kw) = images_per_task(forward), node.outputs[0].shape
     if _grad_weight_is_shifted(node):
         (_, _, h, wd), (pt, pb, pl, pr) = node.inputs[0].shape, node.attrs["padding"]
@@ -394,6 +396,10 @@ def _lower_conv2d_grad_weight(node: Node, io: NodeIO):
     scratch = io.scratch(_grad_weight_scratch_numel(node))
     work = gy.type.numel * node.outputs[0].type.numel // gy.shape[1]
     buffers = [io.input(0), io.input(1), io.output(), scratch]
+    if winograd.is_winograd(forward):
+        attrs = winograd.attrs(forward)
+        kernel = winograd.conv2d_grad_weight_winograd
+        return [kernel.step(node.name, io.dtype, io.parallel(work), buffers, attrs)]
     if _grad_weight_is_shifted(node):
         pt, pb, pl, pr = node.attrs["padding"]
         attrs = [

@@ -4,7 +4,8 @@ Weights are drawn fresh in the tested dtype and written into the compiled execut
 runs use float64 weights; the oracle gets the same arrays. The conv grid covers stride, padding
 (ints, pairs, asymmetric "same", "valid", reflect), dilation, groups (grouped, depthwise, depthwise
 with a channel multiplier), rectangular, pointwise and 5x5 kernels, odd input sizes, and sizes
-above ``PARALLEL_MIN_WORK`` so both the serial and the parallel kernels run.
+above ``PARALLEL_MIN_WORK`` so both the serial and the parallel kernels run. Winograd has its own
+cases: odd output sizes, valid, pair and reflect padding, one output pixel, several chunks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import torch.nn.functional as TF
 
 import graph.nn as nn
 from backends.cpu import conv as cpu_conv
-from tests.helpers import DTYPES, OP_TOLERANCE, Net, rel_error, run_with_random_params
+from backends.cpu import winograd
+from tests.helpers import (
+    DTYPES,
+    OP_TOLERANCE,
+    Net,
+    record_steps,
+    rel_error,
+    run_with_random_params,
+)
 
 
 def check_conv(rng, dtype, cin, cout, kernel, input_hw, batch=2, **kwargs) -> None:
@@ -99,11 +108,13 @@ CONV_CASES = {
 
 @pytest.fixture(params=["gemm", "direct"])
 def conv_algorithm(request, monkeypatch):
-    """Force the lowering's choice, so every case runs through im2col + GEMM (where the conv
-    has more than one input channel per group) and through the direct loops."""
+    """Force the lowering's choice, so every case runs through im2col + GEMM or the shifted
+    GEMM (where the conv has more than one input channel per group; Winograd is off, it has
+    its own cases below) and through the direct loops."""
     gemm = request.param == "gemm"
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_CHANNELS", 0 if gemm else 1 << 30)
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0 if gemm else 1 << 62)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1 << 30)
     return request.param
 
 
@@ -113,6 +124,35 @@ def conv_algorithm(request, monkeypatch):
 def test_conv2d_cases(case, dtype, rng, conv_algorithm):
     cin, cout, kernel, input_hw, kwargs = CONV_CASES[case]
     check_conv(rng, dtype, cin, cout, kernel, input_hw, **kwargs)
+
+
+# **** conv2d: Winograd F(2x2, 3x3) ****
+
+# (C_in, C_out, input HxW, Conv2d kwargs and the batch (default 2)); all 3x3, stride 1
+WINOGRAD_CASES = {
+    "pad1_odd_output": (16, 20, (7, 9), dict(batch=3, padding=1)),
+    "valid": (17, 16, (6, 5), {}),
+    "pad_pair": (16, 16, (5, 6), dict(padding=(2, 0))),
+    "no_bias": (16, 24, (8, 8), dict(padding=1, bias=False)),
+    "one_output_pixel": (16, 16, (3, 3), {}),
+    "reflect": (16, 16, (6, 7), dict(padding=1, padding_mode="reflect")),
+    "parallel": (32, 32, (20, 20), dict(batch=4, padding=1)),
+}
+
+
+@pytest.mark.parametrize("chunks", ["one", "per_image"])
+@pytest.mark.parametrize("case", list(WINOGRAD_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_winograd(case, dtype, chunks, rng, monkeypatch):
+    """Every case takes the Winograd kernel (small ones too), with all images in one chunk or
+    one chunk per image."""
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
+    if chunks == "per_image":
+        monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
+    used = record_steps(monkeypatch, [winograd.conv2d_winograd])
+    cin, cout, input_hw, kwargs = WINOGRAD_CASES[case]
+    check_conv(rng, dtype, cin, cout, 3, input_hw, **kwargs)
+    assert [kernel for kernel, _ in used] == ["conv2d_winograd"]
 
 
 # **** linear ****

@@ -5,7 +5,8 @@ in float64.
 The conv grid crosses the kernel paths of ``backends/cpu/conv_backward.py``: stride 1 and 2
 (also per axis), symmetric, pair, ``"same"`` (asymmetric for even kernels) and reflect padding,
 dilation, groups from 2 to depthwise (with a channel multiplier), rectangular and 1x1 kernels,
-with and without bias, and one layer large enough for the parallel kernels. The oracle is
+with and without bias, and one layer large enough for the parallel kernels; and Winograd
+cases (16+ channels) in one chunk and in one chunk per image. The oracle is
 ``torch.nn.Conv2d`` built with the same arguments and called on our weights.
 """
 
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as TF
 
 import graph.nn as nn
+from backends.cpu import conv as cpu_conv
+from backends.cpu import winograd
 from tests.gradcheck import check_gradients
-from tests.helpers import DTYPES, Net
+from tests.helpers import DTYPES, Net, record_steps
 
 # name: (Conv2d keyword arguments, input shape)
 CONVS = {
@@ -83,7 +86,11 @@ CONVS = {
 @pytest.mark.parametrize("case", list(CONVS))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_grad(case, dtype, rng):
-    kwargs, shape = CONVS[case]
+    check_conv_grad(*CONVS[case], dtype, rng)
+
+
+def check_conv_grad(kwargs: dict, shape: tuple[int, ...], dtype: str, rng) -> None:
+    """Gradients of ``nn.Conv2d(**kwargs)`` on a ``shape`` input against torch's Conv2d."""
     reference = torch.nn.Conv2d(**kwargs).to(getattr(torch, dtype))
 
     def oracle(x, params):
@@ -93,6 +100,34 @@ def test_conv2d_grad(case, dtype, rng):
         return torch.func.functional_call(reference, weights, (x,))
 
     check_gradients(Net(nn.Conv2d(**kwargs)), oracle, shape, dtype, rng)
+
+
+# Winograd F(2x2, 3x3): the forward pass, the weight gradient and the stride-1 input gradient
+# (a forward conv of the flipped kernel) all take it when both sides have 16+ channels.
+WINOGRAD_CONVS = {
+    "pad1": (dict(in_channels=16, out_channels=16, kernel_size=3, padding=1), (2, 16, 5, 6)),
+    "valid_odd": (dict(in_channels=16, out_channels=17, kernel_size=3), (3, 16, 7, 6)),
+    "pad_pair_no_bias": (
+        dict(in_channels=16, out_channels=16, kernel_size=3, padding=(2, 0), bias=False),
+        (2, 16, 4, 5),
+    ),
+}
+
+
+@pytest.mark.parametrize("chunks", ["one", "per_image"])
+@pytest.mark.parametrize("case", list(WINOGRAD_CONVS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_grad_winograd(case, dtype, chunks, rng, monkeypatch):
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
+    if chunks == "per_image":
+        monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
+    kernels = [winograd.conv2d_winograd, winograd.conv2d_grad_weight_winograd]
+    used = record_steps(monkeypatch, kernels)
+    check_conv_grad(*WINOGRAD_CONVS[case], dtype, rng)
+    steps = {name: kernel for kernel, name in used}  # the training plan's lowering
+    assert steps["layer.conv2d"] == "conv2d_winograd"  # the input gradient
+    assert steps["layer.conv2d_grad_weight"] == "conv2d_grad_weight_winograd"
+    assert steps["layer"] == "conv2d_winograd"
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -1,0 +1,336 @@
+"""Winograd F(2x2, 3x3) kernels for 3x3 stride-1 convolutions: the forward pass (and with it
+the stride-1 grad_input, which runs as a forward conv of the flipped kernel) and the weight
+gradient.
+
+Each 2x2 block of output pixels (a *tile*) of one channel pair is (Lavin & Gray, 2016)::
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, 4x4)
+
+with d the 4x4 input patch under the tile and g the 3x3 kernel. Summed over input channels,
+each of the 16 positions p of the transformed 4x4 tile is one GEMM over all tiles::
+
+    M_p [OC, tiles] = U_p [OC, C] @ V_p [C, tiles]      U = G g G^T,  V = B^T d B
+
+16 multiplies per tile and channel pair where the direct sum needs 36: 2.25x fewer. The
+weight gradient runs the same algebra backwards: with Z = A dY A^T per output-gradient tile,
+``dU_p [OC, C] = Z_p [OC, tiles] @ V_p^T [tiles, C]`` and ``dg = G^T dU G``. The transforms'
+coefficients are 0, +-1 and 1/2, so the extra rounding is a few ulps (tested against torch).
+
+The images are processed in chunks so V and M (4x the input and output bytes) stay near
+CHUNK_BYTES. Each chunk is three parallel phases: the input (and, for the weight gradient,
+output-gradient) transform over (image, channel) planes, the 16 GEMMs (one task per p, so
+each dU_p has one writer: deterministic without partial sums), and the output transform.
+Planes are first copied into a zero-bordered per-thread plane of (2*TH + 2) x (2*TW + 2)
+(TH x TW tiles), so the tile loops need no bounds checks.
+
+Buffers: conv2d_winograd(x, w, b, y, scratch), conv2d_grad_weight_winograd(x, gy, gw, scratch).
+Attrs: [N, C, H, W, OC, OH, OW, PT, PL, chunk images].
+Scratch: [U or dU: 16 x OC x C | V: 16 x C x T | M or Z: 16 x OC x T | padded planes per
+thread], T = chunk images x tiles per image (strides in ``_layout``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import get_thread_id, njit, prange
+
+from backends.cpu.blas import matmul
+from backends.cpu.kernels import kernel
+from backends.cpu.windows import pad_plane
+from graph.ir import Node
+
+# Bytes of V and M per chunk of images: large enough for wide GEMMs, small enough for L3.
+CHUNK_BYTES = 8 << 20
+# Fewest channels on either side: below this a GEMM over C (or OC) is too thin to repay the
+# transforms (the ResNet stem's 3 input channels stays on the shifted GEMM).
+MIN_CHANNELS = 16
+# Elements added to each position stride of U, V and M (see ``_layout``).
+SKEW = 16
+
+
+def is_winograd(node: Node) -> bool:
+    """3x3, stride 1, undilated, ungrouped convs with at least MIN_CHANNELS channels each side
+    (``node`` is a conv2d node, or the forward conv a backward node mirrors)."""
+    oc, c, kh, kw = node.inputs[1].shape
+    return (
+        (kh, kw) == (3, 3)
+        and node.attrs["stride"] == (1, 1)
+        and node.attrs["dilation"] == (1, 1)
+        and node.attrs["groups"] == 1
+        and min(oc, c) >= MIN_CHANNELS
+    )
+
+
+def _tiles(node: Node) -> tuple[int, int]:
+    _, _, oh, ow = node.outputs[0].shape
+    return (oh + 1) // 2, (ow + 1) // 2
+
+
+def _chunk(node: Node) -> int:
+    """Images per chunk: as many as keep V and M near CHUNK_BYTES (at least one)."""
+    (n, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
+    th, tw = _tiles(node)
+    per_image = 16 * (c + oc) * th * tw * node.outputs[0].type.itemsize
+    return max(1, min(n, CHUNK_BYTES // per_image))
+
+
+def scratch_numel(node: Node) -> int:
+    """U (or dU), V and M (or Z) with their skewed strides (``_layout``), then one padded
+    plane per thread."""
+    (_, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
+    th, tw = _tiles(node)
+    columns = _chunk(node) * th * tw
+    planes = numba.config.NUMBA_NUM_THREADS * (2 * th + 2) * (2 * tw + 2)
+    return 16 * (oc * c + (c + oc) * columns + 3 * SKEW) + planes
+
+
+def attrs(node: Node) -> list[int]:
+    """The kernels' attrs, from the forward conv ``node`` (x, w -> y)."""
+    (n, c, h, wd), (_, oc, oh, ow) = node.inputs[0].shape, node.outputs[0].shape
+    pt, _, pl, _ = node.attrs["padding"]
+    return [n, c, h, wd, oc, oh, ow, pt, pl, _chunk(node)]
+
+
+@njit(inline="always", cache=True)
+def _weight_transform(g, u, k, stride):
+    """U = G g G^T of one 3x3 kernel ``g``: u[k + p*stride], p = 4r + j. In float64 until
+    the store (the 1/2 is exact, the sums round once)."""
+    for r in range(4):
+        q0, q1, q2 = _times_g(g, r, 0), _times_g(g, r, 1), _times_g(g, r, 2)
+        half = 0.5 * (q0 + q2)
+        u[k + 4 * r * stride] = q0
+        u[k + (4 * r + 1) * stride] = half + 0.5 * q1
+        u[k + (4 * r + 2) * stride] = half - 0.5 * q1
+        u[k + (4 * r + 3) * stride] = q2
+
+
+@njit(inline="always", cache=True)
+def _times_g(g, r, j):
+    """(G g)[r, j] for the 3x3 kernel g (row-major), G = [1 0 0; h h h; h -h h; 0 0 1]/."""
+    top, middle, bottom = 1.0 * g[j], 1.0 * g[3 + j], 1.0 * g[6 + j]
+    if r == 0:
+        return top
+    if r == 1:
+        return 0.5 * (top + middle + bottom)
+    if r == 2:
+        return 0.5 * (top - middle + bottom)
+    return bottom
+
+
+@njit(inline="always", cache=True)
+def _weight_gradient_transform(u, k, stride, gw, at):
+    """gw[at + 3i + j] = (G^T dU G)[i, j], dU_p at u[k + p*stride] (float64 until the store)."""
+    for i in range(3):
+        r0, r1 = _gt_times(u, k, stride, i, 0), _gt_times(u, k, stride, i, 1)
+        r2, r3 = _gt_times(u, k, stride, i, 2), _gt_times(u, k, stride, i, 3)
+        gw[at + 3 * i] = r0 + 0.5 * (r1 + r2)
+        gw[at + 3 * i + 1] = 0.5 * (r1 - r2)
+        gw[at + 3 * i + 2] = 0.5 * (r1 + r2) + r3
+
+
+@njit(inline="always", cache=True)
+def _gt_times(u, k, stride, i, j):
+    """(G^T dU)[i, j], G^T = [1 h h 0; 0 h -h 0; 0 h h 1] with h = 1/2."""
+    u0, u1 = 1.0 * u[k + j * stride], 1.0 * u[k + (4 + j) * stride]
+    u2, u3 = 1.0 * u[k + (8 + j) * stride], 1.0 * u[k + (12 + j) * stride]
+    if i == 0:
+        return u0 + 0.5 * (u1 + u2)
+    if i == 1:
+        return 0.5 * (u1 - u2)
+    return 0.5 * (u1 + u2) + u3
+
+
+@njit(inline="always", cache=True)
+def _bt(d):
+    """B^T applied to a 4-vector."""
+    return d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]
+
+
+@njit(inline="always", cache=True)
+def _at(m):
+    """A^T applied to a 4-vector."""
+    return m[0] + m[1] + m[2], m[1] - m[2] - m[3]
+
+
+@njit(inline="always", cache=True)
+def _a(q0, q1):
+    """A applied to a 2-vector."""
+    return q0, q0 + q1, q0 - q1, -q1
+
+
+@njit(inline="always", cache=True)
+def _store4(out, k, stride, values):
+    """out[k + j*stride] = values[j]."""
+    for j in range(4):
+        out[np.uint64(k + j * stride)] = values[j]
+
+
+@njit(inline="always", cache=True)
+def _load4(array, k, stride):
+    """(array[k + j*stride] for j < 4), with unsigned indices: that drops Numba's
+    negative-index branch from the tile loops."""
+    return (
+        array[np.uint64(k)],
+        array[np.uint64(k + stride)],
+        array[np.uint64(k + 2 * stride)],
+        array[np.uint64(k + 3 * stride)],
+    )
+
+
+@njit(inline="always", cache=True)
+def _input_transform(x, plane, h, wd, pt, pl, th, tw, padded, at, v, k, stride):
+    """V = B^T d B for every tile of one input plane: v[k + tile + p*stride], p = 4i + j."""
+    wp = 2 * tw + 2
+    pad_plane(x[plane : plane + h * wd], padded, at, h, wd, pt, pl, wp, (2 * th + 2) * wp)
+    for ty in range(th):
+        r = at + 2 * ty * wp
+        for tx in range(tw):
+            c, t = r + 2 * tx, k + ty * tw + tx
+            # B^T d, column by column
+            d0, d1 = _bt(_load4(padded, c, wp)), _bt(_load4(padded, c + 1, wp))
+            d2, d3 = _bt(_load4(padded, c + 2, wp)), _bt(_load4(padded, c + 3, wp))
+            for i in range(4):
+                row = _bt((d0[i], d1[i], d2[i], d3[i]))
+                _store4(v, t + 4 * i * stride, stride, row)
+
+
+@njit(inline="always", cache=True)
+def _output_transform(m, k, stride, y, plane, oh, ow, th, tw, bias):
+    """Y = A^T M A + bias for every tile of one output plane (M_p at m[k + tile + p*stride])."""
+    for ty in range(th):
+        for tx in range(tw):
+            t = k + ty * tw + tx
+            s0, d0 = _at(_load4(m, t, 4 * stride))  # A^T M, column by column
+            s1, d1 = _at(_load4(m, t + stride, 4 * stride))
+            s2, d2 = _at(_load4(m, t + 2 * stride, 4 * stride))
+            s3, d3 = _at(_load4(m, t + 3 * stride, 4 * stride))
+            (y00, y01), (y10, y11) = _at((s0, s1, s2, s3)), _at((d0, d1, d2, d3))
+            oy, ox = 2 * ty, 2 * tx
+            at = plane + oy * ow + ox
+            y[at] = y00 + bias
+            if ox + 1 < ow:
+                y[at + 1] = y01 + bias
+            if oy + 1 < oh:
+                y[at + ow] = y10 + bias
+                if ox + 1 < ow:
+                    y[at + ow + 1] = y11 + bias
+
+
+@njit(inline="always", cache=True)
+def _gradient_transform(gy, plane, oh, ow, th, tw, padded, at, z, k, stride):
+    """Z = A dY A^T for every tile of one output-gradient plane (zero past the edges):
+    z[k + tile + p*stride]."""
+    wp = 2 * tw
+    pad_plane(gy[plane : plane + oh * ow], padded, at, oh, ow, 0, 0, wp, 2 * th * wp)
+    for ty in range(th):
+        r = at + 2 * ty * wp
+        for tx in range(tw):
+            c, t = r + 2 * tx, k + ty * tw + tx
+            left = _a(padded[np.uint64(c)], padded[np.uint64(c + wp)])
+            right = _a(padded[np.uint64(c + 1)], padded[np.uint64(c + wp + 1)])
+            for i in range(4):
+                _store4(z, t + 4 * i * stride, stride, _a(left[i], right[i]))
+
+
+@njit(inline="always", cache=True)
+def _layout(c, oc, chunk, tiles):
+    """Scratch layout: (position strides of U, V and M, offsets of V, M and the padded
+    planes); U (or dU) starts at 0, position p of each at p * its stride. The strides are
+    padded by SKEW elements: a stride of a multiple of 4 KiB would put a tile's 16 loads or
+    stores in one L1 set (ResNet's 512x512 weight transform: 5 ms, then 0.3 ms)."""
+    u_stride, v_stride, m_stride = (
+        oc * c + SKEW,
+        c * chunk * tiles + SKEW,
+        oc * chunk * tiles + SKEW,
+    )
+    v_at = 16 * u_stride
+    return (
+        u_stride,
+        v_stride,
+        m_stride,
+        v_at,
+        v_at + 16 * v_stride,
+        v_at + 16 * (v_stride + m_stride),
+    )
+
+
+@kernel(buffers=5)
+def conv2d_winograd(x, w, b, y, scratch, a):
+    n, c, h, wd, oc, oh, ow, pt, pl, chunk = a[:10]
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    tiles, plane_numel = th * tw, (2 * th + 2) * (2 * tw + 2)
+    u_stride, v_stride, m_stride, v_at, m_at, planes = _layout(c, oc, chunk, tiles)
+    for q in prange(oc * c):
+        _weight_transform(w[q * 9 : q * 9 + 9], scratch, q, u_stride)
+    status = 0
+    for first in range(0, n, chunk):
+        count = min(chunk, n - first)
+        ld = count * tiles  # GEMM columns: V_p is [C, ld], M_p [OC, ld]
+        for task in prange(count * c):
+            m, ci = task // c, task % c
+            slot = planes + get_thread_id() * plane_numel
+            column = v_at + ci * ld + m * tiles
+            plane = ((first + m) * c + ci) * h * wd
+            _input_transform(
+                x, plane, h, wd, pt, pl, th, tw, scratch, slot, scratch, column, v_stride
+            )
+        for p in prange(16):
+            code = matmul(
+                oc,
+                ld,
+                c,
+                (scratch, p * u_stride, c),
+                (scratch, v_at + p * v_stride, ld),
+                (scratch, m_at + p * m_stride, ld),
+            )
+            status = code if code != 0 else status
+        for task in prange(count * oc):
+            m, o = task // oc, task % oc
+            bias = b[o] if b.shape[0] else 0.0
+            plane = ((first + m) * oc + o) * oh * ow
+            column = m_at + o * ld + m * tiles
+            _output_transform(scratch, column, m_stride, y, plane, oh, ow, th, tw, bias)
+    return status
+
+
+@kernel(buffers=4)
+def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
+    n, c, h, wd, oc, oh, ow, pt, pl, chunk = a[:10]
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    tiles, plane_numel = th * tw, (2 * th + 2) * (2 * tw + 2)
+    u_stride, v_stride, z_stride, v_at, z_at, planes = _layout(c, oc, chunk, tiles)
+    status = 0
+    for first in range(0, n, chunk):
+        count = min(chunk, n - first)
+        ld = count * tiles  # V_p is [C, ld], Z_p [OC, ld]
+        for task in prange(count * (c + oc)):
+            m, q = task // (c + oc), task % (c + oc)
+            slot = planes + get_thread_id() * plane_numel
+            if q < c:
+                plane, column = ((first + m) * c + q) * h * wd, v_at + q * ld + m * tiles
+                _input_transform(
+                    x, plane, h, wd, pt, pl, th, tw, scratch, slot, scratch, column, v_stride
+                )
+            else:
+                o = q - c
+                plane, column = ((first + m) * oc + o) * oh * ow, z_at + o * ld + m * tiles
+                _gradient_transform(
+                    gy, plane, oh, ow, th, tw, scratch, slot, scratch, column, z_stride
+                )
+        for p in prange(16):  # dU_p [OC, C] (+)= Z_p @ V_p^T
+            code = matmul(
+                oc,
+                c,
+                ld,
+                (scratch, z_at + p * z_stride, ld),
+                (scratch, v_at + p * v_stride, ld),
+                (scratch, p * u_stride, c),
+                0.0 if first == 0 else 1.0,
+                0,
+                1,
+            )
+            status = code if code != 0 else status
+    for q in prange(oc * c):
+        _weight_gradient_transform(scratch, q, u_stride, gw, q * 9)
+    return status
