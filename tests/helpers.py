@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 import engine
+from backends.cpu import winograd
 from graph import nn
 
 OP_TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
@@ -116,3 +117,21 @@ def record_steps(monkeypatch, kernels) -> list[tuple[str, str]]:
 
         monkeypatch.setattr(kernel, "step", spy)
     return used
+
+
+# (images, tile rows) per Winograd chunk; None: the whole batch, or all of an image's rows
+WINOGRAD_CHUNKS = [None, (2, None), (1, 1), (1, 2)]
+
+
+def force_winograd_chunks(monkeypatch, chunks: tuple[int, int | None] | None) -> None:
+    """Make the Winograd lowerings cut the batch into ``chunks`` (see WINOGRAD_CHUNKS), so
+    the tests cover several chunks of whole images and of tile rows, with a partial last one."""
+    if chunks is None:
+        monkeypatch.setattr(winograd, "CHUNK_BYTES", 1 << 40)
+        return
+    images, rows = chunks
+    monkeypatch.setattr(
+        winograd,
+        "_chunking",
+        lambda node: (images, rows if rows is not None else winograd._tiles(node)[0]),
+    )

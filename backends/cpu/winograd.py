@@ -16,17 +16,17 @@ weight gradient runs the same algebra backwards: with Z = A dY A^T per output-gr
 ``dU_p [OC, C] = Z_p [OC, tiles] @ V_p^T [tiles, C]`` and ``dg = G^T dU G``. The transforms'
 coefficients are 0, +-1 and 1/2, so the extra rounding is a few ulps (tested against torch).
 
-The images are processed in chunks so V and M (4x the input and output bytes) stay near
-CHUNK_BYTES. Each chunk is three parallel phases: the input (and, for the weight gradient,
-output-gradient) transform over (image, channel) planes, the 16 GEMMs (one task per p, so
-each dU_p has one writer: deterministic without partial sums), and the output transform.
-Planes are first copied into a zero-bordered per-thread plane of (2*TH + 2) x (2*TW + 2)
-(TH x TW tiles), so the tile loops need no bounds checks.
+The batch is processed in chunks (whole images, or blocks of tile rows of one large image) so
+V and M (4x the input and output bytes) stay near CHUNK_BYTES. Each chunk is three parallel
+phases: the input (and, for the weight gradient, output-gradient) transform over (image,
+channel) planes, the 16 GEMMs (one task per p, so each dU_p has one writer: deterministic
+without partial sums), and the output transform. The input rows under a chunk's tiles are
+first copied into a zero-bordered per-thread block, so the tile loops need no bounds checks.
 
 Buffers: conv2d_winograd(x, w, b, y, scratch), conv2d_grad_weight_winograd(x, gy, gw, scratch).
-Attrs: [N, C, H, W, OC, OH, OW, PT, PL, chunk images].
-Scratch: [U or dU: 16 x OC x C | V: 16 x C x T | M or Z: 16 x OC x T | padded planes per
-thread], T = chunk images x tiles per image (strides in ``_layout``).
+Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk].
+Scratch: [U or dU: 16 x OC x C | V: 16 x C x T | M or Z: 16 x OC x T | padded rows per
+thread], T = images x tile rows x tiles per row of a chunk (strides in ``_layout``).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from numba import get_thread_id, njit, prange
 
 from backends.cpu.blas import matmul
 from backends.cpu.kernels import kernel
-from backends.cpu.windows import pad_plane
 from graph.ir import Node
 
-# Bytes of V and M per chunk of images: large enough for wide GEMMs, small enough for L3.
+# Bytes of V and M per chunk: large enough for wide GEMMs, small enough for L3 and to keep
+# the scratch (planned into the arena) small.
 CHUNK_BYTES = 8 << 20
 # Fewest channels on either side: below this a GEMM over C (or OC) is too thin to repay the
 # transforms (the ResNet stem's 3 input channels stays on the shifted GEMM).
@@ -67,29 +67,48 @@ def _tiles(node: Node) -> tuple[int, int]:
     return (oh + 1) // 2, (ow + 1) // 2
 
 
-def _chunk(node: Node) -> int:
-    """Images per chunk: as many as keep V and M near CHUNK_BYTES (at least one)."""
+def _chunking(node: Node) -> tuple[int, int]:
+    """(images, tile rows) per chunk: as many whole images as keep V and M near CHUNK_BYTES;
+    where one image is already larger (VGG's 224x224 layers: 102 MiB at 64 channels), one
+    image's tile rows in blocks of that size instead."""
     (n, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
     th, tw = _tiles(node)
-    per_image = 16 * (c + oc) * th * tw * node.outputs[0].type.itemsize
-    return max(1, min(n, CHUNK_BYTES // per_image))
+    per_row = 16 * (c + oc) * tw * node.outputs[0].type.itemsize
+    if per_row * th <= CHUNK_BYTES:
+        return max(1, min(n, CHUNK_BYTES // (per_row * th))), th
+    return 1, max(1, CHUNK_BYTES // per_row)
 
 
 def scratch_numel(node: Node) -> int:
     """U (or dU), V and M (or Z) with their skewed strides (``_layout``), then one padded
-    plane per thread."""
+    block of rows per thread."""
     (_, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
-    th, tw = _tiles(node)
-    columns = _chunk(node) * th * tw
-    planes = numba.config.NUMBA_NUM_THREADS * (2 * th + 2) * (2 * tw + 2)
-    return 16 * (oc * c + (c + oc) * columns + 3 * SKEW) + planes
+    (_, tw), (images, rows) = _tiles(node), _chunking(node)
+    planes = numba.config.NUMBA_NUM_THREADS * _padded_numel(rows, tw)
+    return 16 * (oc * c + (c + oc) * images * rows * tw + 3 * SKEW) + planes
 
 
 def attrs(node: Node) -> list[int]:
     """The kernels' attrs, from the forward conv ``node`` (x, w -> y)."""
     (n, c, h, wd), (_, oc, oh, ow) = node.inputs[0].shape, node.outputs[0].shape
     pt, _, pl, _ = node.attrs["padding"]
-    return [n, c, h, wd, oc, oh, ow, pt, pl, _chunk(node)]
+    return [n, c, h, wd, oc, oh, ow, pt, pl, *_chunking(node)]
+
+
+@njit(inline="always", cache=True)
+def _padded_numel(rows, tw):
+    """A zero-bordered block of input rows under ``rows`` tile rows of ``tw`` tiles."""
+    return (2 * rows + 2) * (2 * tw + 2)
+
+
+@njit(inline="always", cache=True)
+def _pad_rows(src, plane, h, wd, top, pl, wp, rows, work, at):
+    """work[at + r*wp + pl + ix] = src[plane + (top + r)*wd + ix] for the ``rows`` rows r
+    whose source row lies in [0, H); every other element of the block is zero."""
+    work[at : at + rows * wp] = 0
+    for r in range(max(0, -top), min(rows, h - top)):
+        dst, row = at + r * wp + pl, plane + (top + r) * wd
+        work[dst : dst + wd] = src[row : row + wd]
 
 
 @njit(inline="always", cache=True)
@@ -179,11 +198,12 @@ def _load4(array, k, stride):
 
 
 @njit(inline="always", cache=True)
-def _input_transform(x, plane, h, wd, pt, pl, th, tw, padded, at, v, k, stride):
-    """V = B^T d B for every tile of one input plane: v[k + tile + p*stride], p = 4i + j."""
+def _input_transform(x, plane, h, wd, pt, pl, ty0, rows, tw, padded, at, v, k, stride):
+    """V = B^T d B for tile rows ty0..ty0+rows of one input plane: v[k + tile + p*stride],
+    p = 4i + j, tiles numbered from (ty0, 0)."""
     wp = 2 * tw + 2
-    pad_plane(x[plane : plane + h * wd], padded, at, h, wd, pt, pl, wp, (2 * th + 2) * wp)
-    for ty in range(th):
+    _pad_rows(x, plane, h, wd, 2 * ty0 - pt, pl, wp, 2 * rows + 2, padded, at)
+    for ty in range(rows):
         r = at + 2 * ty * wp
         for tx in range(tw):
             c, t = r + 2 * tx, k + ty * tw + tx
@@ -196,9 +216,10 @@ def _input_transform(x, plane, h, wd, pt, pl, th, tw, padded, at, v, k, stride):
 
 
 @njit(inline="always", cache=True)
-def _output_transform(m, k, stride, y, plane, oh, ow, th, tw, bias):
-    """Y = A^T M A + bias for every tile of one output plane (M_p at m[k + tile + p*stride])."""
-    for ty in range(th):
+def _output_transform(m, k, stride, y, plane, oh, ow, ty0, rows, tw, bias):
+    """Y = A^T M A + bias for tile rows ty0..ty0+rows of one output plane (M_p at
+    m[k + tile + p*stride], tiles numbered from (ty0, 0))."""
+    for ty in range(rows):
         for tx in range(tw):
             t = k + ty * tw + tx
             s0, d0 = _at(_load4(m, t, 4 * stride))  # A^T M, column by column
@@ -206,7 +227,7 @@ def _output_transform(m, k, stride, y, plane, oh, ow, th, tw, bias):
             s2, d2 = _at(_load4(m, t + 2 * stride, 4 * stride))
             s3, d3 = _at(_load4(m, t + 3 * stride, 4 * stride))
             (y00, y01), (y10, y11) = _at((s0, s1, s2, s3)), _at((d0, d1, d2, d3))
-            oy, ox = 2 * ty, 2 * tx
+            oy, ox = 2 * (ty0 + ty), 2 * tx
             at = plane + oy * ow + ox
             y[at] = y00 + bias
             if ox + 1 < ow:
@@ -218,12 +239,12 @@ def _output_transform(m, k, stride, y, plane, oh, ow, th, tw, bias):
 
 
 @njit(inline="always", cache=True)
-def _gradient_transform(gy, plane, oh, ow, th, tw, padded, at, z, k, stride):
-    """Z = A dY A^T for every tile of one output-gradient plane (zero past the edges):
-    z[k + tile + p*stride]."""
+def _gradient_transform(gy, plane, oh, ow, ty0, rows, tw, padded, at, z, k, stride):
+    """Z = A dY A^T for tile rows ty0..ty0+rows of one output-gradient plane (zero past the
+    edges): z[k + tile + p*stride], tiles numbered from (ty0, 0)."""
     wp = 2 * tw
-    pad_plane(gy[plane : plane + oh * ow], padded, at, oh, ow, 0, 0, wp, 2 * th * wp)
-    for ty in range(th):
+    _pad_rows(gy, plane, oh, ow, 2 * ty0, 0, wp, 2 * rows, padded, at)
+    for ty in range(rows):
         r = at + 2 * ty * wp
         for tx in range(tw):
             c, t = r + 2 * tx, k + ty * tw + tx
@@ -234,15 +255,15 @@ def _gradient_transform(gy, plane, oh, ow, th, tw, padded, at, z, k, stride):
 
 
 @njit(inline="always", cache=True)
-def _layout(c, oc, chunk, tiles):
+def _layout(c, oc, columns):
     """Scratch layout: (position strides of U, V and M, offsets of V, M and the padded
     planes); U (or dU) starts at 0, position p of each at p * its stride. The strides are
     padded by SKEW elements: a stride of a multiple of 4 KiB would put a tile's 16 loads or
     stores in one L1 set (ResNet's 512x512 weight transform: 5 ms, then 0.3 ms)."""
     u_stride, v_stride, m_stride = (
         oc * c + SKEW,
-        c * chunk * tiles + SKEW,
-        oc * chunk * tiles + SKEW,
+        c * columns + SKEW,
+        oc * columns + SKEW,
     )
     v_at = 16 * u_stride
     return (
@@ -255,25 +276,35 @@ def _layout(c, oc, chunk, tiles):
     )
 
 
+@njit(inline="always", cache=True)
+def _chunk(n, th, images, block_rows, index):
+    """Chunk ``index``: (first image, images, first tile row, tile rows)."""
+    blocks = (th + block_rows - 1) // block_rows
+    first, ty0 = index // blocks * images, index % blocks * block_rows
+    return first, min(images, n - first), ty0, min(block_rows, th - ty0)
+
+
 @kernel(buffers=5)
 def conv2d_winograd(x, w, b, y, scratch, a):
-    n, c, h, wd, oc, oh, ow, pt, pl, chunk = a[:10]
+    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
-    tiles, plane_numel = th * tw, (2 * th + 2) * (2 * tw + 2)
-    u_stride, v_stride, m_stride, v_at, m_at, planes = _layout(c, oc, chunk, tiles)
+    chunks = (n + images - 1) // images * ((th + block_rows - 1) // block_rows)
+    u_stride, v_stride, m_stride, v_at, m_at, planes = _layout(c, oc, images * block_rows * tw)
+    plane_numel = _padded_numel(block_rows, tw)
     for q in prange(oc * c):
         _weight_transform(w[q * 9 : q * 9 + 9], scratch, q, u_stride)
     status = 0
-    for first in range(0, n, chunk):
-        count = min(chunk, n - first)
-        ld = count * tiles  # GEMM columns: V_p is [C, ld], M_p [OC, ld]
+    for index in range(chunks):
+        first, count, ty0, rows = _chunk(n, th, images, block_rows, index)
+        span = rows * tw  # tiles of one image in this chunk
+        ld = count * span  # GEMM columns: V_p is [C, ld], M_p [OC, ld]
         for task in prange(count * c):
             m, ci = task // c, task % c
             slot = planes + get_thread_id() * plane_numel
-            column = v_at + ci * ld + m * tiles
+            column = v_at + ci * ld + m * span
             plane = ((first + m) * c + ci) * h * wd
             _input_transform(
-                x, plane, h, wd, pt, pl, th, tw, scratch, slot, scratch, column, v_stride
+                x, plane, h, wd, pt, pl, ty0, rows, tw, scratch, slot, scratch, column, v_stride
             )
         for p in prange(16):
             code = matmul(
@@ -289,34 +320,36 @@ def conv2d_winograd(x, w, b, y, scratch, a):
             m, o = task // oc, task % oc
             bias = b[o] if b.shape[0] else 0.0
             plane = ((first + m) * oc + o) * oh * ow
-            column = m_at + o * ld + m * tiles
-            _output_transform(scratch, column, m_stride, y, plane, oh, ow, th, tw, bias)
+            column = m_at + o * ld + m * span
+            _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, bias)
     return status
 
 
 @kernel(buffers=4)
 def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
-    n, c, h, wd, oc, oh, ow, pt, pl, chunk = a[:10]
+    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
-    tiles, plane_numel = th * tw, (2 * th + 2) * (2 * tw + 2)
-    u_stride, v_stride, z_stride, v_at, z_at, planes = _layout(c, oc, chunk, tiles)
+    chunks = (n + images - 1) // images * ((th + block_rows - 1) // block_rows)
+    u_stride, v_stride, z_stride, v_at, z_at, planes = _layout(c, oc, images * block_rows * tw)
+    plane_numel = _padded_numel(block_rows, tw)
     status = 0
-    for first in range(0, n, chunk):
-        count = min(chunk, n - first)
-        ld = count * tiles  # V_p is [C, ld], Z_p [OC, ld]
+    for index in range(chunks):
+        first, count, ty0, rows = _chunk(n, th, images, block_rows, index)
+        span = rows * tw
+        ld = count * span  # V_p is [C, ld], Z_p [OC, ld]
         for task in prange(count * (c + oc)):
             m, q = task // (c + oc), task % (c + oc)
             slot = planes + get_thread_id() * plane_numel
             if q < c:
-                plane, column = ((first + m) * c + q) * h * wd, v_at + q * ld + m * tiles
+                plane, column = ((first + m) * c + q) * h * wd, v_at + q * ld + m * span
                 _input_transform(
-                    x, plane, h, wd, pt, pl, th, tw, scratch, slot, scratch, column, v_stride
+                    x, plane, h, wd, pt, pl, ty0, rows, tw, scratch, slot, scratch, column, v_stride
                 )
             else:
                 o = q - c
-                plane, column = ((first + m) * oc + o) * oh * ow, z_at + o * ld + m * tiles
+                plane, column = ((first + m) * oc + o) * oh * ow, z_at + o * ld + m * span
                 _gradient_transform(
-                    gy, plane, oh, ow, th, tw, scratch, slot, scratch, column, z_stride
+                    gy, plane, oh, ow, ty0, rows, tw, scratch, slot, scratch, column, z_stride
                 )
         for p in prange(16):  # dU_p [OC, C] (+)= Z_p @ V_p^T
             code = matmul(
@@ -326,7 +359,7 @@ def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
                 (scratch, z_at + p * z_stride, ld),
                 (scratch, v_at + p * v_stride, ld),
                 (scratch, p * u_stride, c),
-                0.0 if first == 0 else 1.0,
+                0.0 if index == 0 else 1.0,
                 0,
                 1,
             )

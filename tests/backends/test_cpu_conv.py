@@ -18,10 +18,13 @@ import torch.nn.functional as TF
 import graph.nn as nn
 from backends.cpu import conv as cpu_conv
 from backends.cpu import winograd
+from graph.ir import Node, TensorType, Value
 from tests.helpers import (
     DTYPES,
     OP_TOLERANCE,
+    WINOGRAD_CHUNKS,
     Net,
+    force_winograd_chunks,
     record_steps,
     rel_error,
     run_with_random_params,
@@ -140,19 +143,46 @@ WINOGRAD_CASES = {
 }
 
 
-@pytest.mark.parametrize("chunks", ["one", "per_image"])
+@pytest.mark.parametrize("chunks", WINOGRAD_CHUNKS, ids=str)
 @pytest.mark.parametrize("case", list(WINOGRAD_CASES))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_winograd(case, dtype, chunks, rng, monkeypatch):
     """Every case takes the Winograd kernel (small ones too), with all images in one chunk or
     one chunk per image."""
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
-    if chunks == "per_image":
-        monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
+    force_winograd_chunks(monkeypatch, chunks)
     used = record_steps(monkeypatch, [winograd.conv2d_winograd])
     cin, cout, input_hw, kwargs = WINOGRAD_CASES[case]
     check_conv(rng, dtype, cin, cout, 3, input_hw, **kwargs)
     assert [kernel for kernel, _ in used] == ["conv2d_winograd"]
+
+
+def _conv_node(n: int, c: int, oc: int, side: int) -> Node:
+    """A 3x3, padding-1 conv2d node on an [n, c, side, side] float32 input."""
+
+    def value(name, shape, role):
+        return Value(name, TensorType(shape), role)
+
+    x, w = value("x", (n, c, side, side), "input"), value("w", (oc, c, 3, 3), "param")
+    y = value("y", (n, oc, side, side), "activation")
+    attrs = dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)
+    return Node("conv2d", [x, w], [y], attrs, "conv")
+
+
+@pytest.mark.parametrize(
+    "n,c,side,expected",
+    [
+        (32, 512, 4, (32, 2)),  # ResNet-18 CIFAR layer4: 256 KiB an image, all 32 in a chunk
+        (32, 64, 32, (4, 16)),  # layer1: 2 MiB an image
+        (2, 64, 224, (1, 9)),  # VGG's first block: 102 MiB an image, 9 of its 112 tile rows
+    ],
+)
+def test_winograd_chunks_stay_near_chunk_bytes(n, c, side, expected):
+    """V and M of a chunk fit CHUNK_BYTES: whole images where one fits, else tile rows."""
+    node = _conv_node(n, c, c, side)
+    assert winograd._chunking(node) == expected
+    images, rows = expected
+    assert 16 * 2 * c * images * rows * (side // 2) * 4 <= winograd.CHUNK_BYTES
 
 
 # **** linear ****

@@ -20,7 +20,7 @@ import graph.nn as nn
 from backends.cpu import conv as cpu_conv
 from backends.cpu import winograd
 from tests.gradcheck import check_gradients
-from tests.helpers import DTYPES, Net, record_steps
+from tests.helpers import DTYPES, WINOGRAD_CHUNKS, Net, force_winograd_chunks, record_steps
 
 # name: (Conv2d keyword arguments, input shape)
 CONVS = {
@@ -114,13 +114,12 @@ WINOGRAD_CONVS = {
 }
 
 
-@pytest.mark.parametrize("chunks", ["one", "per_image"])
+@pytest.mark.parametrize("chunks", WINOGRAD_CHUNKS, ids=str)
 @pytest.mark.parametrize("case", list(WINOGRAD_CONVS))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_grad_winograd(case, dtype, chunks, rng, monkeypatch):
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
-    if chunks == "per_image":
-        monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
+    force_winograd_chunks(monkeypatch, chunks)
     kernels = [winograd.conv2d_winograd, winograd.conv2d_grad_weight_winograd]
     used = record_steps(monkeypatch, kernels)
     check_conv_grad(*WINOGRAD_CONVS[case], dtype, rng)
