@@ -119,19 +119,22 @@ def record_steps(monkeypatch, kernels) -> list[tuple[str, str]]:
     return used
 
 
-# (images, tile rows) per Winograd chunk; None: the whole batch, or all of an image's rows
-WINOGRAD_CHUNKS = [None, (2, None), (1, 1), (1, 2)]
+# (images, tile rows, private) per Winograd chunk (``winograd._schedule``); None: the real
+# schedule, with the whole batch in one chunk; rows None: all of an image's tile rows.
+WINOGRAD_CHUNKS = [None, (2, None, 0), (1, 1, 0), (1, 2, 0), (1, 2, 1), (2, None, 1)]
 
 
-def force_winograd_chunks(monkeypatch, chunks: tuple[int, int | None] | None) -> None:
+def force_winograd_chunks(monkeypatch, chunks: tuple[int, int | None, int] | None) -> None:
     """Make the Winograd lowerings cut the batch into ``chunks`` (see WINOGRAD_CHUNKS), so
-    the tests cover several chunks of whole images and of tile rows, with a partial last one."""
+    the tests cover several chunks of whole images and of tile rows, with a partial last one,
+    on both schedules (the weight gradient always takes the shared one)."""
     if chunks is None:
         monkeypatch.setattr(winograd, "CHUNK_BYTES", 1 << 40)
         return
-    images, rows = chunks
-    monkeypatch.setattr(
-        winograd,
-        "_chunking",
-        lambda node: (images, rows if rows is not None else winograd._tiles(node)[0]),
-    )
+    images, rows, private = chunks
+
+    def schedule(node, allow_private):
+        all_rows = winograd._tiles(node)[0]
+        return images, rows or all_rows, private if allow_private else 0
+
+    monkeypatch.setattr(winograd, "_schedule", schedule)

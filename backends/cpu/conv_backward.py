@@ -360,7 +360,7 @@ def _grad_weight_is_shifted(node: Node) -> bool:
 def _grad_weight_scratch_numel(node: Node) -> int:
     forward, threads = _as_forward(node), numba.config.NUMBA_NUM_THREADS
     if winograd.is_winograd(forward):
-        return winograd.scratch_numel(forward)
+        return winograd.scratch_numel(forward, weight_gradient=True)
     images, (oc, cg, kh, kw) = images_per_task(forward), node.outputs[0].shape
     if _grad_weight_is_shifted(node):
         (_, _, h, wd), (pt, pb, pl, pr) = node.inputs[0].shape, node.attrs["padding"]
@@ -397,7 +397,7 @@ def _lower_conv2d_grad_weight(node: Node, io: NodeIO):
     work = gy.type.numel * node.outputs[0].type.numel // gy.shape[1]
     buffers = [io.input(0), io.input(1), io.output(), scratch]
     if winograd.is_winograd(forward):
-        attrs = winograd.attrs(forward)
+        attrs = winograd.attrs(forward, weight_gradient=True)
         kernel = winograd.conv2d_grad_weight_winograd
         return [kernel.step(node.name, io.dtype, io.parallel(work), buffers, attrs)]
     if _grad_weight_is_shifted(node):

@@ -16,17 +16,25 @@ weight gradient runs the same algebra backwards: with Z = A dY A^T per output-gr
 ``dU_p [OC, C] = Z_p [OC, tiles] @ V_p^T [tiles, C]`` and ``dg = G^T dU G``. The transforms'
 coefficients are 0, +-1 and 1/2, so the extra rounding is a few ulps (tested against torch).
 
-The batch is processed in chunks (whole images, or blocks of tile rows of one large image) so
-V and M (4x the input and output bytes) stay near CHUNK_BYTES. Each chunk is three parallel
-phases: the input (and, for the weight gradient, output-gradient) transform over (image,
-channel) planes, the 16 GEMMs (one task per p, so each dU_p has one writer: deterministic
-without partial sums), and the output transform. The input rows under a chunk's tiles are
-first copied into a zero-bordered per-thread block, so the tile loops need no bounds checks.
+The batch is processed in chunks of whole images or of blocks of tile rows of one image, on
+one of two schedules (``_schedule``):
+
+- shared: V and M (4x the input and output bytes) of a chunk stay near CHUNK_BYTES, and each
+  chunk is three parallel phases: the input (and, for the weight gradient, output-gradient)
+  transform over (image, channel) planes, the 16 GEMMs (one task per p, so each dU_p has one
+  writer: deterministic without partial sums), and the output transform;
+- private (forward only): where the maps are large and the channels few (ResNet-18 CIFAR's
+  32x32 and 16x16 layers), a task is a whole small chunk with its own V and M, which stay in
+  the core's L2 instead of crossing memory twice (32x32 at batch 32: 7.2 -> 5.6 ms).
+
+The input rows under a chunk's tiles are first copied into a zero-bordered per-thread block,
+so the tile loops need no bounds checks.
 
 Buffers: conv2d_winograd(x, w, b, y, scratch), conv2d_grad_weight_winograd(x, gy, gw, scratch).
-Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk].
+Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk, private].
 Scratch: [U or dU: 16 x OC x C | V: 16 x C x T | M or Z: 16 x OC x T | padded rows per
-thread], T = images x tile rows x tiles per row of a chunk (strides in ``_layout``).
+thread] (shared) or [U | per thread: V, M, padded rows] (private),
+T = images x tile rows x tiles per row of a chunk (``_strides``, ``_regions``).
 """
 
 from __future__ import annotations
@@ -45,7 +53,11 @@ CHUNK_BYTES = 8 << 20
 # Fewest channels on either side: below this a GEMM over C (or OC) is too thin to repay the
 # transforms (the ResNet stem's 3 input channels stays on the shifted GEMM).
 MIN_CHANNELS = 16
-# Elements added to each position stride of U, V and M (see ``_layout``).
+# Private schedule (``_schedule``): V and M bytes of one chunk (a quarter of L2), and the
+# fewest GEMM columns worth a chunk of their own.
+PRIVATE_CHUNK_BYTES = 512 << 10
+PRIVATE_MIN_TILES = 32
+# Elements added to each position stride of U, V and M (see ``_strides``).
 SKEW = 16
 
 
@@ -67,32 +79,54 @@ def _tiles(node: Node) -> tuple[int, int]:
     return (oh + 1) // 2, (ow + 1) // 2
 
 
-def _chunking(node: Node) -> tuple[int, int]:
-    """(images, tile rows) per chunk: as many whole images as keep V and M near CHUNK_BYTES;
-    where one image is already larger (VGG's 224x224 layers: 102 MiB at 64 channels), one
-    image's tile rows in blocks of that size instead."""
+def _schedule(node: Node, private: bool) -> tuple[int, int, int]:
+    """(images, tile rows, private) per chunk. Private (forward convs only: the weight
+    gradient's GEMMs sum over tiles, and a small chunk makes that sum short and its partials
+    many): chunks of at most PRIVATE_CHUNK_BYTES of V and M, one task each, where that still
+    gives GEMMs of PRIVATE_MIN_TILES columns and two chunks per thread (ResNet-18 CIFAR's
+    32x32 and 16x16 layers). Otherwise shared: as
+    many whole images as keep V and M near CHUNK_BYTES, or where one image is already larger
+    (VGG's 224x224 layers: 102 MiB at 64 channels), one image's tile rows in blocks of that
+    size."""
     (n, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
     th, tw = _tiles(node)
     per_row = 16 * (c + oc) * tw * node.outputs[0].type.itemsize
+    rows = PRIVATE_CHUNK_BYTES // per_row
+    images = max(1, min(n, rows // th)) if rows >= th else 1
+    rows = min(rows, th)
+    chunks = -(-n // images) * -(-th // max(1, rows))
+    wide = images * rows * tw >= PRIVATE_MIN_TILES
+    if private and rows and wide and chunks >= 2 * _threads():
+        return images, rows, 1
     if per_row * th <= CHUNK_BYTES:
-        return max(1, min(n, CHUNK_BYTES // (per_row * th))), th
-    return 1, max(1, CHUNK_BYTES // per_row)
+        return max(1, min(n, CHUNK_BYTES // (per_row * th))), th, 0
+    return 1, max(1, CHUNK_BYTES // per_row), 0
 
 
-def scratch_numel(node: Node) -> int:
-    """U (or dU), V and M (or Z) with their skewed strides (``_layout``), then one padded
-    block of rows per thread."""
+def _threads() -> int:
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def scratch_numel(node: Node, weight_gradient: bool = False) -> int:
+    """Scratch of the forward kernel (or of the weight gradient's) for the forward conv
+    ``node``: U (or dU), then V and M (or Z) with their skewed strides and padded rows per
+    thread, or per thread a V, an M and padded rows (``_regions``)."""
     (_, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
-    (_, tw), (images, rows) = _tiles(node), _chunking(node)
-    planes = numba.config.NUMBA_NUM_THREADS * _padded_numel(rows, tw)
-    return 16 * (oc * c + (c + oc) * images * rows * tw + 3 * SKEW) + planes
+    (_, tw), (images, rows, private) = _tiles(node), _schedule(node, not weight_gradient)
+    columns = images * rows * tw
+    u, v, m = oc * c + SKEW, c * columns + SKEW, oc * columns + SKEW
+    padded = (2 * rows + 2) * (2 * tw + 2)
+    if private:
+        return 16 * u + _threads() * (16 * (v + m) + padded)
+    return 16 * (u + v + m) + _threads() * padded
 
 
-def attrs(node: Node) -> list[int]:
-    """The kernels' attrs, from the forward conv ``node`` (x, w -> y)."""
+def attrs(node: Node, weight_gradient: bool = False) -> list[int]:
+    """The attrs of the forward kernel (or of the weight gradient's), from the forward conv
+    ``node`` (x, w -> y)."""
     (n, c, h, wd), (_, oc, oh, ow) = node.inputs[0].shape, node.outputs[0].shape
     pt, _, pl, _ = node.attrs["padding"]
-    return [n, c, h, wd, oc, oh, ow, pt, pl, *_chunking(node)]
+    return [n, c, h, wd, oc, oh, ow, pt, pl, *_schedule(node, not weight_gradient)]
 
 
 @njit(inline="always", cache=True)
@@ -255,25 +289,11 @@ def _gradient_transform(gy, plane, oh, ow, ty0, rows, tw, padded, at, z, k, stri
 
 
 @njit(inline="always", cache=True)
-def _layout(c, oc, columns):
-    """Scratch layout: (position strides of U, V and M, offsets of V, M and the padded
-    planes); U (or dU) starts at 0, position p of each at p * its stride. The strides are
-    padded by SKEW elements: a stride of a multiple of 4 KiB would put a tile's 16 loads or
-    stores in one L1 set (ResNet's 512x512 weight transform: 5 ms, then 0.3 ms)."""
-    u_stride, v_stride, m_stride = (
-        oc * c + SKEW,
-        c * columns + SKEW,
-        oc * columns + SKEW,
-    )
-    v_at = 16 * u_stride
-    return (
-        u_stride,
-        v_stride,
-        m_stride,
-        v_at,
-        v_at + 16 * v_stride,
-        v_at + 16 * (v_stride + m_stride),
-    )
+def _strides(c, oc, columns):
+    """Position strides of U, V and M for chunks of ``columns`` tiles. Each is padded by SKEW
+    elements: a stride of a multiple of 4 KiB would put a tile's 16 loads or stores in one L1
+    set (ResNet's 512x512 weight transform: 5 ms, then 0.3 ms)."""
+    return oc * c + SKEW, c * columns + SKEW, oc * columns + SKEW
 
 
 @njit(inline="always", cache=True)
@@ -284,85 +304,156 @@ def _chunk(n, th, images, block_rows, index):
     return first, min(images, n - first), ty0, min(block_rows, th - ty0)
 
 
+@njit(inline="always", cache=True)
+def _regions(a, thread):
+    """Scratch offsets (V, M or Z, padded rows) of ``thread``; U (or dU) starts at 0. Shared
+    schedule: one V and M after it, used by all threads, then padded rows per thread.
+    Private schedule (a[11] set): a V, an M and padded rows per thread."""
+    c, oc, tw, images, block_rows, private = a[1], a[4], (a[6] + 1) // 2, a[9], a[10], a[11]
+    u_stride, v_stride, m_stride = _strides(c, oc, images * block_rows * tw)
+    padded = _padded_numel(block_rows, tw)
+    region = 16 * (v_stride + m_stride) + padded
+    v_at = 16 * u_stride + (thread * region if private else 0)
+    m_at = v_at + 16 * v_stride
+    return v_at, m_at, m_at + 16 * m_stride + (0 if private else thread * padded)
+
+
+@njit(inline="always", cache=True)
+def _chunk_of(a, index):
+    """(first image, images, first tile row, tile rows, GEMM columns) of chunk ``index``."""
+    th, tw = (a[5] + 1) // 2, (a[6] + 1) // 2
+    first, count, ty0, rows = _chunk(a[0], th, a[9], a[10], index)
+    return first, count, ty0, rows, count * rows * tw
+
+
+@njit(inline="always", cache=True)
+def _transform_input(x, scratch, a, index, task, thread):
+    """V of input plane (image m, channel ci) = task of chunk ``index``."""
+    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
+    tw = (ow + 1) // 2
+    first, _, ty0, rows, ld = _chunk_of(a, index)
+    v_stride = _strides(c, oc, images * block_rows * tw)[1]
+    v_at, _, slot = _regions(a, thread)
+    m, ci = task // c, task % c
+    column, plane = v_at + ci * ld + m * rows * tw, ((first + m) * c + ci) * h * wd
+    _input_transform(
+        x, plane, h, wd, pt, pl, ty0, rows, tw, scratch, slot, scratch, column, v_stride
+    )
+
+
+@njit(inline="always", cache=True)
+def _transform_output(y, b, scratch, a, index, task, thread):
+    """Output plane (image m, channel o) = task of chunk ``index``, from M."""
+    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
+    tw = (ow + 1) // 2
+    first, _, ty0, rows, ld = _chunk_of(a, index)
+    m_stride = _strides(c, oc, images * block_rows * tw)[2]
+    m_at = _regions(a, thread)[1]
+    m, o = task // oc, task % oc
+    bias = b[o] if b.shape[0] else 0.0
+    column, plane = m_at + o * ld + m * rows * tw, ((first + m) * oc + o) * oh * ow
+    _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, bias)
+
+
+@njit(inline="always", cache=True)
+def _transform_gradient(gy, scratch, a, index, task, thread):
+    """Z of output-gradient plane (image m, channel o) = task of chunk ``index``."""
+    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
+    tw = (ow + 1) // 2
+    first, _, ty0, rows, ld = _chunk_of(a, index)
+    z_stride = _strides(c, oc, images * block_rows * tw)[2]
+    _, z_at, slot = _regions(a, thread)
+    m, o = task // oc, task % oc
+    column, plane = z_at + o * ld + m * rows * tw, ((first + m) * oc + o) * oh * ow
+    _gradient_transform(gy, plane, oh, ow, ty0, rows, tw, scratch, slot, scratch, column, z_stride)
+
+
+@njit(inline="always", cache=True)
+def _forward_gemm(scratch, a, index, p, thread):
+    """M_p [OC, ld] = U_p [OC, C] @ V_p [C, ld] of chunk ``index``."""
+    c, oc, tw = a[1], a[4], (a[6] + 1) // 2
+    u_stride, v_stride, m_stride = _strides(c, oc, a[9] * a[10] * tw)
+    v_at, m_at, _ = _regions(a, thread)
+    ld = _chunk_of(a, index)[4]
+    return matmul(
+        oc,
+        ld,
+        c,
+        (scratch, p * u_stride, c),
+        (scratch, v_at + p * v_stride, ld),
+        (scratch, m_at + p * m_stride, ld),
+    )
+
+
+@njit(inline="always", cache=True)
+def _weight_gemm(scratch, a, index, p, beta):
+    """dU_p [OC, C] = beta * dU_p + Z_p [OC, ld] @ V_p^T [ld, C] of chunk ``index``."""
+    c, oc, tw = a[1], a[4], (a[6] + 1) // 2
+    u_stride, v_stride, z_stride = _strides(c, oc, a[9] * a[10] * tw)
+    v_at, z_at, _ = _regions(a, 0)
+    ld = _chunk_of(a, index)[4]
+    return matmul(
+        oc,
+        c,
+        ld,
+        (scratch, z_at + p * z_stride, ld),
+        (scratch, v_at + p * v_stride, ld),
+        (scratch, p * u_stride, c),
+        beta,
+        0,
+        1,
+    )
+
+
+@njit(inline="always", cache=True)
+def _chunks(a):
+    th = (a[5] + 1) // 2
+    return (a[0] + a[9] - 1) // a[9] * ((th + a[10] - 1) // a[10])
+
+
 @kernel(buffers=5)
 def conv2d_winograd(x, w, b, y, scratch, a):
-    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    chunks = (n + images - 1) // images * ((th + block_rows - 1) // block_rows)
-    u_stride, v_stride, m_stride, v_at, m_at, planes = _layout(c, oc, images * block_rows * tw)
-    plane_numel = _padded_numel(block_rows, tw)
+    c, oc, private = a[1], a[4], a[11]
+    u_stride = _strides(c, oc, 0)[0]
     for q in prange(oc * c):
         _weight_transform(w[q * 9 : q * 9 + 9], scratch, q, u_stride)
     status = 0
-    for index in range(chunks):
-        first, count, ty0, rows = _chunk(n, th, images, block_rows, index)
-        span = rows * tw  # tiles of one image in this chunk
-        ld = count * span  # GEMM columns: V_p is [C, ld], M_p [OC, ld]
+    if private:
+        for index in prange(_chunks(a)):
+            thread, count = get_thread_id(), _chunk_of(a, index)[1]
+            for task in range(count * c):
+                _transform_input(x, scratch, a, index, task, thread)
+            for p in range(16):
+                code = _forward_gemm(scratch, a, index, p, thread)
+                status = code if code != 0 else status
+            for task in range(count * oc):
+                _transform_output(y, b, scratch, a, index, task, thread)
+        return status
+    for index in range(_chunks(a)):
+        count = _chunk_of(a, index)[1]
         for task in prange(count * c):
-            m, ci = task // c, task % c
-            slot = planes + get_thread_id() * plane_numel
-            column = v_at + ci * ld + m * span
-            plane = ((first + m) * c + ci) * h * wd
-            _input_transform(
-                x, plane, h, wd, pt, pl, ty0, rows, tw, scratch, slot, scratch, column, v_stride
-            )
+            _transform_input(x, scratch, a, index, task, get_thread_id())
         for p in prange(16):
-            code = matmul(
-                oc,
-                ld,
-                c,
-                (scratch, p * u_stride, c),
-                (scratch, v_at + p * v_stride, ld),
-                (scratch, m_at + p * m_stride, ld),
-            )
+            code = _forward_gemm(scratch, a, index, p, 0)
             status = code if code != 0 else status
         for task in prange(count * oc):
-            m, o = task // oc, task % oc
-            bias = b[o] if b.shape[0] else 0.0
-            plane = ((first + m) * oc + o) * oh * ow
-            column = m_at + o * ld + m * span
-            _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, bias)
+            _transform_output(y, b, scratch, a, index, task, get_thread_id())
     return status
 
 
 @kernel(buffers=4)
 def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
-    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    chunks = (n + images - 1) // images * ((th + block_rows - 1) // block_rows)
-    u_stride, v_stride, z_stride, v_at, z_at, planes = _layout(c, oc, images * block_rows * tw)
-    plane_numel = _padded_numel(block_rows, tw)
-    status = 0
-    for index in range(chunks):
-        first, count, ty0, rows = _chunk(n, th, images, block_rows, index)
-        span = rows * tw
-        ld = count * span  # V_p is [C, ld], Z_p [OC, ld]
+    c, oc = a[1], a[4]
+    u_stride, status = _strides(c, oc, 0)[0], 0
+    for index in range(_chunks(a)):
+        count = _chunk_of(a, index)[1]
         for task in prange(count * (c + oc)):
-            m, q = task // (c + oc), task % (c + oc)
-            slot = planes + get_thread_id() * plane_numel
-            if q < c:
-                plane, column = ((first + m) * c + q) * h * wd, v_at + q * ld + m * span
-                _input_transform(
-                    x, plane, h, wd, pt, pl, ty0, rows, tw, scratch, slot, scratch, column, v_stride
-                )
+            if task < count * c:
+                _transform_input(x, scratch, a, index, task, get_thread_id())
             else:
-                o = q - c
-                plane, column = ((first + m) * oc + o) * oh * ow, z_at + o * ld + m * span
-                _gradient_transform(
-                    gy, plane, oh, ow, ty0, rows, tw, scratch, slot, scratch, column, z_stride
-                )
-        for p in prange(16):  # dU_p [OC, C] (+)= Z_p @ V_p^T
-            code = matmul(
-                oc,
-                c,
-                ld,
-                (scratch, z_at + p * z_stride, ld),
-                (scratch, v_at + p * v_stride, ld),
-                (scratch, p * u_stride, c),
-                0.0 if index == 0 else 1.0,
-                0,
-                1,
-            )
+                _transform_gradient(gy, scratch, a, index, task - count * c, get_thread_id())
+        for p in prange(16):
+            code = _weight_gemm(scratch, a, index, p, 0.0 if index == 0 else 1.0)
             status = code if code != 0 else status
     for q in prange(oc * c):
         _weight_gradient_transform(scratch, q, u_stride, gw, q * 9)

@@ -170,19 +170,24 @@ def _conv_node(n: int, c: int, oc: int, side: int) -> Node:
 
 
 @pytest.mark.parametrize(
-    "n,c,side,expected",
+    "n,c,side,weight_gradient,expected",
     [
-        (32, 512, 4, (32, 2)),  # ResNet-18 CIFAR layer4: 256 KiB an image, all 32 in a chunk
-        (32, 64, 32, (4, 16)),  # layer1: 2 MiB an image
-        (2, 64, 224, (1, 9)),  # VGG's first block: 102 MiB an image, 9 of its 112 tile rows
+        (32, 512, 4, False, (32, 2, 0)),  # ResNet-18 CIFAR layer4: 256 KiB an image, all 32
+        (32, 64, 32, True, (4, 16, 0)),  # layer1's weight gradient: 2 MiB an image
+        (32, 64, 32, False, (1, 4, 1)),  # layer1 forward: 4 tile rows (64 tiles) a task
+        (32, 128, 16, False, (1, 4, 1)),  # layer2 forward: 32 tiles a task
+        (2, 64, 224, False, (1, 9, 0)),  # VGG's first block: 102 MiB an image, 9 of 112 rows
     ],
 )
-def test_winograd_chunks_stay_near_chunk_bytes(n, c, side, expected):
-    """V and M of a chunk fit CHUNK_BYTES: whole images where one fits, else tile rows."""
+def test_winograd_schedule(n, c, side, weight_gradient, expected, monkeypatch):
+    """V and M of a chunk fit CHUNK_BYTES (shared) or PRIVATE_CHUNK_BYTES (private): whole
+    images where one fits, else tile rows (for two threads, as in CI)."""
+    monkeypatch.setattr(winograd, "_threads", lambda: 2)
     node = _conv_node(n, c, c, side)
-    assert winograd._chunking(node) == expected
-    images, rows = expected
-    assert 16 * 2 * c * images * rows * (side // 2) * 4 <= winograd.CHUNK_BYTES
+    assert winograd._schedule(node, not weight_gradient) == expected
+    images, rows, private = expected
+    budget = winograd.PRIVATE_CHUNK_BYTES if private else winograd.CHUNK_BYTES
+    assert 16 * 2 * c * images * rows * (side // 2) * 4 <= budget
 
 
 # **** linear ****
