@@ -75,6 +75,7 @@ def is_winograd(node: Node) -> bool:
 
 
 def _tiles(node: Node) -> tuple[int, int]:
+    """Tile rows and tiles per row (2x2 output tiles, the last ones partial on odd sides)."""
     _, _, oh, ow = node.outputs[0].shape
     return (oh + 1) // 2, (ow + 1) // 2
 
@@ -84,10 +85,9 @@ def _schedule(node: Node, private: bool) -> tuple[int, int, int]:
     gradient's GEMMs sum over tiles, and a small chunk makes that sum short and its partials
     many): chunks of at most PRIVATE_CHUNK_BYTES of V and M, one task each, where that still
     gives GEMMs of PRIVATE_MIN_TILES columns and two chunks per thread (ResNet-18 CIFAR's
-    32x32 and 16x16 layers). Otherwise shared: as
-    many whole images as keep V and M near CHUNK_BYTES, or where one image is already larger
-    (VGG's 224x224 layers: 102 MiB at 64 channels), one image's tile rows in blocks of that
-    size."""
+    32x32 and 16x16 layers). Otherwise shared: as many whole images as keep V and M near
+    CHUNK_BYTES or, where one image is already larger (VGG's 224x224 layers: 102 MiB at 64
+    channels), one image's tile rows in blocks of that size."""
     (n, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
     th, tw = _tiles(node)
     per_row = 16 * (c + oc) * tw * node.outputs[0].type.itemsize
@@ -104,6 +104,7 @@ def _schedule(node: Node, private: bool) -> tuple[int, int, int]:
 
 
 def _threads() -> int:
+    """Numba's thread count: one padded block (private: one V and M) per thread."""
     return numba.config.NUMBA_NUM_THREADS
 
 
@@ -113,9 +114,8 @@ def scratch_numel(node: Node, weight_gradient: bool = False) -> int:
     thread, or per thread a V, an M and padded rows (``_regions``)."""
     (_, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
     (_, tw), (images, rows, private) = _tiles(node), _schedule(node, not weight_gradient)
-    columns = images * rows * tw
-    u, v, m = oc * c + SKEW, c * columns + SKEW, oc * columns + SKEW
-    padded = (2 * rows + 2) * (2 * tw + 2)
+    u, v, m = _strides(c, oc, images * rows * tw)
+    padded = _padded_numel(rows, tw)
     if private:
         return 16 * u + _threads() * (16 * (v + m) + padded)
     return 16 * (u + v + m) + _threads() * padded
