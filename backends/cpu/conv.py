@@ -45,7 +45,7 @@ from backends.cpu import winograd
 from backends.cpu.blas import matmul
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
-from backends.cpu.windows import axpy, pad_plane, valid_range
+from backends.cpu.windows import axpy, valid_range
 from graph.ir import Node
 
 # im2col blocks aim at this many bytes, so a block stays in L2 while the GEMM reads it.
@@ -267,6 +267,15 @@ def conv2d_shifted(x, w, b, y, scratch, a):
                     for k in range(ow):
                         dst[k] = row[k] + bias
     return status
+
+
+@njit(inline="always", cache=True)
+def pad_plane(src, padded, start, h, wd, pt, pl, wp, plane):
+    """Copy one H x W plane into a zero-bordered plane of row length wp at ``start``."""
+    padded[start : start + plane] = 0
+    for iy in range(h):
+        row = start + (iy + pt) * wp + pl
+        padded[row : row + wd] = src[iy * wd : (iy + 1) * wd]
 
 
 @kernel(buffers=5)

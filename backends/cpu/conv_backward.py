@@ -45,11 +45,12 @@ from backends.cpu.conv import (
     im2col_images,
     images_per_task,
     is_pointwise,
+    pad_plane,
     rows_and_block,
 )
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
-from backends.cpu.windows import pad_plane, valid_range
+from backends.cpu.windows import valid_range
 from graph.ir import Node
 
 # Output channels per group up to which the im2col grad_weight GEMM is computed transposed.
