@@ -342,29 +342,36 @@ def _transform_input(x, scratch, a, index, task, thread):
 
 
 @njit(inline="always", cache=True)
-def _transform_output(y, b, scratch, a, index, task, thread):
-    """Output plane (image m, channel o) = task of chunk ``index``, from M."""
-    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
+def _output_plane(a, index, task, thread):
+    """Where output-side plane (image m, channel o) = task of chunk ``index`` lives: (its
+    offset in y or gy, its first column in M or Z, their position stride, the thread's padded
+    block, first tile row, tile rows)."""
+    c, oc, oh, ow, images, block_rows = a[1], a[4], a[5], a[6], a[9], a[10]
     tw = (ow + 1) // 2
     first, _, ty0, rows, ld = _chunk_of(a, index)
     m_stride = _strides(c, oc, images * block_rows * tw)[2]
-    m_at = _regions(a, thread)[1]
+    _, m_at, slot = _regions(a, thread)
     m, o = task // oc, task % oc
-    bias = b[o] if b.shape[0] else 0.0
-    column, plane = m_at + o * ld + m * rows * tw, ((first + m) * oc + o) * oh * ow
+    plane = ((first + m) * oc + o) * oh * ow
+    return plane, m_at + o * ld + m * rows * tw, m_stride, slot, ty0, rows
+
+
+@njit(inline="always", cache=True)
+def _transform_output(y, b, scratch, a, index, task, thread):
+    """Output plane (image m, channel o) = task of chunk ``index``, from M."""
+    oh, ow, oc = a[5], a[6], a[4]
+    plane, column, m_stride, _, ty0, rows = _output_plane(a, index, task, thread)
+    bias = b[task % oc] if b.shape[0] else 0.0
+    tw = (ow + 1) // 2
     _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, bias)
 
 
 @njit(inline="always", cache=True)
 def _transform_gradient(gy, scratch, a, index, task, thread):
     """Z of output-gradient plane (image m, channel o) = task of chunk ``index``."""
-    n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
+    oh, ow = a[5], a[6]
+    plane, column, z_stride, slot, ty0, rows = _output_plane(a, index, task, thread)
     tw = (ow + 1) // 2
-    first, _, ty0, rows, ld = _chunk_of(a, index)
-    z_stride = _strides(c, oc, images * block_rows * tw)[2]
-    _, z_at, slot = _regions(a, thread)
-    m, o = task // oc, task % oc
-    column, plane = z_at + o * ld + m * rows * tw, ((first + m) * oc + o) * oh * ow
     _gradient_transform(gy, plane, oh, ow, ty0, rows, tw, scratch, slot, scratch, column, z_stride)
 
 
