@@ -120,7 +120,8 @@ def record_steps(monkeypatch, kernels) -> list[tuple[str, str]]:
 
 
 # (images, tile rows, private) per Winograd chunk (``winograd._schedule``); None: the real
-# schedule, with the whole batch in one chunk; rows None: all of an image's tile rows.
+# schedule with CHUNK_BYTES unbounded (a shared chunk holds the whole batch); rows None: all
+# of an image's tile rows.
 WINOGRAD_CHUNKS = [None, (2, None, 0), (1, 1, 0), (1, 2, 0), (1, 2, 1), (2, None, 1)]
 
 

@@ -160,7 +160,7 @@ def _weight_transform(g, u, k, stride):
 
 @njit(inline="always", cache=True)
 def _times_g(g, r, j):
-    """(G g)[r, j] for the 3x3 kernel g (row-major), G = [1 0 0; h h h; h -h h; 0 0 1]/."""
+    """(G g)[r, j] for the 3x3 kernel g (row-major), G = [1 0 0; h h h; h -h h; 0 0 1], h = 1/2."""
     top, middle, bottom = 1.0 * g[j], 1.0 * g[3 + j], 1.0 * g[6 + j]
     if r == 0:
         return top
@@ -297,14 +297,6 @@ def _strides(c, oc, columns):
 
 
 @njit(inline="always", cache=True)
-def _chunk(n, th, images, block_rows, index):
-    """Chunk ``index``: (first image, images, first tile row, tile rows)."""
-    blocks = (th + block_rows - 1) // block_rows
-    first, ty0 = index // blocks * images, index % blocks * block_rows
-    return first, min(images, n - first), ty0, min(block_rows, th - ty0)
-
-
-@njit(inline="always", cache=True)
 def _regions(a, thread):
     """Scratch offsets (V, M or Z, padded rows) of ``thread``; U (or dU) starts at 0. Shared
     schedule: one V and M after it, used by all threads, then padded rows per thread.
@@ -320,9 +312,12 @@ def _regions(a, thread):
 
 @njit(inline="always", cache=True)
 def _chunk_of(a, index):
-    """(first image, images, first tile row, tile rows, GEMM columns) of chunk ``index``."""
-    th, tw = (a[5] + 1) // 2, (a[6] + 1) // 2
-    first, count, ty0, rows = _chunk(a[0], th, a[9], a[10], index)
+    """(first image, images, first tile row, tile rows, GEMM columns) of chunk ``index``:
+    chunks run image group by image group, each cut into blocks of a[10] tile rows."""
+    n, th, tw, images, block_rows = a[0], (a[5] + 1) // 2, (a[6] + 1) // 2, a[9], a[10]
+    blocks = (th + block_rows - 1) // block_rows
+    first, ty0 = index // blocks * images, index % blocks * block_rows
+    count, rows = min(images, n - first), min(block_rows, th - ty0)
     return first, count, ty0, rows, count * rows * tw
 
 
@@ -414,6 +409,7 @@ def _weight_gemm(scratch, a, index, p, beta):
 
 @njit(inline="always", cache=True)
 def _chunks(a):
+    """How many chunks (``_chunk_of``) cover the batch."""
     th = (a[5] + 1) // 2
     return (a[0] + a[9] - 1) // a[9] * ((th + a[10] - 1) // a[10])
 

@@ -147,8 +147,8 @@ WINOGRAD_CASES = {
 @pytest.mark.parametrize("case", list(WINOGRAD_CASES))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_winograd(case, dtype, chunks, rng, monkeypatch):
-    """Every case takes the Winograd kernel (small ones too), with all images in one chunk or
-    one chunk per image."""
+    """Every case takes the Winograd kernel (small ones too), under every chunking of
+    WINOGRAD_CHUNKS."""
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
     force_winograd_chunks(monkeypatch, chunks)
     used = record_steps(monkeypatch, [winograd.conv2d_winograd])

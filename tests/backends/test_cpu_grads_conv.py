@@ -6,7 +6,7 @@ The conv grid crosses the kernel paths of ``backends/cpu/conv_backward.py``: str
 (also per axis), symmetric, pair, ``"same"`` (asymmetric for even kernels) and reflect padding,
 dilation, groups from 2 to depthwise (with a channel multiplier), rectangular and 1x1 kernels,
 with and without bias, and one layer large enough for the parallel kernels; and Winograd
-cases (16+ channels) in one chunk and in one chunk per image. The oracle is
+cases (16+ channels) under every chunking of ``WINOGRAD_CHUNKS``. The oracle is
 ``torch.nn.Conv2d`` built with the same arguments and called on our weights.
 """
 
