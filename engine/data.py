@@ -6,10 +6,18 @@ model takes. Sources:
 - ``load_digits``: scikit-learn's 8x8 digits (1,797 images, always available, no download).
 - IDX files, the MNIST / Fashion-MNIST format (``read_idx``, ``load_idx_dataset``,
   ``load_fashion_mnist``), raw or gzip-compressed; Debian's ``dataset-fashion-mnist`` installs
-  ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` under ``/usr/share/datasets/fashion-mnist``.
+  ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` under ``/usr/share/datasets/fashion-mnist``,
+  and ``$CONVFORGE_FASHION_MNIST`` points elsewhere (``fashion_mnist_root``).
+- CIFAR-10's "binary version" (``read_cifar10_batch``, ``load_cifar10``): ``data_batch_1.bin``
+  .. ``data_batch_5.bin`` and ``test_batch.bin``, as extracted or inside ``cifar-10-batches-bin/``.
 - Image folders (``load_image_folder``), one sub-folder per class as torchvision's
   ``ImageFolder``, read with Pillow.
-- ``load_dataset`` picks one of these from a name or a directory.
+- ``load_dataset`` picks one of these from a name, a ``name:DIR`` or a directory
+  (``DATASET_FORMS``).
+
+Images with a NaN or infinite value are refused when they are loaded (``Dataset`` checks every
+array it holds), so a corrupt file fails at load time, naming its sample, not as a NaN loss
+epochs later.
 
 Randomness is a pure function of a seed: each use draws from its own stream,
 ``SeedSequence(seed, spawn_key=(purpose, ...))``, so the batch order of an epoch depends only on
@@ -20,18 +28,27 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pathlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+DIGIT_CLASSES = tuple(str(d) for d in range(10))  # scikit-learn digits and MNIST
+# Debian's dataset-fashion-mnist puts the IDX files here; the variable names another folder.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_ENV = "CONVFORGE_FASHION_MNIST"
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# batches.meta.txt lists these, one a line; used when the folder has no meta file.
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 # File endings torchvision's ImageFolder accepts.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -48,6 +65,37 @@ def seeded_generator(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
+def _check_finite(x: np.ndarray, source: str) -> None:
+    """Refuse images holding NaN or inf: one ``np.isfinite`` pass, free for integer pixels.
+
+    A non-finite input makes every loss after the first batch that draws it NaN, far from the
+    cause; here the error names the source and the first sample to look at.
+    """
+    if not np.issubdtype(x.dtype, np.inexact):
+        return
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    bad = finite.size - np.count_nonzero(finite)
+    nan = np.count_nonzero(np.isnan(x))
+    first = int(np.argmin(finite.reshape(len(x), -1).all(axis=1)))
+    raise ValueError(
+        f"{source}: {bad} non-finite image values ({nan} NaN, {bad - nan} inf), "
+        f"the first in sample {first} of {len(x)}"
+    )
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, source: str) -> None:
+    """Labels must index the class list: a loss reading past it would fail far from the file."""
+    out = (labels < 0) | (labels >= num_classes)
+    if out.any():
+        first = int(np.argmax(out))
+        raise ValueError(
+            f"{source}: label {int(labels[first])} of record {first} is out of range "
+            f"0..{num_classes - 1} ({np.count_nonzero(out)} of {len(labels)} labels out of range)"
+        )
+
+
 # **** The container ****
 
 
@@ -56,7 +104,8 @@ class Dataset:
     """Images ``x`` (float32 [N, C, H, W]), labels ``y`` (int64 [N]) and the class names.
 
     Immutable by convention: ``subset``, ``split`` and ``normalized`` return new datasets, and
-    ``batches`` yields fresh arrays, so a training step may overwrite a batch in place.
+    ``batches`` yields fresh arrays, so a training step may overwrite a batch in place. A NaN or
+    infinite image value is refused here, at load time (one ``np.isfinite`` pass).
     """
 
     x: np.ndarray
@@ -69,6 +118,7 @@ class Dataset:
                 "Dataset needs x [N, C, H, W] and y [N], "
                 f"but got x {self.x.shape}, y {self.y.shape}"
             )
+        _check_finite(self.x, "Dataset x")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -225,7 +275,7 @@ def _find_idx(root: pathlib.Path, split: str, kind: str, rank: int) -> pathlib.P
     )
 
 
-def _idx_pair(root: pathlib.Path, split: str) -> Arrays:
+def _idx_pair(root: pathlib.Path, split: str, num_classes: int | None) -> Arrays:
     images_path = _find_idx(root, split, "images", 3)
     labels_path = _find_idx(root, split, "labels", 1)
     images, labels = read_idx(images_path), read_idx(labels_path)
@@ -235,25 +285,138 @@ def _idx_pair(root: pathlib.Path, split: str) -> Arrays:
             f"{images_path.name} {images.shape} and {labels_path.name} {labels.shape}"
         )
     scale = np.float32(255.0 if images.dtype == np.uint8 else 1.0)
-    x = (images[:, None] / scale).astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, refused next
+        x = (images[:, None] / scale).astype(np.float32, copy=False)
+    _check_finite(x, str(images_path))
+    if num_classes is not None:
+        _check_labels(labels, num_classes, str(labels_path))
     return x, labels.astype(np.int64)
 
 
-def load_idx_dataset(root: str | pathlib.Path) -> tuple[Arrays, Arrays]:
+def load_idx_dataset(
+    root: str | pathlib.Path, num_classes: int | None = None
+) -> tuple[Arrays, Arrays]:
     """((train_x, train_y), (test_x, test_y)) from a folder of MNIST-style IDX files.
 
-    Images become float32 [N, 1, H, W] (uint8 pixels divided by 255), labels int64 [N].
+    Images become float32 [N, 1, H, W] (uint8 pixels divided by 255), labels int64 [N]. With
+    ``num_classes`` every label must lie in ``0..num_classes-1``; errors name the file.
     """
     root = pathlib.Path(root)
-    return _idx_pair(root, "train"), _idx_pair(root, "t10k")
+    return _idx_pair(root, "train", num_classes), _idx_pair(root, "t10k", num_classes)
 
 
-def load_fashion_mnist(root: str | pathlib.Path = FASHION_MNIST_ROOT) -> tuple[Arrays, Arrays]:
+def fashion_mnist_root() -> pathlib.Path:
+    """``$CONVFORGE_FASHION_MNIST`` when set, else Debian's ``FASHION_MNIST_ROOT``.
+
+    Read at each call, not at import, so a program (or a test) may set the variable late.
+    """
+    return pathlib.Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_ROOT)
+
+
+def _fashion_mnist_folder() -> pathlib.Path:
+    """``fashion_mnist_root()``, or an error saying how to provide the folder."""
+    root = fashion_mnist_root()
+    if root.is_dir():
+        return root
+    origin = f"from ${FASHION_MNIST_ENV}" if os.environ.get(FASHION_MNIST_ENV) else "the default"
+    raise FileNotFoundError(
+        f"Fashion-MNIST: no folder {root} ({origin}); set {FASHION_MNIST_ENV}=DIR (or use "
+        f"'fashion-mnist:DIR') for a folder of its IDX files, or run "
+        f"'apt-get install dataset-fashion-mnist', which installs them in {FASHION_MNIST_ROOT}"
+    )
+
+
+def load_fashion_mnist(root: str | pathlib.Path | None = None) -> tuple[Arrays, Arrays]:
     """Fashion-MNIST (60,000 train + 10,000 test 28x28 images, 10 classes) from IDX files.
 
-    The default root is where ``apt-get install dataset-fashion-mnist`` puts them.
+    Without ``root`` the folder is ``fashion_mnist_root()``: ``$CONVFORGE_FASHION_MNIST``, else
+    where ``apt-get install dataset-fashion-mnist`` puts the files.
     """
-    return load_idx_dataset(root)
+    folder = _fashion_mnist_folder() if root is None else root
+    return load_idx_dataset(folder, len(FASHION_MNIST_CLASSES))
+
+
+# **** CIFAR-10, binary version ****
+
+# A record is one label byte, then the red, green and blue planes of 1,024 bytes each, rows top
+# to bottom (Krizhevsky's CIFAR page): exactly CHW, so decoding a batch is one reshape.
+CIFAR10_RECORD_BYTES = 1 + 3 * 32 * 32
+CIFAR10_FOLDER = "cifar-10-batches-bin"  # what cifar-10-binary.tar.gz extracts to
+_CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR10_TEST = ("test_batch.bin",)
+
+
+def read_cifar10_batch(path: str | pathlib.Path, num_classes: int = 10) -> Arrays:
+    """One binary batch file: pixels uint8 [N, 3, 32, 32] as stored, labels int64 [N].
+
+    Like ``read_idx`` this returns the stored values; ``load_cifar10`` scales them to [0, 1].
+    """
+    path = pathlib.Path(path)
+    data = _read_bytes(path)
+    records, extra = divmod(len(data), CIFAR10_RECORD_BYTES)
+    if extra or not records:
+        raise ValueError(
+            f"{path}: truncated or not a CIFAR-10 binary batch, its size must be a non-zero "
+            f"multiple of {CIFAR10_RECORD_BYTES} bytes (1 label + 3072 pixel bytes a record), "
+            f"but got {len(data)} = {records} x {CIFAR10_RECORD_BYTES} + {extra}"
+        )
+    table = np.frombuffer(data, np.uint8).reshape(records, CIFAR10_RECORD_BYTES)
+    labels = table[:, 0].astype(np.int64)
+    _check_labels(labels, num_classes, str(path))
+    return table[:, 1:].reshape(records, 3, 32, 32).copy(), labels
+
+
+def _cifar10_folder(root: pathlib.Path) -> pathlib.Path:
+    """``root`` or ``root/cifar-10-batches-bin``, whichever holds the batches, all of them."""
+    names = (*_CIFAR10_TRAIN, *_CIFAR10_TEST)
+    tried = (root, root / CIFAR10_FOLDER)
+    for folder in tried:
+        if any((folder / name).is_file() for name in names):
+            missing = ", ".join(name for name in names if not (folder / name).is_file())
+            if missing:
+                raise FileNotFoundError(f"{folder}: incomplete CIFAR-10, missing {missing}")
+            return folder
+    hint = ""
+    if any((folder / "data_batch_1").is_file() for folder in tried):
+        hint = " (data_batch_1 without .bin is the Python version; get the binary one)"
+    raise FileNotFoundError(
+        f"no CIFAR-10 binary batches, tried {' and '.join(str(f / names[0]) for f in tried)}{hint}"
+    )
+
+
+def _cifar10_classes(folder: pathlib.Path) -> tuple[str, ...]:
+    """Names from ``batches.meta.txt`` (one a line, blank lines ignored), else the standard ten."""
+    meta = folder / "batches.meta.txt"
+    if not meta.is_file():
+        return CIFAR10_CLASSES
+    names = tuple(line.strip() for line in meta.read_text("utf-8").splitlines() if line.strip())
+    if not names:
+        raise ValueError(f"{meta}: no class names, expected one a line")
+    return names
+
+
+def _cifar10_split(
+    folder: pathlib.Path, names: tuple[str, ...], classes: tuple[str, ...]
+) -> Dataset:
+    batches = [read_cifar10_batch(folder / name, len(classes)) for name in names]
+    pixels = np.concatenate([pixels for pixels, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
+    return Dataset(pixels / np.float32(255.0), labels, classes)
+
+
+def load_cifar10(root: str | pathlib.Path) -> tuple[Dataset, Dataset]:
+    """(train, test) CIFAR-10: 50,000 + 10,000 RGB 32x32 images, float32 [N, 3, 32, 32].
+
+    ``root`` holds the "CIFAR-10 binary version" files (``data_batch_1.bin`` ..
+    ``data_batch_5.bin``, ``test_batch.bin``) or their ``cifar-10-batches-bin/`` folder. Class
+    names come from ``batches.meta.txt`` when present, else ``CIFAR10_CLASSES``.
+    """
+    folder = _cifar10_folder(pathlib.Path(root))
+    classes = _cifar10_classes(folder)
+    return (
+        _cifar10_split(folder, _CIFAR10_TRAIN, classes),
+        _cifar10_split(folder, _CIFAR10_TEST, classes),
+    )
 
 
 # **** Image folders ****
@@ -316,6 +479,52 @@ def _split_folders(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path] | No
     return (root / "train", test) if (root / "train").is_dir() and test is not None else None
 
 
+def _idx_datasets(root: pathlib.Path, classes: tuple[str, ...]) -> tuple[Dataset, Dataset]:
+    (tx, ty), (vx, vy) = load_idx_dataset(root, len(classes))
+    return Dataset(tx, ty, classes), Dataset(vx, vy, classes)
+
+
+# The ``name:DIR`` forms: a dataset with known classes, read from a folder the caller names.
+_FOLDER_LOADERS: dict[str, Callable[[pathlib.Path], tuple[Dataset, Dataset]]] = {
+    "mnist": lambda root: _idx_datasets(root, DIGIT_CLASSES),
+    "fashion-mnist": lambda root: _idx_datasets(root, FASHION_MNIST_CLASSES),
+    "cifar10": load_cifar10,
+}
+# What ``load_dataset`` accepts, for its errors and the command line's help.
+DATASET_FORMS = (
+    "digits",
+    "fashion-mnist[:DIR]",
+    "mnist:DIR",
+    "cifar10:DIR",
+    "a directory (IDX files, train/ and test/ image folders, or one image folder)",
+)
+
+
+def _named_folder(name_or_path: str | pathlib.Path) -> tuple[str, pathlib.Path] | None:
+    """(name, folder) of a ``name:DIR`` form with a known name, else None (maybe a directory)."""
+    if not isinstance(name_or_path, str):
+        return None
+    name, colon, folder = name_or_path.partition(":")
+    if not colon or name not in _FOLDER_LOADERS:
+        return None
+    if not folder:
+        raise ValueError(f"dataset {name_or_path!r} names no folder, the form is {name}:DIR")
+    root = pathlib.Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset {name_or_path!r}: no folder {root}")
+    return name, root
+
+
+def _unknown_dataset(name_or_path: str | pathlib.Path) -> ValueError:
+    prefix, colon, _ = str(name_or_path).partition(":")
+    named = colon and prefix.replace("-", "").replace("_", "").isalnum()
+    reason = f"unknown dataset name {prefix!r}" if named else "no such name or directory"
+    return ValueError(
+        f"dataset must be one of {', '.join(DATASET_FORMS)}, but got {str(name_or_path)!r} "
+        f"({reason})"
+    )
+
+
 def load_dataset(
     name_or_path: str | pathlib.Path,
     *,
@@ -324,24 +533,32 @@ def load_dataset(
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> tuple[Dataset, Dataset]:
-    """(train, test) datasets from ``"digits"``, ``"fashion-mnist"`` or a directory.
+    """(train, test) datasets from a name, a ``name:DIR`` or a directory (``DATASET_FORMS``).
 
-    A directory holds IDX files (``train-*`` and ``t10k-*``), ``train/`` and ``test/`` (or
-    ``val/``) image folders, or one image folder. Sources without a test split (digits, a single
-    image folder) hold out ``test_fraction`` of the samples, chosen by ``seed``. ``size`` and
-    ``channels`` apply to image folders only.
+    - ``"digits"``: scikit-learn's digits.
+    - ``"fashion-mnist"``: its IDX files in ``$CONVFORGE_FASHION_MNIST``, else in Debian's
+      ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+    - ``"fashion-mnist:DIR"``, ``"mnist:DIR"``: the IDX files in DIR, with their class names.
+    - ``"cifar10:DIR"``: CIFAR-10's binary version in DIR or ``DIR/cifar-10-batches-bin``.
+    - A directory: IDX files (``train-*`` and ``t10k-*``, classes named by number),
+      ``train/`` and ``test/`` (or ``val/``) image folders, or one image folder.
+
+    Sources without a test split (digits, a single image folder) hold out ``test_fraction`` of
+    the samples, chosen by ``seed``. ``size`` and ``channels`` apply to image folders only.
+    A name is tried before a directory, so a folder called ``mnist:x`` needs a ``./`` prefix.
     """
     if name_or_path == "digits":
         x, y = load_digits()
-        return Dataset(x, y, tuple(str(d) for d in range(10))).split(test_fraction, seed)
+        return Dataset(x, y, DIGIT_CLASSES).split(test_fraction, seed)
     if name_or_path == "fashion-mnist":
-        (tx, ty), (vx, vy) = load_fashion_mnist()
-        return Dataset(tx, ty, FASHION_MNIST_CLASSES), Dataset(vx, vy, FASHION_MNIST_CLASSES)
+        return _idx_datasets(_fashion_mnist_folder(), FASHION_MNIST_CLASSES)
+    named = _named_folder(name_or_path)
+    if named is not None:
+        name, root = named
+        return _FOLDER_LOADERS[name](root)
     root = pathlib.Path(name_or_path)
     if not root.is_dir():
-        raise ValueError(
-            f"dataset must be 'digits', 'fashion-mnist' or a directory, but got {name_or_path!r}"
-        )
+        raise _unknown_dataset(name_or_path)
     if _is_idx_folder(root):
         (tx, ty), (vx, vy) = load_idx_dataset(root)
         classes = tuple(str(c) for c in range(int(max(ty.max(), vy.max())) + 1))

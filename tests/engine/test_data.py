@@ -1,8 +1,9 @@
-"""Dataset loaders, the IDX reader, seeded batching, splits and normalisation (engine.data).
+"""Dataset loaders, the IDX and CIFAR-10 readers, seeded batching, splits and normalisation.
 
-IDX files are written here byte by byte from the format's definition (not by engine code), so a
-round trip checks the reader against the spec. Fashion-MNIST is read from Debian's
-``dataset-fashion-mnist`` package, which CI installs.
+IDX files and CIFAR-10 batches are written here byte by byte from the formats' definitions (not
+by engine code), so a round trip checks the readers against the spec. Only the last Fashion-MNIST
+test reads the real files, from Debian's ``dataset-fashion-mnist`` package, which CI installs;
+every other test generates its data in ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from PIL import Image
 from engine import data
 from engine.data import Dataset, Normalize
 
-IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
+IDX_CODES = {
+    np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D,
+    np.float64: 0x0E,
+}  # fmt: skip
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -127,8 +131,8 @@ def test_load_idx_dataset_missing_and_mismatched(tmp_path, rng):
 
 
 @pytest.mark.skipif(
-    not pathlib.Path(data.FASHION_MNIST_ROOT).is_dir(),
-    reason=f"Fashion-MNIST not installed at {data.FASHION_MNIST_ROOT} "
+    not data.fashion_mnist_root().is_dir(),
+    reason=f"Fashion-MNIST not installed at {data.fashion_mnist_root()} "
     "(apt-get install dataset-fashion-mnist)",
 )
 def test_fashion_mnist():
@@ -140,6 +144,57 @@ def test_fashion_mnist():
     np.testing.assert_array_equal(np.bincount(train_y), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(test_y), [1000] * 10)
     assert len(data.FASHION_MNIST_CLASSES) == 10
+
+
+def test_idx_labels_checked_against_classes(tmp_path, rng):
+    write_idx_split(tmp_path, "train", 6, rng, gz=False)
+    write_idx_split(tmp_path, "t10k", 4, rng, gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 7, 7], np.uint8))
+    data.load_idx_dataset(tmp_path)  # without num_classes any label goes
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: label 7 of record 2 .* 0\.\.4"):
+        data.load_idx_dataset(tmp_path, num_classes=5)
+
+
+def fashion_folder(root: pathlib.Path, rng) -> pathlib.Path:
+    """A small Fashion-MNIST lookalike: gzipped IDX files under the Debian names."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_idx_split(root, "train", 6, rng, gz=True)
+    write_idx_split(root, "t10k", 4, rng, gz=True)
+    return root
+
+
+def test_fashion_mnist_folder_from_environment(tmp_path, rng, monkeypatch):
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(fashion_folder(tmp_path / "fm", rng)))
+    assert data.fashion_mnist_root() == tmp_path / "fm"
+    train, test = data.load_dataset("fashion-mnist")
+    assert (len(train), len(test), train.sample_shape) == (6, 4, (1, 5, 4))
+    assert train.classes == test.classes == data.FASHION_MNIST_CLASSES
+    (train_x, _), _ = data.load_fashion_mnist()
+    np.testing.assert_array_equal(train_x, train.x)
+
+
+def test_fashion_mnist_default_folder(monkeypatch):
+    monkeypatch.delenv(data.FASHION_MNIST_ENV, raising=False)
+    assert data.fashion_mnist_root() == pathlib.Path("/usr/share/datasets/fashion-mnist")
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, "")  # set but empty: the default too
+    assert data.fashion_mnist_root() == pathlib.Path(data.FASHION_MNIST_ROOT)
+
+
+@pytest.mark.parametrize("from_env", [True, False])
+def test_fashion_mnist_missing_folder_says_how_to_get_it(tmp_path, monkeypatch, from_env):
+    missing = tmp_path / "absent"
+    if from_env:
+        monkeypatch.setenv(data.FASHION_MNIST_ENV, str(missing))
+    else:
+        monkeypatch.delenv(data.FASHION_MNIST_ENV, raising=False)
+        monkeypatch.setattr(data, "FASHION_MNIST_ROOT", str(missing))
+    for load in (lambda: data.load_dataset("fashion-mnist"), data.load_fashion_mnist):
+        with pytest.raises(FileNotFoundError) as error:
+            load()
+        message = str(error.value)
+        assert str(missing) in message and ("from $" if from_env else "the default") in message
+        assert f"set {data.FASHION_MNIST_ENV}=DIR" in message
+        assert "apt-get install dataset-fashion-mnist" in message
 
 
 # **** Image folders ****
@@ -188,6 +243,117 @@ def test_image_folder_errors(tmp_path):
         data.load_image_folder(tmp_path / "bad")
 
 
+# **** CIFAR-10, binary version ****
+
+CIFAR_BATCHES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+
+
+def cifar_record(label: int, pixel) -> bytes:
+    """One record from the spec: the label byte, then 1024 R, 1024 G and 1024 B bytes, each
+    plane's rows top to bottom and each row left to right; ``pixel(c, row, col)`` gives a byte."""
+    planes = [pixel(c, r, col) for c in range(3) for r in range(32) for col in range(32)]
+    return bytes([label, *planes])
+
+
+def write_cifar(folder: pathlib.Path, rng, per_batch: int = 3) -> dict[str, tuple]:
+    """Every batch file with ``per_batch`` random records: {file name: (pixels, labels)}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in CIFAR_BATCHES:
+        pixels = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch)
+        records = [
+            cifar_record(int(label), lambda c, r, col, p=p: int(p[c, r, col]))
+            for p, label in zip(pixels, labels, strict=True)
+        ]
+        (folder / name).write_bytes(b"".join(records))
+        written[name] = (pixels, labels)
+    return written
+
+
+def test_cifar10_record_layout(tmp_path):
+    # Two records pin every pixel's place: one stores (channel, row), the other (channel, col).
+    path = tmp_path / "data_batch_1.bin"
+    path.write_bytes(
+        cifar_record(7, lambda c, r, col: 100 * c + r)
+        + cifar_record(2, lambda c, r, col: 100 * c + col)
+    )
+    pixels, labels = data.read_cifar10_batch(path)
+    assert pixels.shape == (2, 3, 32, 32) and pixels.dtype == np.uint8
+    assert labels.dtype == np.int64 and labels.tolist() == [7, 2]
+    c, r, col = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
+    np.testing.assert_array_equal(pixels[0], 100 * c + r)
+    np.testing.assert_array_equal(pixels[1], 100 * c + col)
+
+
+@pytest.mark.parametrize("subfolder", ["", "cifar-10-batches-bin"])
+def test_load_cifar10(tmp_path, rng, subfolder):
+    written = write_cifar(tmp_path / subfolder, rng)
+    train, test = data.load_dataset(f"cifar10:{tmp_path}")
+    assert train.x.shape == (15, 3, 32, 32) and test.x.shape == (3, 3, 32, 32)
+    assert train.x.dtype == test.x.dtype == np.float32 and train.y.dtype == np.int64
+    assert 0 <= train.x.min() and train.x.max() <= 1
+    assert train.classes == test.classes == data.CIFAR10_CLASSES
+    assert data.CIFAR10_CLASSES[:3] == ("airplane", "automobile", "bird")
+    for dataset, names in ((train, CIFAR_BATCHES[:5]), (test, CIFAR_BATCHES[5:])):
+        pixels = np.concatenate([written[n][0] for n in names])
+        np.testing.assert_allclose(dataset.x, pixels / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(dataset.y, np.concatenate([written[n][1] for n in names]))
+
+
+def test_cifar10_class_names_from_meta(tmp_path, rng):
+    write_cifar(tmp_path, rng)
+    names = [f"class {i}" for i in range(10)]
+    (tmp_path / "batches.meta.txt").write_text("\n".join(names) + "\n\n\n")  # as shipped
+    train, test = data.load_cifar10(tmp_path)
+    assert train.classes == test.classes == tuple(names)
+    (tmp_path / "batches.meta.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="batches.meta.txt: no class names"):
+        data.load_cifar10(tmp_path)
+
+
+def test_cifar10_bad_batches_name_the_file(tmp_path, rng):
+    write_cifar(tmp_path, rng)
+    batch = tmp_path / "data_batch_3.bin"
+    good = batch.read_bytes()
+    batch.write_bytes(good[:-5])
+    with pytest.raises(ValueError, match=r"data_batch_3.bin: truncated .* multiple of 3073") as e:
+        data.load_dataset(f"cifar10:{tmp_path}")
+    assert f"{3 * 3073 - 5} = 2 x 3073 + 3068" in str(e.value)
+    batch.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"data_batch_3.bin: truncated .* but got 0 ="):
+        data.load_cifar10(tmp_path)
+    batch.write_bytes(good[:3073] + bytes([10]) + good[3074:])  # record 1 labelled 10
+    with pytest.raises(ValueError, match=r"data_batch_3.bin: label 10 of record 1 .* 0\.\.9"):
+        data.load_cifar10(tmp_path)
+    # With three class names in the meta file, labels must be 0..2.
+    batch.write_bytes(cifar_record(2, lambda *_: 0) + cifar_record(5, lambda *_: 0))
+    (tmp_path / "batches.meta.txt").write_text("a\nb\nc\n")
+    for name in CIFAR_BATCHES:
+        if name != batch.name:
+            (tmp_path / name).write_bytes(cifar_record(0, lambda *_: 0))
+    with pytest.raises(ValueError, match=r"data_batch_3.bin: label 5 of record 1 .* 0\.\.2"):
+        data.load_cifar10(tmp_path)
+
+
+def test_cifar10_missing_files(tmp_path, rng):
+    with pytest.raises(FileNotFoundError) as error:
+        data.load_cifar10(tmp_path)
+    assert str(tmp_path / "data_batch_1.bin") in str(error.value)
+    assert str(tmp_path / "cifar-10-batches-bin" / "data_batch_1.bin") in str(error.value)
+    (tmp_path / "data_batch_1").write_bytes(b"pickle")
+    with pytest.raises(FileNotFoundError, match="Python version"):
+        data.load_cifar10(tmp_path)
+    write_cifar(tmp_path / "cifar-10-batches-bin", rng)
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin").unlink()
+    (tmp_path / "cifar-10-batches-bin" / "test_batch.bin").unlink()
+    with pytest.raises(
+        FileNotFoundError, match="cifar-10-batches-bin: incomplete CIFAR-10, missing data_batch_4"
+    ) as error:
+        data.load_dataset(f"cifar10:{tmp_path}")
+    assert "test_batch.bin" in str(error.value)
+
+
 # **** load_dataset ****
 
 
@@ -215,6 +381,85 @@ def test_load_dataset_directories(tmp_path, rng):
 
     with pytest.raises(ValueError, match="'nope'"):
         data.load_dataset("nope")
+
+
+@pytest.mark.parametrize(
+    "name, classes", [("mnist", data.DIGIT_CLASSES), ("fashion-mnist", data.FASHION_MNIST_CLASSES)]
+)
+def test_load_dataset_idx_by_name(tmp_path, rng, name, classes):
+    images, labels = write_idx_split(tmp_path, "train", 6, rng, gz=False)
+    write_idx_split(tmp_path, "t10k", 4, rng, gz=True)
+    train, test = data.load_dataset(f"{name}:{tmp_path}")
+    assert (len(train), len(test), train.sample_shape) == (6, 4, (1, 5, 4))
+    assert train.classes == test.classes == classes and len(classes) == 10
+    np.testing.assert_allclose(train.x[:, 0], images / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(train.y, labels)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(6, 10, np.uint8))
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte: label 10 of record 0"):
+        data.load_dataset(f"{name}:{tmp_path}")
+
+
+def test_load_dataset_named_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"'mnist:{tmp_path}/absent': no folder"):
+        data.load_dataset(f"mnist:{tmp_path}/absent")
+    with pytest.raises(ValueError, match="names no folder, the form is cifar10:DIR"):
+        data.load_dataset("cifar10:")
+    with pytest.raises(FileNotFoundError, match="no train images IDX file"):
+        data.load_dataset(f"fashion-mnist:{tmp_path}")
+
+
+@pytest.mark.parametrize(
+    "form, reason",
+    [
+        ("svhn:/data/svhn", "unknown dataset name 'svhn'"),
+        ("cifar100", "no such name or directory"),
+        ("/no/such/dir", "no such name or directory"),
+    ],
+)
+def test_load_dataset_unknown_form_lists_the_accepted_ones(form, reason):
+    with pytest.raises(ValueError) as error:
+        data.load_dataset(form)
+    message = str(error.value)
+    assert repr(form) in message and reason in message
+    for accepted in ("digits", "fashion-mnist[:DIR]", "mnist:DIR", "cifar10:DIR", "a directory"):
+        assert accepted in message
+
+
+def test_load_dataset_directory_with_a_colon(tmp_path, rng):
+    folder = tmp_path / "runs:1"  # not a name:DIR form, since "/...runs" is no dataset name
+    folder.mkdir()
+    write_idx_split(folder, "train", 6, rng, gz=False)
+    write_idx_split(folder, "t10k", 4, rng, gz=False)
+    train, test = data.load_dataset(str(folder))
+    assert (len(train), len(test)) == (6, 4)
+
+
+# **** Non-finite inputs ****
+
+
+def test_dataset_refuses_non_finite_images():
+    x = np.zeros((8, 1, 2, 2), np.float32)
+    x[5, 0, 1, 1] = np.inf
+    x[3, 0, 0, 1] = np.nan
+    x[3, 0, 1, 0] = -np.inf
+    with pytest.raises(
+        ValueError, match=r"Dataset x: 3 non-finite .* \(1 NaN, 2 inf\), .* sample 3 "
+    ):
+        Dataset(x, np.zeros(8, np.int64), ("a",))
+    Dataset(x[:3], np.zeros(3, np.int64), ("a",))  # the samples before are fine
+    Dataset(np.zeros((2, 1, 2, 2), np.uint8), np.zeros(2, np.int64), ("a",))  # integers always are
+
+
+@pytest.mark.parametrize("dtype, bad", [(np.float32, np.nan), (np.float64, 1e300)])
+def test_idx_non_finite_images_name_the_file(tmp_path, rng, dtype, bad):
+    """NaN in float IDX images, or a float64 too large for float32, fails at load time."""
+    write_idx_split(tmp_path, "train", 6, rng, gz=False)
+    write_idx_split(tmp_path, "t10k", 4, rng, gz=False)
+    images = rng.random((4, 5, 4)).astype(dtype)
+    images[2, 1, 1] = bad
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: 1 non-finite .* sample 2 of 4"):
+        data.load_dataset(tmp_path)
 
 
 # **** Batching, splits, normalisation ****
