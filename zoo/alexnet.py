@@ -110,11 +110,11 @@ class ZFNet(AlexNet):
         return nn.Sequential(*zf_conv_layers(in_channels), nn.MaxPool2d(3, 2, ceil_mode=True))
 
 
-@register("alexnet", (3, 224, 224), 1000)
+@register("alexnet", (3, 224, 224), 1000, torchvision="alexnet")
 def alexnet(num_classes: int = 1000, in_channels: int = 3, blur: int = 0) -> AlexNet:
     return AlexNet(num_classes, in_channels, blur=blur)
 
 
-@register("zfnet", (3, 224, 224), 1000)
+@register("zfnet", (3, 224, 224), 1000, departs="not in torchvision (Zeiler & Fergus 2013)")
 def zfnet(num_classes: int = 1000, in_channels: int = 3) -> ZFNet:
     return ZFNet(num_classes, in_channels)

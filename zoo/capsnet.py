@@ -55,7 +55,7 @@ class CapsNet(nn.Module):
         return F.capsule_length(F.capsule_routing(predictions, self.routing_iterations))
 
 
-@register("capsnet", (1, 28, 28), 10)
+@register("capsnet", (1, 28, 28), 10, departs="not in torchvision (Sabour et al. 2017)")
 def capsnet(
     num_classes: int = 10,
     in_channels: int = 1,

@@ -118,4 +118,4 @@ def _factory(widths, depths, default_depth_prob):
 
 
 for _name, (_widths, _depths, _depth_prob) in _STAGES.items():
-    register(_name, (3, 224, 224), 1000)(_factory(_widths, _depths, _depth_prob))
+    register(_name, (3, 224, 224), 1000, torchvision=_name)(_factory(_widths, _depths, _depth_prob))

@@ -60,6 +60,6 @@ class HighwayNet(nn.Module):
         return self.fc(F.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register("highway_cifar", (3, 32, 32), 10)
+@register("highway_cifar", (3, 32, 32), 10, departs="not in torchvision (Srivastava et al. 2015)")
 def highway_cifar(num_classes: int = 10, in_channels: int = 3, layers: int = 3) -> HighwayNet:
     return HighwayNet(layers, num_classes, in_channels)

@@ -4,15 +4,16 @@
   as torchvision builds it: every conv is a ``BasicConv2d`` (bias-free conv, BN(eps=0.001),
   ReLU; the paper predates batch norm); max-pools round up (``ceil_mode``) as Caffe's did.
   torchvision's ``branch3`` uses a 3x3 conv where the paper has 5x5 (a known torchvision bug,
-  kept so that parameter counts and checkpoints match): 6,624,904 parameters, 13,004,888 with
-  the auxiliary classifiers.
+  kept so that parameter counts and checkpoints match): 13,004,888 parameters with the two
+  auxiliary classifiers (the default, as torchvision's), 6,624,904 without.
 - ``inception_v2``: BN-Inception (Ioffe & Szegedy 2015, "Batch Normalization", section 4.2.1,
   with the filter counts of the appendix's Figure 5), built from the same ``BasicConv2d`` units:
   each 5x5 branch becomes two 3x3 convs, modules 3c and 4e reduce the grid with stride 2, and
   there is no dropout. 11,285,224 parameters (summed by hand in ``tests/zoo/test_inception.py``).
 - ``inception_v3``: Szegedy et al. 2016, "Rethinking the Inception Architecture", in torchvision's
   layout (``Conv2d_1a_3x3`` ... ``Mixed_7c``, 1x7/7x1 and 1x3/3x1 factorised convs, BN eps
-  0.001): 23,834,568 parameters, 27,161,264 with the ``AuxLogits`` head.
+  0.001): 27,161,264 parameters with the ``AuxLogits`` head (the default, as torchvision's),
+  23,834,568 without.
 
 GoogLeNet's and v3's parameter names are torchvision's, so their ``state_dict`` keys are too;
 BN-Inception, which torchvision lacks, reuses GoogLeNet's names. Inputs are used as given
@@ -21,13 +22,16 @@ torchvision's truncated normals (``graph.nn`` has no ``trunc_normal_``; BN absor
 
 Auxiliary classifiers: the papers add the auxiliary logits' losses (weight 0.3 in v1) during
 training only; in eval mode torchvision returns the main logits alone. A traced ConvForge graph
-has one output, so ``forward`` returns the main logits (``fc``) and the auxiliary heads exist
-only with ``aux_logits=True`` (needed to load torchvision checkpoints, whose state_dicts hold
-them). ``model.select_head("aux1")`` makes ``forward`` stop at that head's tap and return its
-logits instead, so an auxiliary classifier compiles, runs and trains on its own with the same
-weights and names; training on the weighted sum of all heads' losses needs a multi-output graph.
-``aux_logits`` defaults to False here (torchvision's constructors default to True), because the
-heads' parameters are dead weight for the main logits.
+has one output, so ``forward`` returns the main logits (``fc``); ``model.select_head("aux1")``
+makes ``forward`` stop at that head's tap and return its logits instead, so an auxiliary
+classifier compiles, runs and trains on its own with the same weights and names; training on
+the weighted sum of all heads' losses needs a multi-output graph. ``aux_logits`` defaults to
+True, as in torchvision's ``googlenet()`` and ``inception_v3()`` constructors, so the default
+models have torchvision's parameter counts and state_dict keys. The heads are off the main
+logits' path: a graph traced through ``fc`` carries their parameters (state_dicts round-trip)
+but computes nothing with them, and training it leaves their weights as they are (no gradient
+reaches them). ``aux_logits=False`` builds the model without them, as torchvision returns its
+pretrained GoogLeNet (whose auxiliary heads were never trained).
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ class GoogLeNet(_AuxiliaryHeads):
     def __init__(
         self,
         num_classes: int = 1000,
-        aux_logits: bool = False,
+        aux_logits: bool = True,
         dropout: float = 0.2,
         dropout_aux: float = 0.7,
         in_channels: int = 3,
@@ -180,8 +184,8 @@ class GoogLeNet(_AuxiliaryHeads):
         return self.fc(self.dropout(F.flatten(self.avgpool(x), 1)))
 
 
-@register("googlenet", (3, 224, 224), 1000)
-def googlenet(num_classes: int = 1000, aux_logits: bool = False, in_channels: int = 3) -> GoogLeNet:
+@register("googlenet", (3, 224, 224), 1000, torchvision="googlenet")
+def googlenet(num_classes: int = 1000, aux_logits: bool = True, in_channels: int = 3) -> GoogLeNet:
     return GoogLeNet(num_classes, aux_logits, in_channels=in_channels)
 
 
@@ -282,7 +286,7 @@ class BNInception(nn.Module):
         return self.fc(F.flatten(self.avgpool(x), 1))
 
 
-@register("inception_v2", (3, 224, 224), 1000)
+@register("inception_v2", (3, 224, 224), 1000, departs="not in torchvision (BN-Inception)")
 def inception_v2(num_classes: int = 1000, in_channels: int = 3) -> BNInception:
     return BNInception(num_classes, in_channels)
 
@@ -428,7 +432,7 @@ class Inception3(_AuxiliaryHeads):
     def __init__(
         self,
         num_classes: int = 1000,
-        aux_logits: bool = False,
+        aux_logits: bool = True,
         dropout: float = 0.5,
         in_channels: int = 3,
     ) -> None:
@@ -467,8 +471,8 @@ class Inception3(_AuxiliaryHeads):
         return self.fc(F.flatten(self.dropout(self.avgpool(x)), 1))
 
 
-@register("inception_v3", (3, 299, 299), 1000)
+@register("inception_v3", (3, 299, 299), 1000, torchvision="inception_v3")
 def inception_v3(
-    num_classes: int = 1000, aux_logits: bool = False, in_channels: int = 3
+    num_classes: int = 1000, aux_logits: bool = True, in_channels: int = 3
 ) -> Inception3:
     return Inception3(num_classes, aux_logits, in_channels=in_channels)

@@ -33,6 +33,6 @@ class LeNet5(nn.Module):
         return self.classifier(F.flatten(self.features(x), 1))
 
 
-@register("lenet5", input_shape=(1, 28, 28), num_classes=10)
+@register("lenet5", (1, 28, 28), 10, departs="not in torchvision (LeNet-5, modern variant)")
 def lenet5(num_classes: int = 10, in_channels: int = 1) -> LeNet5:
     return LeNet5(num_classes, in_channels)

@@ -91,6 +91,6 @@ class LeNet5_1998(nn.Module):
         return F.linear(x, self.rbf_weight, self.rbf_bias)
 
 
-@register("lenet5_1998", (1, 32, 32), 10)
+@register("lenet5_1998", (1, 32, 32), 10, departs="not in torchvision (LeCun et al. 1998)")
 def lenet5_1998(num_classes: int = 10, in_channels: int = 1) -> LeNet5_1998:
     return LeNet5_1998(num_classes, in_channels)

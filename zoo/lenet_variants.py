@@ -53,11 +53,11 @@ class LeNetCaffe(nn.Module):
         return self.classifier(F.flatten(self.features(x), 1))
 
 
-@register("lenet_300_100", (1, 28, 28), 10)
+@register("lenet_300_100", (1, 28, 28), 10, departs="not in torchvision (LeCun et al. 1998)")
 def lenet_300_100(num_classes: int = 10, in_channels: int = 1) -> LeNet300100:
     return LeNet300100(num_classes, in_channels)
 
 
-@register("lenet_caffe", (1, 28, 28), 10)
+@register("lenet_caffe", (1, 28, 28), 10, departs="not in torchvision (Caffe's MNIST LeNet)")
 def lenet_caffe(num_classes: int = 10, in_channels: int = 1) -> LeNetCaffe:
     return LeNetCaffe(num_classes, in_channels)

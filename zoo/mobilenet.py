@@ -148,14 +148,14 @@ class MobileNetV1(nn.Module):
         return self.fc(F.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
-@register("mobilenet_v2", (3, 224, 224), 1000)
+@register("mobilenet_v2", (3, 224, 224), 1000, torchvision="mobilenet_v2")
 def mobilenet_v2(
     num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3, blur: int = 0
 ) -> MobileNetV2:
     return MobileNetV2(num_classes, width_mult, in_channels=in_channels, blur=blur)
 
 
-@register("mobilenet_v1", (3, 224, 224), 1000)
+@register("mobilenet_v1", (3, 224, 224), 1000, departs="not in torchvision (it has v2 and v3)")
 def mobilenet_v1(
     num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3
 ) -> MobileNetV1:

@@ -51,6 +51,6 @@ class NIN(nn.Module):
         return F.flatten(self.classifier(self.features(x)), 1)
 
 
-@register("nin_cifar", (3, 32, 32), 10)
+@register("nin_cifar", (3, 32, 32), 10, departs="not in torchvision (Lin et al. 2014)")
 def nin_cifar(num_classes: int = 10, in_channels: int = 3) -> NIN:
     return NIN(num_classes, in_channels)

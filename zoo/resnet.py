@@ -173,10 +173,18 @@ def _imagenet_factory(block, layers, options):
 
 
 for _name, (_block, _layers, _options) in _IMAGENET.items():
-    register(_name, (3, 224, 224), 1000)(_imagenet_factory(_block, _layers, _options))
+    register(_name, (3, 224, 224), 1000, torchvision=_name)(
+        _imagenet_factory(_block, _layers, _options)
+    )
 
 
-@register("resnet18_cifar", (3, 32, 32), 10)
+@register(
+    "resnet18_cifar",
+    (3, 32, 32),
+    10,
+    torchvision="resnet18",
+    departs="CIFAR form: 3x3 stride-1 stem, no max-pool, 10 classes",
+)
 def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, cifar_stem=True, in_channels=in_channels)
 
@@ -197,4 +205,9 @@ def _cifar_factory(depth: int):
 
 
 for _depth in (20, 32, 56, 110):
-    register(f"resnet{_depth}_cifar", (3, 32, 32), 10)(_cifar_factory(_depth))
+    register(
+        f"resnet{_depth}_cifar",
+        (3, 32, 32),
+        10,
+        departs="not in torchvision (He et al. 2016's CIFAR ResNets)",
+    )(_cifar_factory(_depth))

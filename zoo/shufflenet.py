@@ -88,4 +88,4 @@ def _factory(widths):
 
 
 for _name, _widths in _WIDTHS.items():
-    register(_name, (3, 224, 224), 1000)(_factory(_widths))
+    register(_name, (3, 224, 224), 1000, torchvision=_name)(_factory(_widths))

@@ -69,6 +69,6 @@ class SPPNet(nn.Module):
         return self.classifier(self.spp(self.features(x)))
 
 
-@register("spp_net", (3, 224, 224), 1000)
+@register("spp_net", (3, 224, 224), 1000, departs="not in torchvision (He et al. 2014)")
 def spp_net(num_classes: int = 1000, in_channels: int = 3) -> SPPNet:
     return SPPNet(num_classes, in_channels)

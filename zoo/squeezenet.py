@@ -105,11 +105,11 @@ class SqueezeNet(nn.Module):
         return F.flatten(self.classifier(self.features(x)), 1)
 
 
-@register("squeezenet1_0", (3, 224, 224), 1000)
+@register("squeezenet1_0", (3, 224, 224), 1000, torchvision="squeezenet1_0")
 def squeezenet1_0(num_classes: int = 1000, in_channels: int = 3) -> SqueezeNet:
     return SqueezeNet(_features_1_0(in_channels), num_classes)
 
 
-@register("squeezenet1_1", (3, 224, 224), 1000)
+@register("squeezenet1_1", (3, 224, 224), 1000, torchvision="squeezenet1_1")
 def squeezenet1_1(num_classes: int = 1000, in_channels: int = 3) -> SqueezeNet:
     return SqueezeNet(_features_1_1(in_channels), num_classes)

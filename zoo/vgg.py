@@ -88,5 +88,7 @@ def _factory(depths: tuple[int, ...], batch_norm: bool):
 
 
 for _name, _depths in _STAGE_DEPTHS.items():
-    register(_name, (3, 224, 224), 1000)(_factory(_depths, batch_norm=False))
-    register(f"{_name}_bn", (3, 224, 224), 1000)(_factory(_depths, batch_norm=True))
+    register(_name, (3, 224, 224), 1000, torchvision=_name)(_factory(_depths, batch_norm=False))
+    register(f"{_name}_bn", (3, 224, 224), 1000, torchvision=f"{_name}_bn")(
+        _factory(_depths, batch_norm=True)
+    )

@@ -35,10 +35,15 @@ TORCHVISION_GMACS = {
 }
 
 
+_AUX_HEADS = ("googlenet", "inception_v3")
+
+
 @cache
 def _zoo_summary(name: str) -> tuple[Summary, int]:
-    """A zoo model's summary at its default input, and its ``num_parameters()``."""
-    model = zoo.get(name)
+    """A zoo model's summary at its default input, and its ``num_parameters()``. The summary
+    counts the parameters the traced forward pass uses, so GoogLeNet and Inception v3 are built
+    without the auxiliary heads (torchvision's default has them, off the inference path)."""
+    model = zoo.get(name, **({"aux_logits": False} if name in _AUX_HEADS else {}))
     return analyze(trace(model, zoo.spec(name).input_shape), name), model.num_parameters()
 
 

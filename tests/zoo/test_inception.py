@@ -1,10 +1,11 @@
 """The Inception family: GoogLeNet, BN-Inception (inception_v2) and Inception v3.
 
-Parameter counts are torchvision's for GoogLeNet and Inception v3 (with and without the
-auxiliary heads) and summed by hand below for BN-Inception. Each model compiles and runs at
-batch 1 on a small input; GoogLeNet's three heads match a torch twin written here with
-torchvision's module names (it loads our state_dict strictly, so the keys are torchvision's),
-and GoogLeNet trains for three SGD steps.
+Parameter counts are torchvision's for GoogLeNet and Inception v3 (their defaults carry the
+auxiliary heads, as torchvision's builders do; ``zoo/torchvision_params.py`` sums the heads) and
+summed by hand below for BN-Inception. Each model compiles and runs at batch 1 on a small input;
+GoogLeNet's three heads match a torch twin written here with torchvision's module names (it
+loads our state_dict strictly, so the keys are torchvision's), and GoogLeNet trains for three
+SGD steps on its main logits, leaving the auxiliary heads' weights as they were.
 """
 
 from __future__ import annotations
@@ -53,18 +54,18 @@ BN_INCEPTION_PARAMS = (
 )  # 11,285,224
 
 COUNTS = [
-    ("googlenet", {}, 6_624_904),
-    ("googlenet", {"aux_logits": True}, 13_004_888),
+    ("googlenet", {}, 13_004_888),
+    ("googlenet", {"aux_logits": False}, 6_624_904),
     ("inception_v2", {}, BN_INCEPTION_PARAMS),
-    ("inception_v3", {}, 23_834_568),
-    ("inception_v3", {"aux_logits": True}, 27_161_264),
+    ("inception_v3", {}, 27_161_264),
+    ("inception_v3", {"aux_logits": False}, 23_834_568),
 ]
 
 
 @pytest.mark.parametrize(
     ("name", "options", "params"),
     COUNTS,
-    ids=["googlenet", "googlenet_aux", "inception_v2", "inception_v3", "inception_v3_aux"],
+    ids=["googlenet", "googlenet_no_aux", "inception_v2", "inception_v3", "inception_v3_no_aux"],
 )
 def test_parameter_count(name, options, params):
     assert zoo.get(name, **options).num_parameters() == params
@@ -99,14 +100,17 @@ def test_auxiliary_heads_trace_at_the_design_size():
 
 def test_select_head_needs_the_head_built():
     with pytest.raises(ValueError, match=r"aux_logits=True"):
-        zoo.get("googlenet").select_head("aux1")
+        zoo.get("googlenet", aux_logits=False).select_head("aux1")
     with pytest.raises(ValueError, match=r"head must be one of \('fc', 'AuxLogits'\)"):
         zoo.get("inception_v3", aux_logits=True).select_head("aux")
 
 
 def test_googlenet_trains():
+    """The default model carries the auxiliary heads; the main logits' loss never reaches them."""
     nn.manual_seed(0)
     model = zoo.get("googlenet", num_classes=10)
+    aux_weights = {k: v for k, v in model.state_dict().items() if k.startswith("aux")}
+    assert aux_weights
     exe = engine.compile(
         model,
         (3, 64, 64),
@@ -120,6 +124,11 @@ def test_googlenet_trains():
     losses = [exe.train_step(x, y) for _ in range(3)]
     assert np.all(np.isfinite(losses)), losses
     assert losses[0] > losses[1] > losses[2], losses
+    assert not any(key.startswith("aux") for key in exe.grads)
+    trained = exe.state_dict()
+    for key, weight in aux_weights.items():
+        if not key.endswith("num_batches_tracked"):  # counted at every step, as every BN's
+            np.testing.assert_array_equal(trained[key], weight, err_msg=key)
 
 
 # **** GoogLeNet's torch twin, with torchvision's module names ****
