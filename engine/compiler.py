@@ -156,7 +156,8 @@ def _build_plan(
         node_steps = device.lower(node, address, scratch_address, consts)
         steps += node_steps
         step_nodes += [node.name] * len(node_steps)
-    return Plan(graph, memory, Runner(**device.pack(steps)), step_nodes, [arena, consts])
+    runner = Runner(**device.pack(steps))
+    return Plan(graph, memory, runner, step_nodes, [arena, consts], storage)
 
 
 def _persistent_storage(graph: Graph, model: Module, dtype: str) -> dict[str, np.ndarray]:

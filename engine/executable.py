@@ -15,23 +15,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backends.errors import kernel_error_message
 from engine._runtime import Runner
 from engine.optim import HYPER_VALUE, Optimizer
 from graph.autodiff import DROPOUT_RNG
-from graph.ir import Graph
+from graph.ir import Graph, Value
 from graph.memory import MemoryPlan, plan_report
 from graph.ops.optim import UPDATES
 
 
 @dataclass
 class Plan:
-    """One lowered graph: its memory plan, its runner, and the node behind each step."""
+    """One lowered graph: its memory plan, its runner, the node behind each step, and what the
+    steps point into: ``keep_alive[0]`` the arena, ``storage`` the persistent arrays (shared
+    with the executable and the other plan)."""
 
     graph: Graph
     memory: MemoryPlan
     runner: Runner
     step_nodes: list[str]
     keep_alive: list
+    storage: dict[str, np.ndarray]
 
     def first_step_of(self, predicate) -> int:
         """Index of the first step whose node satisfies ``predicate`` (else the step count)."""
@@ -43,11 +47,23 @@ class Plan:
 
     def execute(self, start: int = 0, stop: int | None = None, repeat: int = 1) -> None:
         stop = self.runner.count if stop is None else stop
-        step, code = self.runner.run(repeat, start, stop)
+        self.check(*self.runner.run(repeat, start, stop))
+
+    def check(self, step: int, code: int) -> None:
+        """Raise the RuntimeError for a runner's (failed step, code), if code is non-zero: the
+        layer and the cause (``backends.errors``), read from the step's buffers."""
         if code:
-            raise RuntimeError(
-                f"{self.step_nodes[step]}: kernel failed with error code {code} (step {step})"
-            )
+            node = next(n for n in self.graph.nodes if n.name == self.step_nodes[step])
+            raise RuntimeError(kernel_error_message(node, code, self.buffer))
+
+    def buffer(self, value: Value) -> np.ndarray:
+        """``value``'s buffer as the steps see it: its persistent array, or a view of the arena
+        at its planned offset (meaningful while the value is live)."""
+        if value.name in self.storage:
+            return self.storage[value.name]
+        start = self.memory.offset(value.name)
+        raw = self.keep_alive[0][start : start + value.type.nbytes]
+        return raw.view(value.type.dtype).reshape(value.shape)
 
 
 class Executable:
@@ -219,8 +235,7 @@ class Executable:
         self._load_input(x)
         plan = self._inference
         times, step, code = plan.runner.profile(repeat)
-        if code:
-            raise RuntimeError(f"{plan.step_nodes[step]}: kernel failed with error code {code}")
+        plan.check(step, code)
         per_node: dict[str, float] = {}
         for name, seconds in zip(plan.step_nodes, times, strict=True):
             per_node[name] = per_node.get(name, 0.0) + seconds / repeat

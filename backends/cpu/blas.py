@@ -24,6 +24,8 @@ from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 from numba.np.linalg import ensure_blas, get_blas_kind, make_constant_slot
 
+from backends.errors import BLAS_FAILED
+
 _char = ir.IntType(8)
 _void_p = _char.as_pointer()
 
@@ -119,7 +121,9 @@ def single_threaded_blas() -> None:
 @njit(inline="always", cache=True)
 def matmul(m, n, k, a, b, c, beta=0.0, trans_a=0, trans_b=0):
     """``C = op(A) @ op(B) + beta*C`` with each operand given as (flat array, offset, row
-    stride) of its stored (untransposed) layout."""
-    return gemm(
+    stride) of its stored (untransposed) layout; returns 0 or ``BLAS_FAILED``, which the
+    kernels pass on as their status."""
+    blas_status = gemm(
         trans_a, trans_b, m, n, k, a[0], a[1], a[2], b[0], b[1], b[2], beta, c[0], c[1], c[2]
     )
+    return BLAS_FAILED if blas_status != 0 else 0

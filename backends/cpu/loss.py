@@ -3,7 +3,8 @@
 - ``cross_entropy``: per row, ``log_softmax`` via the max-shifted log-sum-exp; the loss is the
   batch mean of ``-sum_c q_c logp_c`` with ``q = (1 - s) onehot + s / C`` (label smoothing s,
   as PyTorch). The softmax probabilities are written out for the backward pass. A target
-  outside [0, C) returns error code 1 (the executor names the layer).
+  outside [0, C) returns ``BAD_TARGET`` (backends/errors.py: the executor names the layer
+  and the sample).
 - ``cross_entropy_grad``: ``(probs - q) * grad_loss / N``.
 - ``mse`` / ``mse_grad``: ``mean((p - t)^2)`` and ``2 (p - t) * grad_loss / numel``.
 - ``margin`` / ``margin_grad``: the capsule margin loss on lengths [N, C] and its gradient.
@@ -22,9 +23,8 @@ from numba import prange
 
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
+from backends.errors import BAD_TARGET
 from graph.ir import Node
-
-BAD_TARGET = 1
 
 
 @kernel(buffers=5)

@@ -8,7 +8,8 @@ and their gradients.
   backward pass, and the running statistics are updated in place as torch does,
   ``running = (1 - momentum) * running + momentum * batch``, with the unbiased variance
   ``var * M / (M - 1)`` (M = N * H * W values per channel). Fewer than 2 values per channel
-  return ``TOO_FEW_VALUES`` (torch raises "Expected more than 1 value per channel").
+  return ``TOO_FEW_VALUES`` (backends/errors.py; torch raises "Expected more than 1 value per
+  channel"). The shape rule rejects such a graph at trace time already.
   ``batch_norm_recompute`` (recompute in the backward pass, graph/passes/recompute.py) runs
   the same kernel with the update off and mean/invstd in its scratch: bit for bit the y of
   the forward pass, and the running statistics are updated once per step, as without it.
@@ -45,9 +46,8 @@ from numba import njit, prange
 
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
+from backends.errors import TOO_FEW_VALUES
 from graph.ir import Node
-
-TOO_FEW_VALUES = 1
 
 
 @njit(inline="always", cache=True)
