@@ -1,12 +1,12 @@
-"""Build ConvForge: four Python packages plus the Cython executor (engine/_runtime.pyx)."""
+"""Build ConvForge: four Python packages plus the Cython executor (backends/cpu/_runtime.pyx)."""
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
 runtime = Extension(
-    "engine._runtime",
-    ["engine/_runtime.pyx"],
+    "backends.cpu._runtime",
+    ["backends/cpu/_runtime.pyx"],
     include_dirs=[np.get_include()],
     extra_compile_args=["-O3"],
 )
@@ -17,10 +17,15 @@ setup(
     description="A small static-graph compiler for convolutional neural networks",
     python_requires=">=3.11",
     packages=find_packages(include=["graph", "graph.*", "backends", "backends.*", "engine", "zoo"]),
+    # the GPU backend's CUDA C sources: it reads them beside its modules at run time (CuPy, or
+    # the CPU emulation); MANIFEST.in puts them and the Cython source in the sdist
+    package_data={"backends.gpu": ["kernels/*.cu", "kernels/*.cuh", "emulation/*.h"]},
     ext_modules=cythonize([runtime], language_level=3),
     install_requires=[
         "numpy>=2.0",
-        "numba>=0.60",
+        # the tested minor release: backends/cpu uses Numba-private BLAS and threading hooks;
+        # backends/cpu/numba_setup.py checks the same range at import (a test keeps them equal)
+        "numba>=0.68,<0.69",
         "scipy>=1.10",
         "threadpoolctl>=3.1",
         "scikit-learn>=1.3",
@@ -29,7 +34,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0"],
+        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "build>=1.0"],
         "gpu": ["cupy-cuda12x"],
         "gpu-cuda13": ["cupy-cuda13x"],
     },

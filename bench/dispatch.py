@@ -18,8 +18,8 @@ import torch
 from numba import cfunc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backends.cpu._runtime import Runner  # noqa: E402
 from common import environment_line, median_time, print_table  # noqa: E402
-from engine._runtime import Runner  # noqa: E402
 
 import engine  # noqa: E402
 import graph.nn as nn  # noqa: E402

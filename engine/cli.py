@@ -2,233 +2,53 @@
 
 - ``convforge demo``: train LeNet-5 on scikit-learn's digits for a few epochs; print the graph,
   accuracy, timings and memory.
-- ``convforge train MODEL --data digits|fashion-mnist|PATH ...``: train a zoo model with a
-  progress bar, validating every epoch; ``--checkpoint`` saves after each epoch and
-  ``--resume`` continues a run exactly.
-- ``convforge eval MODEL --checkpoint C --data ...``: top-1/top-5 of a checkpoint.
+- ``convforge train MODEL --data digits|fashion-mnist[:DIR]|mnist:DIR|cifar10:DIR|DIR ...``:
+  train a zoo model with a progress bar, validating every epoch; ``--checkpoint`` saves after
+  each epoch and ``--resume C`` continues the run saved in C exactly (``engine/cli_training.py``).
+- ``convforge eval --checkpoint C``: loss, top-1 and top-5 of a checkpoint on its test split.
 - ``convforge summary MODEL [--input CxHxW] [--json]``: per-layer output shapes, parameters,
   MACs, receptive fields and activation bytes, with totals (``graph/analysis.py``).
-- ``convforge zoo``: every zoo model with its input shape, classes and parameter count.
+- ``convforge zoo [--json]``: every zoo model with its input shape, classes and parameters.
 - ``convforge memory MODEL [--input CxHxW] [--batch B] [--train] [--recompute sqrt|LAYERS]
   [--json]``: the memory plan.
 - ``convforge warmup``: compile every CPU kernel variant into Numba's on-disk cache, so the
   first real compile in later processes loads in a fraction of a second.
+
+A user's mistake (a missing dataset, an unknown model, a bad flag value, a missing or corrupt
+checkpoint, an unwritable output folder) ends the command with one line on stderr and exit
+status 2; a failure while running (a diverged training run, a kernel error) with one line and
+status 1. ``CONVFORGE_TRACEBACK=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
+import os
 import sys
-import time
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
-import scipy.ndimage
 
-import engine
 import zoo
-from engine.augment import Augment
-from engine.data import Dataset, Normalize, load_dataset
-from engine.optim import SGD, Adam, AdamW
-from engine.schedules import SCHEDULES, make_schedule
-from engine.train import evaluate, fit, load_training_checkpoint
-
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
-
-
-def _fit_to(data: Dataset, size: tuple[int, int]) -> Dataset:
-    """Bilinearly resize images to the model's input size (8x8 digits for a 28x28 LeNet)."""
-    h, w = data.x.shape[2:]
-    if (h, w) == tuple(size):
-        return data
-    zoom = (1, 1, size[0] / h, size[1] / w)
-    x = scipy.ndimage.zoom(data.x, zoom, order=1).astype(np.float32)
-    return Dataset(x, data.y, data.classes)
-
-
-def _prepare(args: argparse.Namespace):
-    """Datasets sized for the model, the model, and the normalisation fitted on training data."""
-    train, test = load_dataset(args.data, seed=args.seed)
-    spec = zoo.spec(args.model)
-    size = tuple(args.input[1:]) if args.input else spec.input_shape[1:]
-    train, test = _fit_to(train, size), _fit_to(test, size)
-    kwargs = {"num_classes": len(train.classes)}
-    if train.x.shape[1] != spec.input_shape[0]:
-        kwargs["in_channels"] = train.x.shape[1]
-    model = zoo.get(args.model, **kwargs)
-    return train, test, model, kwargs, Normalize.fit(train.x)
-
-
-def _optimizer(args: argparse.Namespace):
-    if args.optimizer == "sgd":
-        return SGD(
-            lr=args.lr,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay,
-            nesterov=args.nesterov,
-        )
-    return OPTIMIZERS[args.optimizer](lr=args.lr, weight_decay=args.weight_decay)
-
-
-def _augment(spec: str | None, seed: int) -> Augment | None:
-    """``crop=4,flip,rotate=10,translate=0.1,scale=0.9:1.1,elastic=34:4,jitter=0.2:0.2:0.2``."""
-    if not spec:
-        return None
-    options: dict[str, object] = {}
-    for item in spec.split(","):
-        key, _, value = item.partition("=")
-        numbers = [float(v) for v in value.split(":")] if value else []
-        if key == "flip":
-            options["flip"] = True
-        elif key == "crop":
-            options["crop"] = int(numbers[0])
-        elif key in ("rotate", "translate"):
-            options[key] = numbers[0]
-        elif key in ("scale", "elastic", "jitter"):
-            options[key] = tuple(numbers)
-        else:
-            raise ValueError(f"unknown augmentation {key!r} in --augment {spec!r}")
-    return Augment(**options, seed=seed)
-
-
-def _schedule(args: argparse.Namespace):
-    options = {
-        "step": {"step_size": max(1, args.epochs // 3)},
-        "multistep": {"milestones": [args.epochs // 2, 3 * args.epochs // 4]},
-        "exponential": {"gamma": 0.9},
-        "cosine": {"T_max": args.epochs},
-        "warmup-cosine": {"warmup_iters": 1, "T_max": max(1, args.epochs - 1)},
-        "plateau": {"patience": 2},
-        "none": {},
-    }
-    return make_schedule(args.schedule, args.lr, **options[args.schedule])
-
-
-def train(args: argparse.Namespace) -> int:
-    data, test, model, kwargs, norm = _prepare(args)
-    validation = test
-    shape = data.sample_shape
-    start = time.perf_counter()
-    exe = engine.compile(
-        model,
-        shape,
-        batch=args.batch,
-        dtype=args.dtype,
-        train=True,
-        optimizer=_optimizer(args),
-        label_smoothing=args.label_smoothing,
-    )
-    schedule = _schedule(args)
-    print(
-        f"{args.model}: {model.num_parameters():,} parameters, compiled for "
-        f"[{args.batch}, {', '.join(map(str, shape))}] in {time.perf_counter() - start:.2f} s; "
-        f"{len(data)} training and {len(validation)} test images"
-    )
-    first_epoch = 0
-    if args.resume:
-        first_epoch = load_training_checkpoint(args.resume, exe, schedule)["next_epoch"]
-        print(f"resumed from {args.resume} at epoch {first_epoch + 1}")
-    metadata = {
-        "model": args.model,
-        "model_args": kwargs,
-        "input_shape": list(shape),
-        "data": args.data,
-        "mean": norm.mean.tolist(),
-        "std": norm.std.tolist(),
-    }
-    results = fit(
-        exe,
-        data,
-        validation,
-        args.epochs,
-        schedule,
-        preprocess=norm,
-        seed=args.seed,
-        start_epoch=first_epoch,
-        checkpoint=args.checkpoint,
-        metadata=metadata,
-        progress=not args.no_progress,
-    )
-    if results:
-        total = sum(r.seconds for r in results)
-        print(
-            f"trained {len(results)} epochs in {total:.1f} s; final test top-1 "
-            f"{100 * results[-1].top1:.2f}%"
-        )
-    return 0
-
-
-def evaluate_checkpoint(args: argparse.Namespace) -> int:
-    data, test, model, _, norm = _prepare(args)
-    exe = engine.compile(
-        model, test.sample_shape, batch=args.batch, dtype=args.dtype, train=True, optimizer=SGD()
-    )
-    meta = load_training_checkpoint(args.checkpoint, exe)
-    if "mean" in meta:
-        norm = Normalize(np.array(meta["mean"], np.float32), np.array(meta["std"], np.float32))
-    scores = evaluate(exe, test, norm)
-    print(
-        f"{args.model} on {args.data} ({len(test)} test images): loss {scores['loss']:.4f}, "
-        f"top-1 {100 * scores['top1']:.2f}%, top-5 {100 * scores['top5']:.2f}%"
-    )
-    return 0
-
-
-def demo(args: argparse.Namespace) -> int:
-    """LeNet-5 on digits: the README's first command."""
-    args = _parser().parse_args(
-        [
-            "train",
-            "lenet5",
-            "--data",
-            "digits",
-            "--epochs",
-            str(args.epochs),
-            "--batch",
-            "32",
-            "--lr",
-            "0.05",
-            "--schedule",
-            "cosine",
-            "--no-progress",
-        ]
-    )
-    data, _, model, _, _ = _prepare(args)
-    exe = engine.compile(model, data.sample_shape, batch=args.batch)
-    print(exe.graph, end="\n\n")
-    exe.graph.print_tabular()
-    print()
-    start = time.perf_counter()
-    train(args)
-    batch = np.zeros(exe.input_shape, np.float32)
-    rows = exe.profile(batch, 200)
-    per_batch = sum(r["us"] for r in rows)
-    print(
-        f"inference: {per_batch:.0f} us per batch of {args.batch} "
-        f"({per_batch / args.batch:.2f} us per image); memory: parameters "
-        f"{4 * model.num_parameters() / 1024:.0f} KiB, activation arena "
-        f"{exe._inference.memory.arena_bytes / 1024:.0f} KiB; demo took "
-        f"{time.perf_counter() - start:.1f} s"
-    )
-    return 0
+from engine.cli_training import (
+    OPTIMIZERS,
+    RUN_DEFAULTS,
+    UsageError,
+    demo,
+    evaluate_checkpoint,
+    parse_augment,
+    train,
+)
+from engine.schedules import SCHEDULES
 
 
 def warmup(args: argparse.Namespace) -> int:
-    import backends.cpu  # noqa: F401  (registers the kernels)
-    from backends.cpu.kernels import KERNELS
+    from engine.warmup import warmup as compile_all
 
-    start, count = time.perf_counter(), 0
-    for kernel in KERNELS:
-        for dtype in ("float32", "float64"):
-            for parallel in (False, True):
-                kernel.shim(dtype, parallel)
-                count += 1
-            for sources in kernel.aliased_variants():  # written in place
-                kernel.shim(dtype, kernel.parallel_inplace, sources)
-                count += 1
-                if kernel.parallel_inplace:  # small steps run serially
-                    kernel.shim(dtype, False, sources)
-                    count += 1
-    print(f"compiled {count} CPU kernel variants in {time.perf_counter() - start:.1f} s")
+    count, seconds = compile_all(args.jobs, progress=not args.no_progress)
+    print(f"compiled {count} CPU kernel variants in {seconds:.1f} s")
     return 0
 
 
@@ -245,8 +65,6 @@ def _input_shape(text: str) -> tuple[int, int, int]:
 
 def summary(args: argparse.Namespace) -> int:
     """Per-layer shapes, parameters, MACs and receptive fields; traces the model, no compile."""
-    import json
-
     from graph.analysis import analyze, summary_dict, summary_table
     from graph.trace import trace
 
@@ -256,7 +74,7 @@ def summary(args: argparse.Namespace) -> int:
     try:
         graph = trace(zoo.get(args.model, **kwargs), shape, batch=args.batch)
     except ValueError as err:  # a layer that does not fit this input: the tracer's message
-        raise SystemExit(f"convforge summary: {args.model} at input {shape}: {err}") from None
+        raise UsageError(f"{args.model} at input {shape}: {err}") from None
     result = analyze(graph, args.model)
     print(json.dumps(summary_dict(result)) if args.json else summary_table(result))
     return 0
@@ -265,13 +83,11 @@ def summary(args: argparse.Namespace) -> int:
 def memory(args: argparse.Namespace) -> int:
     """The memory plan a compile would make (nothing is allocated): the report of
     ``Executable.memory_report`` as a table or as JSON."""
-    import json
-
     from engine.compiler import memory_plans
     from graph.memory import plan_report
 
     if args.recompute and not args.train:
-        raise SystemExit("convforge memory: --recompute applies to the training plan (--train)")
+        raise UsageError("--recompute applies to the training plan (--train)")
     spec = zoo.spec(args.model)
     shape = args.input or spec.input_shape
     model = zoo.get(args.model)
@@ -279,7 +95,7 @@ def memory(args: argparse.Namespace) -> int:
     try:
         plan = memory_plans(model, shape, args.batch, train=args.train, recompute=args.recompute)
     except ValueError as err:
-        raise SystemExit(f"convforge memory: {args.model} at input {shape}: {err}") from None
+        raise UsageError(f"{args.model} at input {shape}: {err}") from None
     trainable = 4 * model.num_parameters()
     tensors = [np.asarray(getattr(t, "data", t)) for _, t, _ in model.named_tensors()]
     persistent = 4 * sum(a.size for a in tensors if np.issubdtype(a.dtype, np.floating))
@@ -311,73 +127,182 @@ def memory(args: argparse.Namespace) -> int:
 
 
 def list_zoo(args: argparse.Namespace) -> int:
-    """Every zoo model with its default input, classes and parameters (builds each one)."""
+    """Every zoo model with its default input, classes and parameters (builds each one), and
+    how it compares with torchvision's default constructor of the same name."""
     from graph.analysis import text_table
 
-    rows = [("model", "input", "classes", "params")]
+    models = []
     for name in zoo.names():
         spec = zoo.spec(name)
-        shape = "x".join(map(str, spec.input_shape))
-        params = zoo.get(name).num_parameters()
-        rows.append((name, shape, str(spec.num_classes), f"{params:,}"))
+        models.append(
+            {
+                "name": name,
+                "input_shape": list(spec.input_shape),
+                "classes": spec.num_classes,
+                "parameters": zoo.get(name).num_parameters(),
+                "torchvision": spec.torchvision,
+                "torchvision_parameters": spec.torchvision_params,
+                "departs": spec.departs,
+            }
+        )
+    if args.json:
+        print(json.dumps(models))
+        return 0
+    rows = [("model", "input", "classes", "params", "against torchvision's default")]
+    for model in models:
+        shape = "x".join(map(str, model["input_shape"]))
+        same = f"= torchvision.models.{model['torchvision']}()"
+        rows.append(
+            (
+                model["name"],
+                shape,
+                str(model["classes"]),
+                f"{model['parameters']:,}",
+                model["departs"] or same,
+            )
+        )
     print(text_table(rows, left=2))
     return 0
 
 
-def _add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", choices=zoo.names())
-    p.add_argument("--data", default="digits", help="digits, fashion-mnist or a directory")
-    p.add_argument(
-        "--input",
-        type=lambda s: tuple(int(v) for v in s.split("x")),
-        help="CxHxW to resize images to (default: the model's input shape)",
+# **** Argument types: each turns a bad value into argparse's one-line error ****
+
+
+def _zoo_model(name: str) -> str:
+    if name in zoo.names():
+        return name
+    close = difflib.get_close_matches(name, zoo.names(), n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown model {name!r}{hint} (convforge zoo lists all {len(zoo.names())})"
     )
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--seed", type=int, default=0)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convforge", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="train LeNet-5 on digits, print accuracy and timings")
-    p.add_argument("--epochs", type=int, default=5)
-    p.set_defaults(func=demo)
-    p = commands.add_parser("train", help="train a zoo model")
-    _add_training_options(p)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+def _number(kind: type, low: float, inclusive: bool = True):
+    """A type function for ints or floats ``>= low`` (``> low`` unless ``inclusive``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {kind.__name__}, but got {text!r}"
+            ) from None
+        if value < low or (value == low and not inclusive):
+            rule = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(f"must be {rule} {low}, but got {text}")
+        return value
+
+    return parse
+
+
+def _augment_spec(text: str) -> str:
+    try:
+        parse_augment(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+_positive = _number(int, 1)
+_non_negative = _number(float, 0.0)
+
+
+# **** The parser ****
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``convforge train: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _Help(argparse.HelpFormatter):
+    """Shows each flag's default; a run's arguments show the default of a new run."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = RUN_DEFAULTS.get(action.dest, action.default)
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if hidden or "default:" in (action.help or ""):
+            return action.help or ""
+        return f"{action.help} (default: {default})"
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """Data, input size, batch, dtype and seed: train and eval share them. Their defaults live
+    in ``RUN_DEFAULTS``: left as None here, a resumed run can tell a given flag from none."""
+    p.add_argument(
+        "--data",
+        help="digits, fashion-mnist[:DIR] (DIR defaults to $CONVFORGE_FASHION_MNIST or Debian's "
+        "dataset-fashion-mnist folder), mnist:DIR, cifar10:DIR (the binary version), or a "
+        "folder of IDX files or of images in class sub-folders",
+    )
+    p.add_argument("--input", type=_input_shape, help="CxHxW to resize images to")
+    p.add_argument("--batch", type=_positive, help="batch size the model is compiled for")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="floating-point type")
+    p.add_argument("--seed", type=int, help="seed of the data split, order and augmentation")
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="train a zoo model", formatter_class=_Help)
+    p.add_argument("model", nargs="?", type=_zoo_model, help="zoo model (convforge zoo)")
+    _add_data_options(p)
+    p.add_argument("--epochs", type=_positive, help="epochs to train in all")
+    p.add_argument("--lr", type=_non_negative, help="learning rate")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), help="optimizer")
+    p.add_argument("--momentum", type=_non_negative, help="SGD momentum")
+    p.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, help="SGD with Nesterov momentum"
+    )
+    p.add_argument("--weight-decay", type=_non_negative, help="L2 weight decay")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule, per epoch")
+    p.add_argument(
+        "--label-smoothing", type=_number(float, 0.0), help="cross-entropy label smoothing"
+    )
     p.add_argument(
         "--augment",
-        help="e.g. crop=4,flip,rotate=10,translate=0.1,scale=0.9:1.1,"
+        type=_augment_spec,
+        help="comma-separated, e.g. crop=4,flip,rotate=10,translate=0.1,scale=0.9:1.1,"
         "elastic=34:4,jitter=0.2:0.2:0.2",
     )
-    p.add_argument("--checkpoint", help="file to save after every epoch")
-    p.add_argument("--resume", help="checkpoint to continue from")
+    p.add_argument("--checkpoint", help="file written (atomically) after every epoch")
+    p.add_argument(
+        "--resume", help="checkpoint to continue from, with the arguments it was trained with"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(func=train)
-    p = commands.add_parser("eval", help="evaluate a checkpoint on the test split")
-    _add_training_options(p)
-    p.add_argument("--checkpoint", required=True)
+
+
+def _add_eval(commands) -> None:
+    p = commands.add_parser(
+        "eval", help="evaluate a checkpoint on the test split", formatter_class=_Help
+    )
+    p.add_argument(
+        "model", nargs="?", type=_zoo_model, help="zoo model (default: the checkpoint's)"
+    )
+    _add_data_options(p)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of convforge train")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=evaluate_checkpoint)
-    p = commands.add_parser("warmup", help="compile every CPU kernel into Numba's cache")
-    p.set_defaults(func=warmup)
-    p = commands.add_parser("summary", help="per-layer shapes, params, MACs, receptive fields")
-    p.add_argument("model", choices=zoo.names())
+
+
+def _add_model_reports(commands) -> None:
+    p = commands.add_parser(
+        "summary", help="per-layer shapes, params, MACs, receptive fields", formatter_class=_Help
+    )
+    p.add_argument("model", type=_zoo_model, help="zoo model (convforge zoo)")
     p.add_argument("--input", type=_input_shape, help="CxHxW (default: the model's input shape)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_positive, default=1, help="batch size")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(func=summary)
-    p = commands.add_parser("memory", help="memory plan: arena, lower bound, naive bytes")
-    p.add_argument("model", choices=zoo.names())
+    p = commands.add_parser(
+        "memory", help="memory plan: arena, lower bound, naive bytes", formatter_class=_Help
+    )
+    p.add_argument("model", type=_zoo_model, help="zoo model (convforge zoo)")
     p.add_argument("--input", type=_input_shape, help="CxHxW (default: the model's input shape)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_positive, default=1, help="batch size")
     p.add_argument("--train", action="store_true", help="the training plan (SGD + momentum)")
     p.add_argument(
         "--recompute",
@@ -386,9 +311,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(func=memory)
-    p = commands.add_parser("zoo", help="list the zoo models with input shapes and parameters")
+    p = commands.add_parser(
+        "zoo", help="list the zoo models with input shapes and parameters", formatter_class=_Help
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON list instead")
     p.set_defaults(func=list_zoo)
-    return parser
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line (``convforge --help``)."""
+    top = _Parser(
+        prog="convforge",
+        description=__doc__.splitlines()[0],
+        epilog="CONVFORGE_TRACEBACK=1 shows a traceback instead of the one-line error.",
+        formatter_class=_Help,
+    )
+    top.add_argument("--version", action="version", version=f"convforge {_version()}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = commands.add_parser(
+        "demo", help="train LeNet-5 on digits, print accuracy and timings", formatter_class=_Help
+    )
+    p.add_argument("--epochs", type=_positive, default=5, help="epochs to train")
+    p.set_defaults(func=demo)
+    _add_train(commands)
+    _add_eval(commands)
+    p = commands.add_parser(
+        "warmup", help="compile every CPU kernel into Numba's cache", formatter_class=_Help
+    )
+    p.add_argument("--jobs", type=_positive, default=os.cpu_count() or 1, help="compiler processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=warmup)
+    _add_model_reports(commands)
+    return top
+
+
+def _version() -> str:
+    try:
+        return version("convforge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _recompute_policy(text: str) -> str | list[str]:
@@ -396,9 +357,32 @@ def _recompute_policy(text: str) -> str | list[str]:
     return text if text == "sqrt" else [name for name in text.split(",") if name]
 
 
+# **** Running a command ****
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    return args.func(args)
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"convforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # ``convforge zoo | head``: the reader left early, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, TypeError, KeyError, OSError) as error:  # the user's input
+        return _fail(args.command, error, 2)
+    except RuntimeError as error:  # a failure while running: divergence, a kernel's error
+        return _fail(args.command, error, 1)
+
+
+def _fail(command: str, error: Exception, status: int) -> int:
+    """One line on stderr (the message's first line), unless CONVFORGE_TRACEBACK is set."""
+    if os.environ.get("CONVFORGE_TRACEBACK"):
+        raise error
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    print(f"convforge {command}: error: {str(message).splitlines()[0]}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

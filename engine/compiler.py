@@ -8,8 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from backends import get_backend
-from backends.base import Backend
-from engine._runtime import Runner
+from backends.base import Backend, Buffer
 from engine.executable import Executable, Plan
 from engine.optim import SGD, Optimizer
 from graph.autodiff import autodiff
@@ -64,9 +63,9 @@ def compile(
         raise ValueError("loss and optimizer apply to training: pass train=True as well")
     if not train and recompute is not None:
         raise ValueError("recompute applies to training: pass train=True as well")
+    device = get_backend(backend)  # first: a missing device is reported before any work
     forward = trace(model, input_shape, batch, dtype)
-    device = get_backend(backend)
-    storage = _persistent_storage(forward, model, dtype)
+    storage = _persistent_storage(forward, model, dtype, device)
     passes = {"inplace": inplace, "reorder": reorder}
     training = None
     if train:  # differentiated in program order, before planning reorders ``forward``
@@ -75,7 +74,7 @@ def compile(
         )
         if optimizer is not None:
             optimizer.add_updates(graph)
-        _add_training_storage(graph, storage, dtype)
+        _add_training_storage(graph, storage, dtype, device)
         graph, memory = plan_training_graph(graph, device, recompute, **passes)
         training = _build_plan(graph, device, storage, memory)
     inference = _build_plan(forward, device, storage, plan_graph(forward, device, **passes))
@@ -138,17 +137,19 @@ def memory_plans(
 
 
 def _build_plan(
-    graph: Graph, device: Backend, storage: dict[str, np.ndarray], memory: MemoryPlan
+    graph: Graph, device: Backend, storage: dict[str, Buffer], memory: MemoryPlan
 ) -> Plan:
     """Allocate the arena of ``memory`` (the graph's plan) and lower every node to steps."""
     arena = device.allocate(memory.arena_bytes)
+    arena_address = device.address(arena)
+    storage_addresses = {name: device.address(buffer) for name, buffer in storage.items()}
 
     def address(name: str) -> int:
-        if name in storage:
-            return storage[name].ctypes.data
-        return arena.ctypes.data + memory.offset(name)
+        if name in storage_addresses:
+            return storage_addresses[name]
+        return arena_address + memory.offset(name)
 
-    consts: list[np.ndarray] = []
+    consts: list[Buffer] = []
     steps, step_nodes = [], []
     for node in graph.nodes:
         scratch_key = f"{node.name}#scratch"
@@ -156,30 +157,34 @@ def _build_plan(
         node_steps = device.lower(node, address, scratch_address, consts)
         steps += node_steps
         step_nodes += [node.name] * len(node_steps)
-    runner = Runner(**device.pack(steps))
-    return Plan(graph, memory, runner, step_nodes, [arena, consts], storage)
+    return Plan(graph, memory, device.runner(steps), step_nodes, arena, consts, storage, device)
 
 
-def _persistent_storage(graph: Graph, model: Module, dtype: str) -> dict[str, np.ndarray]:
-    """Arrays outside the arena: the input, the output, and every parameter and state buffer
+def _persistent_storage(
+    graph: Graph, model: Module, dtype: str, device: Backend
+) -> dict[str, Buffer]:
+    """Buffers outside the arena: the input, the output, and every parameter and state buffer
     (initialised from the model's current values)."""
     tensors = {name: t for name, t, _ in model.named_tensors()}
     storage = {}
     for value in graph.inputs + graph.outputs:
-        storage[value.name] = np.full(value.shape, np.nan, dtype)
+        storage[value.name] = device.from_host(np.full(value.shape, np.nan, dtype))
     for value in graph.params:
         source = tensors[value.name]
-        storage[value.name] = np.array(
-            source.data if isinstance(source, Parameter) else source, dtype=dtype, order="C"
-        )
+        array = source.data if isinstance(source, Parameter) else source
+        storage[value.name] = device.from_host(np.asarray(array, dtype=dtype))
     return storage
 
 
-def _add_training_storage(graph: Graph, storage: dict[str, np.ndarray], dtype: str) -> None:
+def _add_training_storage(
+    graph: Graph, storage: dict[str, Buffer], dtype: str, device: Backend
+) -> None:
     """The target, the loss, gradients, constants and optimizer state (zero, as torch starts)."""
     for value in graph.inputs + graph.outputs + list(graph.grads.values()):
-        storage.setdefault(value.name, np.full(value.shape, np.nan, dtype))
+        if value.name not in storage:
+            storage[value.name] = device.from_host(np.full(value.shape, np.nan, dtype))
     for value in graph.params:
-        storage.setdefault(value.name, np.zeros(value.shape, dtype))
+        if value.name not in storage:
+            storage[value.name] = device.from_host(np.zeros(value.shape, dtype))
     for name, fill in graph.consts.items():
-        storage[name] = np.full(graph.values[name].shape, fill, dtype)
+        storage[name] = device.from_host(np.full(graph.values[name].shape, fill, dtype))

@@ -1,10 +1,13 @@
-"""The Executable: a compiled model bound to its buffers, run by the Cython executor.
+"""The Executable: a compiled model bound to its buffers, run by its backend's runner.
 
 Storage: each plan (inference, and training when compiled with ``train=True``) has one arena
 (planned offsets, ``graph.memory``) for its transient activations and scratch; persistent
-arrays, shared by the plans, hold the input, the outputs, the target, each parameter and state
+buffers, shared by the plans, hold the input, the outputs, the target, each parameter and state
 buffer, each gradient, the optimizer state and constants. Steps hold raw addresses into these
-arrays, so they are never reallocated: loading weights copies into them in place.
+buffers, so they are never reallocated: loading weights copies into them in place.
+
+Every buffer belongs to the backend (``backends.base``): this module reads and writes them only
+through ``to_host`` and ``copy_in``, so the same code drives the CPU and a GPU.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backends.base import Backend, Buffer, Runner
 from backends.errors import kernel_error_message
-from engine._runtime import Runner
 from engine.optim import HYPER_VALUE, Optimizer
 from graph.autodiff import DROPOUT_RNG
 from graph.ir import Graph, Value
@@ -27,15 +30,17 @@ from graph.ops.optim import UPDATES
 @dataclass
 class Plan:
     """One lowered graph: its memory plan, its runner, the node behind each step, and what the
-    steps point into: ``keep_alive[0]`` the arena, ``storage`` the persistent arrays (shared
-    with the executable and the other plan)."""
+    steps point into: ``arena``, the constants in ``consts``, and ``storage``, the persistent
+    buffers (shared with the executable and the other plan)."""
 
     graph: Graph
     memory: MemoryPlan
     runner: Runner
     step_nodes: list[str]
-    keep_alive: list
-    storage: dict[str, np.ndarray]
+    arena: Buffer
+    consts: list[Buffer]
+    storage: dict[str, Buffer]
+    backend: Backend
 
     def first_step_of(self, predicate) -> int:
         """Index of the first step whose node satisfies ``predicate`` (else the step count)."""
@@ -60,9 +65,9 @@ class Plan:
         """``value``'s buffer as the steps see it: its persistent array, or a view of the arena
         at its planned offset (meaningful while the value is live)."""
         if value.name in self.storage:
-            return self.storage[value.name]
+            return self.backend.to_host(self.storage[value.name])
         start = self.memory.offset(value.name)
-        raw = self.keep_alive[0][start : start + value.type.nbytes]
+        raw = self.backend.to_host(self.arena)[start : start + value.type.nbytes]
         return raw.view(value.type.dtype).reshape(value.shape)
 
 
@@ -82,24 +87,35 @@ class Executable:
         self,
         inference: Plan,
         training: Plan | None,
-        storage: dict[str, np.ndarray],
+        storage: dict[str, Buffer],
         extra_state: dict[str, np.ndarray],
         optimizer: Optimizer | None,
     ) -> None:
         self._inference, self._training = inference, training
+        self._backend = inference.backend
         self.graph = inference.graph
         self.training_graph = training.graph if training else None
         self.optimizer = optimizer
         self._storage = storage
         self._input = storage[self.graph.inputs[0].name]
         self._output = storage[self.graph.outputs[0].name]
-        self.params: dict[str, np.ndarray] = {v.name: storage[v.name] for v in self.graph.params}
+        self._param_names = [v.name for v in self.graph.params]
         self._extra_state = extra_state
+        used = {value.name for node in self.graph.nodes for value in node.inputs}
+        self._counters = [
+            counter
+            for name, counter in extra_state.items()
+            if f"{name.rsplit('.', 1)[0]}.running_mean" in used
+        ]
         self._dropout_rng = storage.get(DROPOUT_RNG)
+        # [seed, step] of the dropout masks, kept on the host and copied in when it changes
+        self._dropout_step = (
+            self._backend.to_host(self._dropout_rng).copy() if DROPOUT_RNG in storage else None
+        )
         self.training = False
         if training is not None:
             graph = training.graph
-            self.grads = {name: storage[v.name] for name, v in graph.grads.items()}
+            self._grad_values = {name: v.name for name, v in graph.grads.items()}
             self._target = storage["target"]
             self._loss = storage[graph.outputs[0].name]
             loss_node = graph.nodes[graph.backward_start - 1]
@@ -107,19 +123,50 @@ class Executable:
             self._loss_step = training.first_step_of(lambda node: node is loss_node)
             self._update_step = training.first_step_of(lambda node: node.op in UPDATES)
 
+    # **** Tensors on the host ****
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Parameters and state buffers by ``state_dict`` key: live views on the CPU (writing
+        into them changes the model), copies from a GPU (write with ``load_state_dict``)."""
+        return {name: self._host(name) for name in self._param_names}
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        """After ``forward_backward``/``train_step``, each parameter's gradient by key (and
+        ``"input"`` with ``input_grad=True``): live on the CPU, copies from a GPU."""
+        if self._training is None:
+            raise RuntimeError("this executable was compiled without train=True")
+        return {name: self._host(value) for name, value in self._grad_values.items()}
+
     @property
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        """Live optimizer buffers (momentum, Adam's moments) as ``optimizer.<param>.<slot>``."""
+        """Optimizer buffers (momentum, Adam's moments) as ``optimizer.<param>.<slot>``."""
         return {
-            k: v
+            k: self._backend.to_host(v)
             for k, v in self._storage.items()
             if k.startswith("optimizer.") and k != HYPER_VALUE
         }
 
     @property
     def rng_state(self) -> dict[str, np.ndarray]:
-        """Live [seed, step] vector of the dropout masks (empty without dropout)."""
-        return {DROPOUT_RNG: self._dropout_rng} if self._dropout_rng is not None else {}
+        """The [seed, step] vector of the dropout masks (empty without dropout)."""
+        return {DROPOUT_RNG: self._host(DROPOUT_RNG)} if self._dropout_rng is not None else {}
+
+    def set_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Copy arrays into the persistent buffers of the same names (parameters, state,
+        optimizer slots, the dropout vector; ``extra_state`` keys go to the host counters).
+        Callers check names and shapes first (``load_state_dict``, ``engine.train``)."""
+        for name, array in tensors.items():
+            if name in self._extra_state:
+                np.copyto(self._extra_state[name], array)
+                continue
+            self._backend.copy_in(self._storage[name], array)
+            if name == DROPOUT_RNG:
+                self._dropout_step = np.array(array, dtype=self._dropout_step.dtype)
+
+    def _host(self, name: str) -> np.ndarray:
+        return self._backend.to_host(self._storage[name])
 
     @property
     def extra_state(self) -> dict[str, np.ndarray]:
@@ -157,7 +204,7 @@ class Executable:
             self._training.execute(stop=self._loss_step)
         else:
             self._inference.execute()
-        return self._output.copy()
+        return np.array(self._backend.to_host(self._output), copy=True)
 
     def forward_backward(self, x: np.ndarray, y: np.ndarray) -> float:
         """Loss of one batch in training mode; gradients are left in ``grads``, weights are not
@@ -165,7 +212,7 @@ class Executable:
         self._load_batch(x, y)
         self._advance()
         self._training.execute(stop=self._update_step)
-        return float(self._loss[0])
+        return self._loss_value()
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         """``forward_backward`` plus the optimizer update, in one executor call."""
@@ -173,10 +220,13 @@ class Executable:
             raise RuntimeError("train_step needs an optimizer: compile(..., optimizer=...)")
         self._load_batch(x, y)
         self.optimizer.steps += 1
-        self._storage[HYPER_VALUE][:] = self.optimizer.hyper_values()
+        self._backend.copy_in(self._storage[HYPER_VALUE], np.array(self.optimizer.hyper_values()))
         self._advance()
         self._training.execute()
-        return float(self._loss[0])
+        return self._loss_value()
+
+    def _loss_value(self) -> float:
+        return float(self._backend.to_host(self._loss)[0])
 
     def _load_input(self, x: np.ndarray) -> None:
         x = np.asarray(x)
@@ -190,7 +240,7 @@ class Executable:
                 f"expected an input of dtype {self._input.dtype}, but got {x.dtype}; "
                 f"convert it with x.astype(np.{self._input.dtype})"
             )
-        np.copyto(self._input, x)
+        self._backend.copy_in(self._input, x)
 
     def _load_batch(self, x: np.ndarray, y: np.ndarray) -> None:
         if self._training is None:
@@ -208,23 +258,26 @@ class Executable:
                     f"expected integer class indices in [0, {classes}), but got "
                     f"dtype {y.dtype}, range [{y.min()}, {y.max()}]"
                 )
-        np.copyto(self._target, y, casting="unsafe")
+        self._backend.copy_in(self._target, y)
 
     def _advance(self) -> None:
         """Before each training-mode forward: BatchNorm's num_batches_tracked counts it, as in
-        torch, and dropout draws new masks (the step wraps at 2^24, exact in float32)."""
-        for counter in self._extra_state.values():
+        torch, and dropout draws new masks (the step wraps at 2^24, exact in float32). Only the
+        BatchNorm layers the graph runs count: GoogLeNet's auxiliary heads stay at 0, as torch's
+        do when no forward reaches them."""
+        for counter in self._counters:
             counter += 1
         if self._dropout_rng is not None:
-            self._dropout_rng[1] = (self._dropout_rng[1] + 1) % 2**24
+            self._dropout_step[1] = (self._dropout_step[1] + 1) % 2**24
+            self._backend.copy_in(self._dropout_rng, self._dropout_step)
 
     def poison_buffers(self) -> None:
         """Fill the arenas and the outputs with NaN bit patterns (a testing aid: an element no
         kernel writes then shows up as NaN instead of a stale value)."""
         for plan in (self._inference, self._training):
             if plan is not None:
-                plan.keep_alive[0].fill(0xFF)
-        self._output.fill(np.nan)
+                self._backend.fill_bytes(plan.arena, 0xFF)
+        self._backend.copy_in(self._output, np.full(self._output.shape, np.nan))
 
     def _execute(self, repeat: int = 1) -> None:
         self._inference.execute(repeat=repeat)
@@ -261,13 +314,14 @@ class Executable:
         after the passes, recompute, the ``top`` buffers live at the peak step) and the
         persistent ``param_bytes``, ``grad_bytes`` and ``optimizer_bytes`` outside the arena."""
         plan = self._training or self._inference
-        grads = getattr(self, "grads", {})
+        grads = getattr(self, "_grad_values", {})
+        optimizer = [k for k in self._storage if k.startswith("optimizer.") and k != HYPER_VALUE]
         return {
             "plan": "training" if self._training else "inference",
             **plan_report(plan.memory, top),
-            "param_bytes": sum(v.nbytes for v in self.params.values()),
-            "grad_bytes": sum(v.nbytes for k, v in grads.items() if k != "input"),
-            "optimizer_bytes": sum(v.nbytes for v in self.optimizer_state.values()),
+            "param_bytes": sum(self._storage[k].nbytes for k in self._param_names),
+            "grad_bytes": sum(self._storage[v].nbytes for k, v in grads.items() if k != "input"),
+            "optimizer_bytes": sum(self._storage[k].nbytes for k in optimizer),
             "dtype_bytes": self._input.itemsize,
         }
 
@@ -276,7 +330,7 @@ class Executable:
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of parameters and buffers with PyTorch's keys (``num_batches_tracked`` too,
         so ``torch_model.load_state_dict`` accepts it strictly)."""
-        state = OrderedDict((k, v.copy()) for k, v in self.params.items())
+        state = OrderedDict((k, np.array(v, copy=True)) for k, v in self.params.items())
         state.update((k, v.copy()) for k, v in self._extra_state.items())
         return state
 
@@ -284,22 +338,22 @@ class Executable:
         """Copy weights in from a mapping keyed like torch's ``state_dict()`` (NumPy arrays or
         anything ``np.asarray`` takes). Every key must match in name and shape; BatchNorm's
         ``num_batches_tracked`` is accepted and ignored."""
-        ignored = set(self._extra_state)
-        missing = sorted(set(self.params) - set(state))
-        unexpected = sorted(set(state) - set(self.params) - ignored)
+        names = set(self._param_names)
+        missing = sorted(names - set(state))
+        unexpected = sorted(set(state) - names - set(self._extra_state))
         if missing or unexpected:
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        arrays = {name: np.asarray(state[name]) for name in self.params}
+        arrays = {name: np.asarray(state[name]) for name in self._param_names}
         for name, array in arrays.items():
-            if array.shape != self.params[name].shape:
+            expected = self._storage[name].shape
+            if array.shape != expected:
                 raise ValueError(
-                    f"load_state_dict: {name} expected shape {list(self.params[name].shape)}, "
+                    f"load_state_dict: {name} expected shape {list(expected)}, "
                     f"but got {list(array.shape)}"
                 )
             if not np.issubdtype(array.dtype, np.number):
                 raise TypeError(f"load_state_dict: {name} must be numeric, got {array.dtype}")
-        for name, array in arrays.items():
-            np.copyto(self.params[name], array, casting="unsafe")
+        self.set_tensors(arrays)
 
     def __repr__(self) -> str:
         plans = f"steps={self._inference.runner.count}"

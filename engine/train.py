@@ -10,6 +10,7 @@ statistics, optimizer buffers and step count, the schedule's state and the next 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.data import Dataset
 from engine.executable import Executable
 from engine.schedules import Schedule
+from graph.autodiff import DROPOUT_RNG
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ def fit(
         progress: a tqdm bar per epoch with the loss, images per second and time left.
     Returns:
         One ``EpochResult`` per epoch trained.
+    Raises:
+        TrainingDiverged: a training or validation loss became NaN or infinite; it names the
+            epoch and step, and the checkpoint still holds the last good epoch.
     """
     if exe.optimizer is None:
         raise ValueError("fit needs an executable compiled with train=True and an optimizer")
@@ -109,11 +114,15 @@ def fit(
             x = augment(x, epoch, index) if augment is not None else x
             x = preprocess(x) if preprocess is not None else x
             losses.append(exe.train_step(x.astype(exe.dtype, copy=False), y))
+            _check_finite(losses[-1], "training loss", epoch, index, exe, checkpoint)
             if progress and index % 10 == 0:
                 rate = (index + 1) * batch / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:,.0f}")
         seconds = time.perf_counter() - start
         scores = evaluate(exe, val, preprocess) if val is not None else {}
+        if scores:
+            last_step = len(losses) - 1
+            _check_finite(scores["loss"], "validation loss", epoch, last_step, exe, checkpoint)
         result = EpochResult(
             epoch,
             float(np.mean(losses)),
@@ -131,6 +140,28 @@ def fit(
         if checkpoint is not None:
             save_training_checkpoint(checkpoint, exe, epoch + 1, schedule, seed, metadata)
     return results
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the weights are no longer usable."""
+
+
+def _check_finite(
+    loss: float, what: str, epoch: int, step: int, exe: Executable, checkpoint: str | None
+) -> None:
+    """Stop before a diverged model can reach the checkpoint: the file keeps the last good
+    epoch (checkpoints are written only after an epoch whose losses were all finite)."""
+    if np.isfinite(loss):
+        return
+    kept = (
+        f"the checkpoint {checkpoint} keeps the last good epoch"
+        if checkpoint is not None
+        else "no checkpoint was written"
+    )
+    raise TrainingDiverged(
+        f"training diverged at epoch {epoch + 1}, step {step + 1}: the {what} is {loss}; {kept}. "
+        f"Try a lower learning rate (it was {exe.optimizer.lr:.4g})"
+    )
 
 
 def _progress(batches, total: int, description: str, enabled: bool):
@@ -177,18 +208,86 @@ def save_training_checkpoint(
 
 def load_training_checkpoint(path: str, exe: Executable, schedule: Schedule | None = None) -> dict:
     """Restore what ``save_training_checkpoint`` wrote into ``exe`` (and ``schedule``);
-    returns the metadata (``next_epoch`` is where to resume)."""
+    returns the metadata (``next_epoch`` is where to resume).
+
+    All or nothing: the optimizer's and the schedule's types and every tensor's name, shape and
+    dtype are checked before anything is copied, so a failed load (``ValueError`` naming the
+    tensor or the state and both values) leaves ``exe`` and ``schedule`` as they were.
+    """
     tensors, meta = load_checkpoint(path)
-    slots = {**exe.optimizer_state, **exe.rng_state}
-    exe.load_state_dict({k: v for k, v in tensors.items() if k not in slots})
-    for name, array in slots.items():
-        if name not in tensors:
-            raise ValueError(f"{path}: the checkpoint has no optimizer or dropout state {name}")
-        np.copyto(array, tensors[name])
-    for name, counter in exe.extra_state.items():
-        np.copyto(counter, tensors[name])
+    saved_optimizer = meta.get("optimizer") or {}
+    if exe.optimizer is not None:  # first: another optimizer also means other slot tensors
+        _check_state_loads(path, "optimizer", exe.optimizer, saved_optimizer)
+    targets = {**exe.params, **exe.extra_state, **exe.optimizer_state, **exe.rng_state}
+    _check_tensors(path, tensors, targets, ignored=())
+    if schedule is not None and meta.get("schedule") is not None:
+        _check_state_loads(path, "schedule", schedule, meta["schedule"])
+    exe.set_tensors({name: tensors[name] for name in targets})
     if exe.optimizer is not None:
-        exe.optimizer.load_state_dict(meta["optimizer"])
+        exe.optimizer.load_state_dict(saved_optimizer)
     if schedule is not None and meta.get("schedule") is not None:
         schedule.load_state_dict(meta["schedule"])
     return meta
+
+
+def load_weights(path: str, exe: Executable) -> dict:
+    """Load only the weights and BatchNorm statistics of a training checkpoint into ``exe``
+    (an inference executable, say), whatever optimizer made it; returns the metadata.
+    All or nothing, as ``load_training_checkpoint``."""
+    tensors, meta = load_checkpoint(path)
+    targets = {**exe.params, **exe.extra_state}
+    _check_tensors(path, tensors, targets, ignored=("optimizer.", DROPOUT_RNG))
+    exe.set_tensors({name: tensors[name] for name in targets})
+    return meta
+
+
+def _check_tensors(
+    path: str,
+    tensors: dict[str, np.ndarray],
+    targets: dict[str, np.ndarray],
+    ignored: tuple[str, ...],
+) -> None:
+    """Every target has a tensor of its shape and dtype, and nothing else is there (names
+    starting with one of ``ignored`` excepted)."""
+    missing = sorted(set(targets) - set(tensors))
+    unexpected = sorted(k for k in set(tensors) - set(targets) if not k.startswith(ignored))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: the checkpoint does not fit this model: "
+            + "; ".join(
+                f"{what} {_few(names)}"
+                for what, names in (("missing", missing), ("unexpected", unexpected))
+                if names
+            )
+        )
+    for name, target in targets.items():
+        found = tensors[name]
+        if found.shape != target.shape:
+            raise ValueError(
+                f"{path}: tensor {name} has shape {list(found.shape)} in the checkpoint, but "
+                f"the model needs {list(target.shape)}"
+            )
+        if found.dtype != target.dtype:
+            raise ValueError(
+                f"{path}: tensor {name} is {found.dtype} in the checkpoint, but the executable "
+                f"holds {target.dtype} (compile with dtype={found.dtype.name!r} to load it)"
+            )
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _check_state_loads(path: str, what: str, owner, state: dict) -> None:
+    """Load ``state`` into a copy of ``owner`` (an optimizer or schedule) to prove it fits."""
+    saved = state.get("type") if isinstance(state, dict) else None
+    if saved != type(owner).__name__:
+        raise ValueError(
+            f"{path}: the checkpoint was trained with the {what} {saved}, but this run uses "
+            f"{type(owner).__name__}; resume with the same {what}"
+        )
+    try:
+        copy.deepcopy(owner).load_state_dict(state)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: the checkpoint's {what} state does not load: {error}") from None

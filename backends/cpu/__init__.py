@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from backends.base import Backend
+from backends.base import Backend, host_arena
 from backends.cpu import (  # noqa: F401  (registration)
     capsule,
     conv,
@@ -18,11 +18,11 @@ from backends.cpu import (  # noqa: F401  (registration)
     pooling,
     shape,
 )
+from backends.cpu._runtime import Runner
 from backends.cpu.blas import single_threaded_blas
 from backends.cpu.kernels import Step
-from backends.cpu.lowering import LOWERINGS, SCRATCH, NodeIO
+from backends.cpu.lowering import LOWERINGS, TABLE, NodeIO
 from graph.ir import Node
-from graph.memory import ALIGN
 
 single_threaded_blas()
 
@@ -30,18 +30,25 @@ single_threaded_blas()
 class CpuBackend(Backend):
     name = "cpu"
 
-    @property
-    def supported_ops(self) -> frozenset[str]:
-        return frozenset(LOWERINGS)
-
-    def scratch_bytes(self, node: Node) -> int:
-        rule = SCRATCH.get(node.op)
-        return rule(node) if rule else 0
+    table = TABLE
 
     def allocate(self, nbytes: int) -> np.ndarray:
-        raw = np.empty(nbytes + ALIGN, np.uint8)
-        start = -raw.ctypes.data % ALIGN
-        return raw[start : start + nbytes]
+        return host_arena(nbytes)
+
+    def from_host(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, order="C", copy=True)
+
+    def to_host(self, buffer: np.ndarray) -> np.ndarray:
+        return buffer
+
+    def copy_in(self, buffer: np.ndarray, array: np.ndarray) -> None:
+        np.copyto(buffer, array, casting="unsafe")
+
+    def fill_bytes(self, buffer: np.ndarray, byte: int) -> None:
+        buffer.view(np.uint8).fill(byte)
+
+    def address(self, buffer: np.ndarray) -> int:
+        return buffer.ctypes.data
 
     def lower(
         self,
@@ -52,7 +59,11 @@ class CpuBackend(Backend):
     ) -> list[Step]:
         return LOWERINGS[node.op](node, NodeIO(node, address, scratch_address, consts))
 
+    def runner(self, steps: Sequence[Step]) -> Runner:
+        return Runner(**self.pack(steps))
+
     def pack(self, steps: Sequence[Step]) -> dict[str, np.ndarray]:
+        """The steps as the flat arrays of the Cython ``Runner``."""
         pointer_counts = [len(s.pointers) for s in steps]
         int_counts = [len(s.ints) for s in steps]
         return {

@@ -12,33 +12,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from backends.cpu.kernels import Step
+from backends.base import LoweringTable
 from graph.ir import Node
 
-Lowering = Callable[[Node, "NodeIO"], list[Step]]
-ScratchRule = Callable[[Node], int]
-
-LOWERINGS: dict[str, Lowering] = {}
-SCRATCH: dict[str, ScratchRule] = {}
+TABLE = LoweringTable("CPU")
+LOWERINGS, SCRATCH, lowers = TABLE.lowerings, TABLE.scratch, TABLE.lowers
 
 # Below this many inner-loop iterations a kernel runs serially: waking Numba's thread pool
 # costs a few microseconds, more than the work itself.
 PARALLEL_MIN_WORK = 1 << 15
-
-
-def lowers(*ops: str, scratch: ScratchRule | None = None) -> Callable[[Lowering], Lowering]:
-    """Register a lowering (and its scratch rule) for one or more op names."""
-
-    def wrap(func: Lowering) -> Lowering:
-        for op in ops:
-            if op in LOWERINGS:
-                raise ValueError(f"op {op!r} has two CPU lowerings")
-            LOWERINGS[op] = func
-            if scratch is not None:
-                SCRATCH[op] = scratch
-        return func
-
-    return wrap
 
 
 class NodeIO:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from engine._runtime import Runner
+from backends.cpu._runtime import Runner
 
 import engine
 import graph.functional as F

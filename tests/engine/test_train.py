@@ -9,10 +9,17 @@ import engine
 import graph.functional as F
 import graph.nn as nn
 from engine import cli
+from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.data import Dataset, Normalize, load_dataset
-from engine.optim import SGD
+from engine.optim import SGD, Adam
 from engine.schedules import make_schedule
-from engine.train import evaluate, fit, load_training_checkpoint
+from engine.train import (
+    TrainingDiverged,
+    evaluate,
+    fit,
+    load_training_checkpoint,
+    load_weights,
+)
 
 
 class DigitsNet(nn.Module):
@@ -135,3 +142,75 @@ def test_dropout_masks_change_between_steps_and_vanish_in_eval(rng):
     assert not np.array_equal(first, second)
     exe.eval()
     np.testing.assert_array_equal(exe.run(x), exe.run(x))
+
+
+# **** Loading is all or nothing ****
+
+
+def _snapshot(exe) -> dict[str, np.ndarray]:
+    live = {**exe.params, **exe.extra_state, **exe.optimizer_state, **exe.rng_state}
+    return {name: array.copy() for name, array in live.items()}
+
+
+def _refused(path, exe, schedule, match: str) -> None:
+    """Loading ``path`` fails with ``match`` and changes nothing in ``exe`` or ``schedule``."""
+    before, schedule_before = _snapshot(exe), schedule.state_dict()
+    steps_before = exe.optimizer.steps
+    with pytest.raises(ValueError, match=match):
+        load_training_checkpoint(str(path), exe, schedule)
+    for name, array in _snapshot(exe).items():
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
+    assert schedule.state_dict() == schedule_before and exe.optimizer.steps == steps_before
+
+
+def test_checkpoint_loading_is_all_or_nothing(digits, tmp_path):
+    good = tmp_path / "good.ckpt"
+    _run(digits, epochs=1, checkpoint=str(good))
+    tensors, meta = load_checkpoint(str(good))
+    exe = engine.compile(
+        DigitsNet(), (1, 8, 8), batch=32, train=True, optimizer=SGD(lr=0.1, momentum=0.9)
+    )
+    schedule = make_schedule("cosine", 0.1, T_max=4)
+    # tensors are checked in sorted order, so the broken one comes after others that would fit
+    bad = tmp_path / "bad.ckpt"
+    name = "features.3.weight"
+    save_checkpoint(bad, {k: v for k, v in tensors.items() if k != name}, meta)
+    _refused(bad, exe, schedule, f"missing {name}")
+    save_checkpoint(bad, {**tensors, name: tensors[name][:, :4]}, meta)
+    _refused(bad, exe, schedule, rf"{name} has shape \[16, 4, 3, 3\] .* needs \[16, 8, 3, 3\]")
+    save_checkpoint(bad, {**tensors, name: tensors[name].astype(np.float64)}, meta)
+    _refused(bad, exe, schedule, f"{name} is float64 in the checkpoint, but .* float32")
+    save_checkpoint(bad, {**tensors, "extra.weight": tensors[name]}, meta)
+    _refused(bad, exe, schedule, "unexpected extra.weight")
+    save_checkpoint(bad, tensors, {**meta, "schedule": {"type": "StepLR"}})
+    _refused(bad, exe, schedule, "schedule StepLR, but this run uses CosineAnnealingLR")
+    adam = engine.compile(DigitsNet(), (1, 8, 8), batch=32, train=True, optimizer=Adam())
+    with pytest.raises(ValueError, match="optimizer SGD, but this run uses Adam"):
+        load_training_checkpoint(str(good), adam)
+    load_training_checkpoint(str(good), exe, schedule)  # the good file still loads
+    np.testing.assert_array_equal(exe.params[name], tensors[name])
+
+
+def test_load_weights_ignores_the_optimizer(digits, tmp_path):
+    path = tmp_path / "adam.ckpt"
+    train, _, norm = digits
+    exe = engine.compile(DigitsNet(), (1, 8, 8), batch=32, train=True, optimizer=Adam())
+    fit(exe, train, epochs=1, preprocess=norm, checkpoint=str(path), progress=False, log=print)
+    inference = engine.compile(DigitsNet(), (1, 8, 8), batch=32)
+    load_weights(str(path), inference)
+    for name, array in exe.params.items():
+        np.testing.assert_array_equal(inference.params[name], array, err_msg=name)
+
+
+def test_fit_stops_at_the_first_non_finite_loss(digits, tmp_path):
+    train, test, norm = digits
+    path = tmp_path / "run.ckpt"
+    nn.manual_seed(0)
+    exe = engine.compile(DigitsNet(), (1, 8, 8), batch=32, train=True, optimizer=SGD(lr=0.05))
+    fit(exe, train, test, 1, preprocess=norm, checkpoint=str(path), progress=False, log=print)
+    good = path.read_bytes()
+    exe.optimizer.lr = 1e30
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch 2, step \d+: the training loss"):
+        fit(exe, train, test, 2, preprocess=norm, start_epoch=1, checkpoint=str(path),
+            progress=False, log=print)  # fmt: skip
+    assert path.read_bytes() == good

@@ -163,6 +163,7 @@ def test_a_training_graph_is_summarised_up_to_its_loss():
 
 
 @pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.slow
 def test_parameter_totals_match_num_parameters(name: str):
     result, expected = _zoo_summary(name)
     assert result.params == expected
@@ -223,5 +224,6 @@ def test_cli_zoo_lists_each_model(capsys, monkeypatch):
     monkeypatch.setattr(zoo, "names", lambda: ["lenet5", "resnet20_cifar"])
     assert main(["zoo"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["lenet5", "1x28x28", "10", "61,706"]
-    assert lines[2].split() == ["resnet20_cifar", "3x32x32", "10", "272,474"]
+    assert lines[1].split()[:4] == ["lenet5", "1x28x28", "10", "61,706"]
+    assert lines[2].split()[:4] == ["resnet20_cifar", "3x32x32", "10", "272,474"]
+    assert "not in torchvision" in lines[1]

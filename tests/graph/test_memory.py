@@ -76,6 +76,7 @@ SMALL = {"inception_v3": (3, 75, 75), "spp_net": (3, 80, 80)}
 
 
 @pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.slow
 def test_zoo_plans_verify_and_stay_near_the_lower_bound(name):
     """The whole pipeline (memory-aware order, in-place, offsets), verified inside."""
     spec = zoo.spec(name)

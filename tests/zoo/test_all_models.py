@@ -36,6 +36,7 @@ def _input(name: str) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.slow
 def test_model_runs_forward_and_trains(name):
     nn.manual_seed(0)
     shape, classes = _input(name), 10

@@ -61,6 +61,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "params", "shape"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow
 def test_parameter_count_and_forward(name, params, shape, rng):
     model = zoo.get(name)
     assert model.num_parameters() == params
@@ -231,6 +232,7 @@ def _randomise_vectors(model: nn.Module, rng: np.random.Generator) -> None:
     ],
     ids=["vgg11_bn", "squeezenet1_1"],
 )
+@pytest.mark.slow
 def test_forward_matches_torch_twin(name, twin, shape, rng):
     model = zoo.get(name, num_classes=10)
     _randomise_vectors(model, rng)

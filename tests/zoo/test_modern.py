@@ -27,6 +27,7 @@ COUNTS = {
 
 
 @pytest.mark.parametrize("name", list(COUNTS))
+@pytest.mark.slow
 def test_parameter_counts_are_exact(name):
     assert zoo.get(name).num_parameters() == COUNTS[name]
 
@@ -173,6 +174,7 @@ def test_blurpool_equals_reflect_pad_and_depthwise_binomial_conv(size, stride, r
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "alexnet"])
+@pytest.mark.slow
 def test_blur_adds_no_parameters_and_keeps_every_stage_size(name):
     from graph.trace import trace
 

@@ -1,0 +1,60 @@
+"""``convforge warmup`` (engine/warmup.py): the variant list and the workers' cache lock.
+
+The pool itself runs in CI (``convforge warmup`` before the tests) and on every developer's
+machine; these tests pin what it compiles and that concurrent workers cannot interleave the
+load-modify-replace of one Numba cache index.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+from backends.cpu.kernels import KERNELS
+from engine.warmup import variants
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_variants_cover_every_kernel_once_parallel_first():
+    found = variants()
+    assert len(set(found)) == len(found)
+    for index in range(len(KERNELS)):
+        for dtype in ("float32", "float64"):
+            for parallel in (False, True):
+                assert (index, dtype, parallel, None) in found
+    parallel = [v[2] for v in found]
+    assert parallel == sorted(parallel, reverse=True)  # the expensive ones are handed out first
+
+
+def test_worker_cache_loads_and_saves_hold_the_lock(tmp_path):
+    """In a fresh process (the patch is process-wide, as in a worker): every index-and-data
+    save and load of Numba's cache runs inside the lock, and still round-trips."""
+    code = textwrap.dedent(
+        f"""
+        from numba.core.caching import IndexDataCacheFile
+        from engine.warmup import _locked_cache_files
+
+        class Lock:
+            held = entered = 0
+            def __enter__(self):
+                assert not self.held
+                self.held, self.entered = 1, self.entered + 1
+            def __exit__(self, *exc):
+                self.held = 0
+
+        lock = Lock()
+        _locked_cache_files(lock)
+        cache = IndexDataCacheFile({str(tmp_path)!r}, "f", source_stamp=(1.0, 2))
+        cache.save(("sig", "target"), {{"code": 42}})
+        assert cache.load(("sig", "target")) == {{"code": 42}}
+        assert lock.entered == 2, lock.entered
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
