@@ -108,10 +108,6 @@ class Executable:
             if f"{name.rsplit('.', 1)[0]}.running_mean" in used
         ]
         self._dropout_rng = storage.get(DROPOUT_RNG)
-        # [seed, step] of the dropout masks, kept on the host and copied in when it changes
-        self._dropout_step = (
-            self._backend.to_host(self._dropout_rng).copy() if DROPOUT_RNG in storage else None
-        )
         self.training = False
         if training is not None:
             graph = training.graph
@@ -162,8 +158,6 @@ class Executable:
                 np.copyto(self._extra_state[name], array)
                 continue
             self._backend.copy_in(self._storage[name], array)
-            if name == DROPOUT_RNG:
-                self._dropout_step = np.array(array, dtype=self._dropout_step.dtype)
 
     def _host(self, name: str) -> np.ndarray:
         return self._backend.to_host(self._storage[name])
@@ -268,8 +262,10 @@ class Executable:
         for counter in self._counters:
             counter += 1
         if self._dropout_rng is not None:
-            self._dropout_step[1] = (self._dropout_step[1] + 1) % 2**24
-            self._backend.copy_in(self._dropout_rng, self._dropout_step)
+            # read back each step: a caller may have set it (rng_state is live on the CPU)
+            seed_step = np.array(self._backend.to_host(self._dropout_rng))
+            seed_step[1] = (seed_step[1] + 1) % 2**24
+            self._backend.copy_in(self._dropout_rng, seed_step)
 
     def poison_buffers(self) -> None:
         """Fill the arenas and the outputs with NaN bit patterns (a testing aid: an element no
