@@ -7,7 +7,8 @@ code, so the GPU benchmark gets PyTorch + cuDNN on exactly our architecture and 
 the parity tests get an oracle that shares no kernel with either of our backends.
 
 Covered: the forward ops of inference graphs (conv2d with any stride, padding, dilation and
-groups; pooling; batch_norm in eval form; activations; shape ops). Anything else raises
+groups; pooling; batch_norm in eval form; activations; shape ops; the inference passes' fused
+conv2d/linear and BatchNorm folds). Anything else raises
 NotImplementedError naming the ops and a layer of each, when the twin is built.
 """
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from graph.ir import Graph, Node
+from graph.ops.fused import activation_of, epilogue_inputs
 
 Function = Callable[[Node, list[torch.Tensor]], torch.Tensor]
 
@@ -77,6 +79,34 @@ def _channel_shuffle(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+def _batch_norm_fold(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    """[alpha; beta] of an inference BatchNorm (graph/ops/fused.py)."""
+    mean, var, *affine = args
+    alpha = torch.rsqrt(var + node.attrs["eps"])
+    if affine:
+        alpha = alpha * affine[0]
+    beta = (affine[1] if affine else 0) - mean * alpha
+    return torch.stack([alpha, beta])
+
+
+def _fused(layer: Function) -> Function:
+    """A conv2d_fused or linear_fused node: the layer, then its epilogue part by part."""
+
+    def run(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+        epilogue = node.attrs["epilogue"]
+        extra = dict(zip(epilogue_inputs(epilogue), args[2:], strict=True))
+        y = layer(node, args[:2] + ([extra["bias"]] if "bias" in extra else []))
+        if "batch_norm" in extra:
+            alpha, beta = (v.reshape(1, -1, *(1,) * (y.dim() - 2)) for v in extra["batch_norm"])
+            y = y * alpha + beta
+        if "add" in extra:
+            y = y + extra["add"]
+        activation = activation_of(epilogue)
+        return FUNCTIONS[activation](node, [y]) if activation else y
+
+    return run
+
+
 # op name -> f(n, a): node ``n``'s output from its input tensors ``a``, in the node's order
 FUNCTIONS: dict[str, Function] = {
     # convolution, linear, normalisation
@@ -113,7 +143,11 @@ FUNCTIONS: dict[str, Function] = {
     "channel_shuffle": _channel_shuffle,
     "transpose": lambda n, a: a[0].transpose(n.attrs["dim0"], n.attrs["dim1"]).contiguous(),
     "pad": lambda n, a: F.pad(a[0], n.attrs["pads"], n.attrs["mode"], n.attrs["value"]),
+    # the inference passes' fused ops
+    "batch_norm_fold": _batch_norm_fold,
 }
+FUNCTIONS["conv2d_fused"] = _fused(FUNCTIONS["conv2d"])
+FUNCTIONS["linear_fused"] = _fused(FUNCTIONS["linear"])
 
 
 class TorchGraph:

@@ -15,6 +15,7 @@ from graph.autodiff import autodiff
 from graph.ir import Graph
 from graph.memory import MemoryPlan, plan_graph_memory
 from graph.nn import Module, Parameter
+from graph.passes.inference import optimize_for_inference
 from graph.passes.recompute import recompute as run_recompute
 from graph.trace import trace
 
@@ -33,6 +34,7 @@ def compile(
     recompute: str | Sequence[str] | None = None,
     inplace: bool = True,
     reorder: bool = True,
+    optimize: bool = True,
 ) -> Executable:
     """Compile ``model`` for inputs of shape [batch, *input_shape].
 
@@ -55,6 +57,11 @@ def compile(
         inplace: let elementwise nodes write over an input that dies there
             (``graph.passes.inplace``); results are identical either way.
         reorder: run the nodes in a memory-aware order (``graph.passes.schedule``).
+        optimize: run the inference passes on the inference plan (``graph.passes.inference``:
+            drop inference dropout, fold BatchNorm into the conv or linear before it, fuse the
+            residual add and activation into its epilogue, remove dead nodes). The results
+            equal the unfused plan's; ``exe.graph`` shows the fused nodes. Training plans keep
+            the ops as traced.
     Returns:
         An ``Executable``: ``run(x)``, ``params``, ``state_dict()``, ``load_state_dict()``, and
         with ``train=True`` also ``forward_backward(x, y)``, ``train_step(x, y)``, ``grads``.
@@ -77,13 +84,21 @@ def compile(
         _add_training_storage(graph, storage, dtype, device)
         graph, memory = plan_training_graph(graph, device, recompute, **passes)
         training = _build_plan(graph, device, storage, memory)
-    inference = _build_plan(forward, device, storage, plan_graph(forward, device, **passes))
+    inference_graph = _inference_graph(forward, device, optimize)
+    memory = plan_graph(inference_graph, device, **passes)
+    inference = _build_plan(inference_graph, device, storage, memory)
     extra_state = {
         name: np.array(t, copy=True)
         for name, t, _ in model.named_tensors()
         if not isinstance(t, Parameter) and not np.issubdtype(t.dtype, np.floating)
     }
     return Executable(inference, training, storage, extra_state, optimizer)
+
+
+def _inference_graph(forward: Graph, device: Backend, optimize: bool) -> Graph:
+    """The graph of the inference plan: ``forward`` itself, or its rewrite by the inference
+    passes (with the fused ops where ``device`` lowers them)."""
+    return optimize_for_inference(forward, device.supported_ops) if optimize else forward
 
 
 def plan_graph(
@@ -122,6 +137,7 @@ def memory_plans(
     dtype: str = "float32",
     backend: str = "cpu",
     recompute: str | Sequence[str] | None = None,
+    optimize: bool = True,
 ) -> dict[str, MemoryPlan]:
     """The plans ``compile`` would make (inference, and training with an SGD-with-momentum
     update), without allocating anything: for reports and the memory benchmark."""
@@ -132,7 +148,7 @@ def memory_plans(
         graph = autodiff(forward)
         SGD(momentum=0.9).add_updates(graph)
         plans["training"] = plan_training_graph(graph, device, recompute)[1]
-    plans["inference"] = plan_graph(forward, device)
+    plans["inference"] = plan_graph(_inference_graph(forward, device, optimize), device)
     return plans
 
 

@@ -95,6 +95,8 @@ class Node:
 
 
 def _fmt_attr(value: object) -> str:
+    if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+        return f"({','.join(value)})"
     if isinstance(value, tuple) and value and all(v == value[0] for v in value):
         return str(value[0])
     return str(value).replace(" ", "")
@@ -130,12 +132,23 @@ class Graph:
         return value
 
     def add_node(
-        self, op: str, inputs: list[Value], output_types: list[TensorType], attrs: dict, name: str
+        self,
+        op: str,
+        inputs: list[Value],
+        output_types: list[TensorType],
+        attrs: dict,
+        name: str,
+        output_names: list[str] | None = None,
     ) -> Node:
-        """Append a node whose outputs are new ``act`` values named after the node."""
+        """Append a node whose outputs are new ``act`` values named after the node (``name``,
+        ``name:1``...), or ``output_names``: a fused node keeps the name of the value it now
+        computes, so its users and the graph's outputs keep theirs."""
         node = Node(op, list(inputs), [], dict(attrs), name)
-        for i, type_ in enumerate(output_types):
-            out = self.add_value(name if i == 0 else f"{name}:{i}", type_, "act")
+        names = output_names or [
+            name if i == 0 else f"{name}:{i}" for i in range(len(output_types))
+        ]
+        for out_name, type_ in zip(names, output_types, strict=True):
+            out = self.add_value(out_name, type_, "act")
             out.producer = node
             node.outputs.append(out)
         for value in inputs:
@@ -162,11 +175,8 @@ class Graph:
                 graph.add_value(value.name, value.type, value.role)
         for node in self.nodes:
             inputs = [graph.values[v.name] for v in node.inputs]
-            types = [v.type for v in node.outputs]
-            copied = graph.add_node(node.op, inputs, types, node.attrs, node.name)
-            for old, new in zip(node.outputs, copied.outputs, strict=True):
-                if old.name != new.name:
-                    raise AssertionError(f"{node.name}: output %{old.name} copied as %{new.name}")
+            types, names = [v.type for v in node.outputs], [v.name for v in node.outputs]
+            graph.add_node(node.op, inputs, types, node.attrs, node.name, names)
         graph.outputs = [graph.values[v.name] for v in self.outputs]
         graph.consts = dict(self.consts)
         graph.grads = {k: graph.values[v.name] for k, v in self.grads.items()}

@@ -28,11 +28,17 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   strided, each tap is a run per output row over the outputs whose input lies in the image.
 - ``linear``: ``y = x @ W.T + b``, one GEMM per block of output features.
 
-Buffers: conv2d_shifted/conv2d_gemm/conv2d_direct(x, w, b, y, scratch), linear(x, w, b, y);
-``b`` is empty when the layer has no bias; direct's scratch is empty when strided.
+Every kernel ends with the epilogue (``epilogue.py``): bias, a folded BatchNorm, a residual
+add and an activation, applied to each run of output while it is in cache (``conv2d_fused``,
+``linear_fused``; a plain layer has at most its bias).
+
+Buffers: conv2d_shifted/conv2d_gemm/conv2d_direct(x, w, bias, affine, residual, consts, y,
+scratch), linear(x, w, bias, affine, residual, consts, y): absent epilogue parts are empty;
+direct's scratch is empty when strided.
 Attrs: [N, C, H, W, OC, OH, OW, KH, KW] then shifted [PT, PB, PL, PR, DH, DW, groups, band],
 gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block, images, threads], direct [SH, SW, PT,
-PB, PL, PR, DH, DW, groups]; linear [N, in_features, out_features, block].
+PB, PL, PR, DH, DW, groups]; linear [N, in_features, out_features, block]; each then the
+epilogue's activation kind.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from numba import get_thread_id, njit, prange
 
 from backends.cpu import winograd
 from backends.cpu.blas import matmul
+from backends.cpu.epilogue import epilogue_buffers, finish_channel, finish_features
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
 from backends.cpu.windows import axpy, valid_range
@@ -149,10 +156,10 @@ def _im2col_row(x, plane, h, wd, ow, sh, sw, pt, pl, dy, dx, start, row):
         p += ox1 - ox0
 
 
-@kernel(buffers=5)
-def conv2d_gemm(x, w, b, y, scratch, a):
+@kernel(buffers=8)
+def conv2d_gemm(x, w, b, affine, res, consts, y, scratch, a):
     n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups, pointwise, block = a[:18]
-    images, threads = a[18], a[19]
+    images, threads, kind = a[18], a[19], a[20]
     cg, ocg, hw, ohw = c // groups, oc // groups, h * wd, oh * ow
     rows, blocks, sets = cg * kh * kw, (ohw + block - 1) // block, (n + images - 1) // images
     span = images * block  # GEMM columns of one task
@@ -185,11 +192,12 @@ def conv2d_gemm(x, w, b, y, scratch, a):
                             staged, tid * ocg * span, ocg, count * width, o, m * width, y, at, width
                         )
         status = code if code != 0 else status
-        if b.shape[0]:
-            for m in range(count):
-                for o in range(ocg):
-                    at = ((first + m) * oc + g * ocg + o) * ohw + start
-                    y[at : at + width] += b[g * ocg + o]
+        for m in range(count):
+            for o in range(ocg):
+                at = ((first + m) * oc + g * ocg + o) * ohw + start
+                finish_channel(
+                    y[at : at + width], g * ocg + o, b, affine, res[at : at + width], kind, consts
+                )
     return status
 
 
@@ -216,9 +224,9 @@ def _unstage(staged, out, ocg, columns, o, column, y, at, width):
         y[at : at + width] = staged[row : row + width]
 
 
-@kernel(buffers=5)
-def conv2d_shifted(x, w, b, y, scratch, a):
-    n, c, h, wd, oc, oh, ow, kh, kw, pt, pb, pl, pr, dh, dw, groups, band = a[:17]
+@kernel(buffers=8)
+def conv2d_shifted(x, w, b, affine, res, consts, y, scratch, a):
+    n, c, h, wd, oc, oh, ow, kh, kw, pt, pb, pl, pr, dh, dw, groups, band, kind = a[:18]
     cg, ocg, taps = c // groups, oc // groups, kh * kw
     wp, hp = wd + pl + pr, h + pt + pb
     plane, wide = hp * wp, band * wp
@@ -260,13 +268,20 @@ def conv2d_shifted(x, w, b, y, scratch, a):
                 )
                 status = code if code != 0 else status
             for o in range(ocg):
-                bias = b[g * ocg + o] if b.shape[0] else 0.0
+                channel = g * ocg + o
                 for r in range(width // wp):
-                    out = ((i * oc + g * ocg + o) * oh + oy0 + r) * ow
-                    dst, row = y[out : out + ow], slots[slot + o * width + r * wp :]
-                    for k in range(ow):
-                        dst[k] = row[k] + bias
+                    out = ((i * oc + channel) * oh + oy0 + r) * ow
+                    _unwiden(y[out : out + ow], slots[slot + o * width + r * wp :])
+                    out_row = y[out : out + ow]
+                    finish_channel(out_row, channel, b, affine, res[out : out + ow], kind, consts)
     return status
+
+
+@njit(inline="always", cache=True)
+def _unwiden(dst, wide_row):
+    """dst = the first len(dst) columns of a row of the wide grid (the rest are garbage)."""
+    for k in range(dst.shape[0]):
+        dst[k] = wide_row[k]
 
 
 @njit(inline="always", cache=True)
@@ -278,9 +293,9 @@ def pad_plane(src, padded, start, h, wd, pt, pl, wp, plane):
         padded[row : row + wd] = src[iy * wd : (iy + 1) * wd]
 
 
-@kernel(buffers=5)
-def conv2d_direct(x, w, b, y, scratch, a):
-    n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups = a[:18]
+@kernel(buffers=8)
+def conv2d_direct(x, w, b, affine, res, consts, y, scratch, a):
+    n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups, kind = a[:19]
     cg, ocg, hw, ohw = c // groups, oc // groups, h * wd, oh * ow
     if sh == 1 and sw == 1:
         # Padded planes, then one axpy per tap over the whole wide (OH x Wp) output grid.
@@ -300,16 +315,15 @@ def conv2d_direct(x, w, b, y, scratch, a):
                 for t in range(taps):
                     start = src + t // kw * dh * wp + t % kw * dw
                     axpy(acc, scratch[start : start + wide], w[(o * cg + ci) * taps + t])
-            bias = b[o] if b.shape[0] else 0.0
             for r in range(oh):
-                dst, row = y[p * ohw + r * ow : p * ohw + (r + 1) * ow], acc[r * wp :]
-                for k in range(ow):
-                    dst[k] = row[k] + bias
+                _unwiden(y[p * ohw + r * ow : p * ohw + (r + 1) * ow], acc[r * wp :])
+            out_plane = y[p * ohw : (p + 1) * ohw]
+            finish_channel(out_plane, o, b, affine, res[p * ohw : (p + 1) * ohw], kind, consts)
         return 0
     for p in prange(n * oc):
         i, o = p // oc, p % oc
         out = y[p * ohw : (p + 1) * ohw]
-        out[:] = b[o] if b.shape[0] else 0
+        out[:] = 0
         for ci in range(cg):
             plane = (i * c + (o // ocg) * cg + ci) * hw
             for ki in range(kh):
@@ -324,12 +338,13 @@ def conv2d_direct(x, w, b, y, scratch, a):
                             axpy(dst, x[base + x_lo : base + x_hi], weight)
                         else:
                             axpy(dst, x[base + x_lo * sw : base + (x_hi - 1) * sw + 1 : sw], weight)
+        finish_channel(out, o, b, affine, res[p * ohw : (p + 1) * ohw], kind, consts)
     return 0
 
 
-@kernel(buffers=4)
-def linear(x, w, b, y, a):
-    n, in_features, out_features, block = a[0], a[1], a[2], a[3]
+@kernel(buffers=7)
+def linear(x, w, b, affine, res, consts, y, a):
+    n, in_features, out_features, block, kind = a[0], a[1], a[2], a[3], a[4]
     status = 0
     for task in prange((out_features + block - 1) // block):
         start = task * block
@@ -339,11 +354,10 @@ def linear(x, w, b, y, a):
             n, width, in_features, (x, 0, in_features), weights, (y, start, out_features), trans_b=1
         )
         status = code if code != 0 else status
-        if b.shape[0]:
-            for i in range(n):
-                row = y[i * out_features + start : i * out_features + start + width]
-                for k in range(width):
-                    row[k] += b[start + k]
+        for i in range(n):
+            at = i * out_features + start
+            row, residual = y[at : at + width], res[at : at + width]
+            finish_features(row, start, b, affine, residual, kind, consts)
     return status
 
 
@@ -428,43 +442,45 @@ def _conv2d_scratch(node: Node) -> int:
     return _conv2d_scratch_numel(node) * node.outputs[0].type.itemsize
 
 
-@lowers("conv2d", scratch=_conv2d_scratch)
+@lowers("conv2d", "conv2d_fused", scratch=_conv2d_scratch)
 def _lower_conv2d(node: Node, io: NodeIO):
     (n, c, h, wd), (oc, cg, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
     _, _, oh, ow = node.outputs[0].shape
     (sh, sw), (pt, pb, pl, pr) = node.attrs["stride"], node.attrs["padding"]
     (dh, dw), groups = node.attrs["dilation"], node.attrs["groups"]
-    bias = io.input(2) if len(node.inputs) == 3 else io.empty()
     parallel = io.output()[1] * cg * kh * kw >= PARALLEL_MIN_MACS
-    buffers = [io.input(0), io.input(1), bias, io.output()]
-    shape = [n, c, h, wd, oc, oh, ow, kh, kw]
+    epilogue, kind = epilogue_buffers(node, io)
     scratch = io.scratch(_conv2d_scratch_numel(node))
+    buffers = [io.input(0), io.input(1), *epilogue, io.output(), scratch]
+    shape = [n, c, h, wd, oc, oh, ow, kh, kw]
     if _is_direct(node):
-        attrs = shape + [sh, sw, pt, pb, pl, pr, dh, dw, groups]
-        return [conv2d_direct.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
+        attrs = shape + [sh, sw, pt, pb, pl, pr, dh, dw, groups, kind]
+        return [conv2d_direct.step(node.name, io.dtype, parallel, buffers, attrs)]
     if winograd.is_winograd(node):
-        attrs = winograd.attrs(node)
-        return [
-            winograd.conv2d_winograd.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)
-        ]
+        attrs = winograd.attrs(node) + [kind]
+        return [winograd.conv2d_winograd.step(node.name, io.dtype, parallel, buffers, attrs)]
     if _is_shifted(node):
-        attrs = shape + [pt, pb, pl, pr, dh, dw, groups, _band(node)]
-        return [conv2d_shifted.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
+        attrs = shape + [pt, pb, pl, pr, dh, dw, groups, _band(node), kind]
+        return [conv2d_shifted.step(node.name, io.dtype, parallel, buffers, attrs)]
     attrs = shape + [sh, sw, pt, pl, dh, dw, groups, int(is_pointwise(node))]
-    attrs += [rows_and_block(node)[1], images_per_task(node), numba.config.NUMBA_NUM_THREADS]
-    return [conv2d_gemm.step(node.name, io.dtype, parallel, buffers + [scratch], attrs)]
+    attrs += [rows_and_block(node)[1], images_per_task(node), numba.config.NUMBA_NUM_THREADS, kind]
+    return [conv2d_gemm.step(node.name, io.dtype, parallel, buffers, attrs)]
 
 
-@lowers("linear")
+@lowers("linear", "linear_fused")
 def _lower_linear(node: Node, io: NodeIO):
     (n, in_features), out_features = node.inputs[0].shape, node.inputs[1].shape[0]
-    bias = io.input(2) if len(node.inputs) == 3 else io.empty()
-    buffers = [io.input(0), io.input(1), bias, io.output()]
+    epilogue, kind = epilogue_buffers(node, io)
+    buffers = [io.input(0), io.input(1), *epilogue, io.output()]
     threads = numba.config.NUMBA_NUM_THREADS
     block = max(16, -(-out_features // threads))
     work = n * in_features * out_features
     return [
         linear.step(
-            node.name, io.dtype, io.parallel(work), buffers, [n, in_features, out_features, block]
+            node.name,
+            io.dtype,
+            io.parallel(work),
+            buffers,
+            [n, in_features, out_features, block, kind],
         )
     ]

@@ -205,17 +205,17 @@ _UNARY_KINDS = {
 }
 
 
-def _activation_consts(node: Node, io: NodeIO) -> tuple[int, int]:
+def activation_consts(attrs: dict, io: NodeIO) -> tuple[int, int]:
     """[slope, min_val, max_val]: leaky_relu's slope (or scale's factor), hardtanh's bounds."""
-    attrs = node.attrs
     slope = attrs.get("factor", attrs.get("negative_slope", 0.01))
     return io.const([slope, attrs.get("min_val", -1.0), attrs.get("max_val", 1.0)])
 
 
-def _unary_kind(node: Node) -> int:
-    if node.op == "gelu":
-        return GELU if node.attrs["approximate"] == "none" else GELU_TANH
-    return _UNARY_KINDS.get(node.op, COPY)
+def unary_kind(op: str, attrs: dict) -> int:
+    """The ``_unary_chunk`` kind of an op (COPY for the ops that move data unchanged)."""
+    if op == "gelu":
+        return GELU if attrs["approximate"] == "none" else GELU_TANH
+    return _UNARY_KINDS.get(op, COPY)
 
 
 @lowers(
@@ -233,10 +233,11 @@ def _unary_kind(node: Node) -> int:
 )
 def _lower_unary(node: Node, io: NodeIO):
     x, y = io.input(0), io.output()
-    if _unary_kind(node) == COPY and x[0] == y[0]:
+    kind = unary_kind(node.op, node.attrs)
+    if kind == COPY and x[0] == y[0]:
         return []  # flatten, reshape or inference dropout written in place: nothing to move
-    consts = _activation_consts(node, io)
-    return [unary.step(node.name, io.dtype, io.parallel(y[1]), [x, y, consts], [_unary_kind(node)])]
+    consts = activation_consts(node.attrs, io)
+    return [unary.step(node.name, io.dtype, io.parallel(y[1]), [x, y, consts], [kind])]
 
 
 @lowers("add", "sub", "mul")
@@ -253,7 +254,7 @@ def _lower_activation_grad(node: Node, io: NodeIO):
     kind = node.attrs["kind"]
     exact = node.attrs.get("approximate", "none") == "none"
     code = (GELU if exact else GELU_TANH) if kind == "gelu" else _UNARY_KINDS[kind]
-    buffers = [io.input(0), io.input(1), io.output(), _activation_consts(node, io)]
+    buffers = [io.input(0), io.input(1), io.output(), activation_consts(node.attrs, io)]
     return [activation_grad.step(node.name, io.dtype, io.parallel(io.output()[1]), buffers, [code])]
 
 

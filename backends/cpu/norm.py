@@ -3,6 +3,8 @@ and their gradients.
 
 - ``batch_norm``: PyTorch's CPU inference transform, ``alpha = weight / sqrt(var + eps)``,
   ``beta = bias - mean * alpha``, ``y = x * alpha + beta`` per channel plane.
+  ``batch_norm_fold`` writes the same alpha and beta out, [alpha; beta], for a conv or linear
+  epilogue that absorbed the BatchNorm (``graph.ops.fused``).
 - ``batch_norm_train``: per channel, the batch mean and biased variance (two passes, float64
   sums) normalise x; ``mean`` and ``invstd = 1 / sqrt(var + eps)`` are written out for the
   backward pass, and the running statistics are updated in place as torch does,
@@ -27,14 +29,14 @@ and their gradients.
   maximum subtracted before ``exp``. ``softmax_grad``: ``gx = y * (gy - sum(gy * y))`` per line.
 
 Buffers: batch_norm(x, mean, var, weight, bias, y, consts=[eps]) with weight/bias empty when
-affine=False; batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd,
-consts=[eps, momentum]) (batch_norm_recompute: mean and invstd in the scratch);
-batch_norm_grad(gy, x, mean, invstd, weight, gx, grad_weight, grad_bias); layer_norm2d(x,
-weight, bias, y, consts=[eps]); layer_norm2d_grad(gy, x, weight, gx, grad_weight, grad_bias,
-scratch=[mean per pixel, invstd per pixel], consts=[eps]); softmax(x, y); softmax_grad(gy, y,
-gx).
-Attrs: batch_norm* [N, C, inner] (batch_norm_train: then 1 to update the running statistics,
-0 to leave them); layer_norm2d* [N, C, H, W]; softmax* [outer, D, inner].
+affine=False; batch_norm_fold(mean, var, weight, bias, folded, consts=[eps]);
+batch_norm_train(x, running_mean, running_var, weight, bias, y, mean, invstd, consts=[eps,
+momentum]) (batch_norm_recompute: mean and invstd in the scratch); batch_norm_grad(gy, x, mean,
+invstd, weight, gx, grad_weight, grad_bias); layer_norm2d(x, weight, bias, y, consts=[eps]);
+layer_norm2d_grad(gy, x, weight, gx, grad_weight, grad_bias, scratch=[mean per pixel, invstd
+per pixel], consts=[eps]); softmax(x, y); softmax_grad(gy, y, gx).
+Attrs: batch_norm_fold [C]; batch_norm* [N, C, inner] (batch_norm_train: then 1 to update the
+running statistics, 0 to leave them); layer_norm2d* [N, C, H, W]; softmax* [outer, D, inner].
 """
 
 from __future__ import annotations
@@ -102,20 +104,34 @@ def _pixel_stats(x, pixel, c, hw, eps):
     return mu, 1.0 / math.sqrt(spread / c + eps)
 
 
+@njit(inline="always", cache=True)
+def _inference_affine(mean, var, weight, bias, ch, eps):
+    """(alpha, beta) of channel ``ch``: y = x * alpha + beta, as PyTorch's CPU kernel."""
+    alpha = 1.0 / math.sqrt(var[ch] + eps)
+    beta = -mean[ch] * alpha
+    if weight.shape[0]:
+        alpha = alpha * weight[ch]
+        beta = bias[ch] - mean[ch] * alpha
+    return alpha, beta
+
+
 @kernel(buffers=7, inplace=((5, 0),), parallel_inplace=True)
 def batch_norm(x, mean, var, weight, bias, y, consts, a):
     n, c, inner = a[0], a[1], a[2]
-    eps, affine = consts[0], weight.shape[0] > 0
     for p in prange(n * c):
-        ch = p % c
-        alpha = 1.0 / math.sqrt(var[ch] + eps)
-        beta = -mean[ch] * alpha
-        if affine:
-            alpha = alpha * weight[ch]
-            beta = bias[ch] - mean[ch] * alpha
+        alpha, beta = _inference_affine(mean, var, weight, bias, p % c, consts[0])
         src, dst = x[p * inner : (p + 1) * inner], y[p * inner : (p + 1) * inner]
         for j in range(inner):
             dst[j] = src[j] * alpha + beta
+    return 0
+
+
+@kernel(buffers=6)
+def batch_norm_fold(mean, var, weight, bias, folded, consts, a):
+    """folded = [alpha; beta] per channel (``graph.ops.fused``)."""
+    c = a[0]
+    for ch in range(c):
+        folded[ch], folded[c + ch] = _inference_affine(mean, var, weight, bias, ch, consts[0])
     return 0
 
 
@@ -283,6 +299,13 @@ def _lower_batch_norm(node: Node, io: NodeIO):
             _channel_layout(node.inputs[0].shape),
         )
     ]
+
+
+@lowers("batch_norm_fold")
+def _lower_batch_norm_fold(node: Node, io: NodeIO):
+    stats = [io.input(0), io.input(1), *_affine(node, io, 2)]
+    buffers = [*stats, io.output(), io.const([node.attrs["eps"]])]
+    return [batch_norm_fold.step(node.name, io.dtype, False, buffers, [node.inputs[0].shape[0]])]
 
 
 def _batch_norm_train_scratch(node: Node) -> int:

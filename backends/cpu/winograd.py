@@ -30,8 +30,10 @@ one of two schedules (``_schedule``):
 The input rows under a chunk's tiles are first copied into a zero-bordered per-thread block,
 so the tile loops need no bounds checks.
 
-Buffers: conv2d_winograd(x, w, b, y, scratch), conv2d_grad_weight_winograd(x, gy, gw, scratch).
-Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk, private].
+Buffers: conv2d_winograd(x, w, b, affine, residual, consts, y, scratch) (the epilogue's, see
+``epilogue.py``), conv2d_grad_weight_winograd(x, gy, gw, scratch).
+Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk, private], then
+the forward's activation kind.
 Scratch: [U or dU: 16 x OC x C | V: 16 x C x T | M or Z: 16 x OC x T | padded rows per
 thread] (shared) or [U | per thread: V, M, padded rows] (private),
 T = images x tile rows x tiles per row of a chunk (``_strides``, ``_regions``).
@@ -44,6 +46,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from backends.cpu.blas import matmul
+from backends.cpu.epilogue import finish_channel
 from backends.cpu.kernels import kernel
 from graph.ir import Node
 
@@ -352,13 +355,16 @@ def _output_plane(a, index, task, thread):
 
 
 @njit(inline="always", cache=True)
-def _transform_output(y, b, scratch, a, index, task, thread):
-    """Output plane (image m, channel o) = task of chunk ``index``, from M."""
+def _transform_output(y, b, affine, res, consts, scratch, a, index, task, thread):
+    """Output plane (image m, channel o) = task of chunk ``index``, from M, with the bias,
+    then the rest of the epilogue (``epilogue.py``) on the rows it wrote."""
     oh, ow, oc = a[5], a[6], a[4]
     plane, column, m_stride, _, ty0, rows = _output_plane(a, index, task, thread)
     bias = b[task % oc] if b.shape[0] else 0.0
     tw = (ow + 1) // 2
     _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, bias)
+    lo, hi = plane + 2 * ty0 * ow, plane + min(oh, 2 * (ty0 + rows)) * ow
+    finish_channel(y[lo:hi], task % oc, b[:0], affine, res[lo:hi], a[12], consts)
 
 
 @njit(inline="always", cache=True)
@@ -414,8 +420,8 @@ def _chunks(a):
     return (a[0] + a[9] - 1) // a[9] * ((th + a[10] - 1) // a[10])
 
 
-@kernel(buffers=5)
-def conv2d_winograd(x, w, b, y, scratch, a):
+@kernel(buffers=8)
+def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
     c, oc, private = a[1], a[4], a[11]
     u_stride = _strides(c, oc, 0)[0]
     for q in prange(oc * c):
@@ -430,7 +436,7 @@ def conv2d_winograd(x, w, b, y, scratch, a):
                 code = _forward_gemm(scratch, a, index, p, thread)
                 status = code if code != 0 else status
             for task in range(count * oc):
-                _transform_output(y, b, scratch, a, index, task, thread)
+                _transform_output(y, b, affine, res, consts, scratch, a, index, task, thread)
         return status
     for index in range(_chunks(a)):
         count = _chunk_of(a, index)[1]
@@ -440,7 +446,7 @@ def conv2d_winograd(x, w, b, y, scratch, a):
             code = _forward_gemm(scratch, a, index, p, 0)
             status = code if code != 0 else status
         for task in prange(count * oc):
-            _transform_output(y, b, scratch, a, index, task, get_thread_id())
+            _transform_output(y, b, affine, res, consts, scratch, a, index, task, get_thread_id())
     return status
 
 

@@ -107,7 +107,7 @@ def expect_positive(op: str, **values: object) -> None:
             raise ValueError(f"{op} {name} must be positive integers, but got {name}={value}")
 
 
-from graph.ops import capsule, conv, elementwise, linear, loss, norm, optim, pooling  # noqa: E402,F401
+from graph.ops import capsule, conv, elementwise, fused, linear, loss, norm, optim, pooling  # noqa: E402,F401,I001
 from graph.ops import shape as shape_ops  # noqa: E402,F401
 
 UNARY_ELEMENTWISE = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "gelu", "dropout"})

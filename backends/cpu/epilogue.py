@@ -1,0 +1,79 @@
+"""The epilogue of the conv2d and linear kernels: what happens to an output row while it is
+still in cache, so a fused layer (``graph.passes.fuse_epilogues``) never reads its output back.
+
+    y = act((acc + bias) * alpha + beta + residual)        every part optional
+
+- ``bias``: the layer's own bias (empty without one);
+- ``affine``: ``[alpha; beta]``, the [2, C] output of ``batch_norm_fold``, an inference
+  BatchNorm folded in (``graph.passes.fold_batch_norm``; empty without one);
+- ``residual``: a tensor of the output's shape (a ResNet shortcut; empty without one);
+- ``kind``: an activation of ``elementwise.py`` (``COPY`` for none) with its
+  ``consts = [negative_slope, min_val, max_val]``.
+
+Each part is its own loop over the row, in the order and with the arithmetic of the unfused
+kernels (conv bias, ``batch_norm``'s ``x * alpha + beta``, ``add``, the activation), so a fused
+plan gives the unfused plan's results bit for bit. Conv kernels call ``finish_channel`` on runs
+of one output channel; ``linear`` calls ``finish_features`` on runs of one sample's features.
+
+Buffers, after each layer kernel's x and w: bias, affine, residual, consts (``epilogue_buffers``);
+the activation kind is the kernel's last attr.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from backends.cpu.elementwise import COPY, _unary_chunk, activation_consts, unary_kind
+from backends.cpu.lowering import NodeIO
+from graph.ir import Node
+from graph.ops.fused import EPILOGUE_PARTS, activation_of, epilogue_inputs
+
+
+@njit(cache=True)
+def finish_channel(row, channel, bias, affine, residual, kind, consts):
+    """The epilogue of a run of output channel ``channel``, in place; ``residual`` is the
+    matching run of the residual (empty without one)."""
+    if bias.shape[0]:
+        b = bias[channel]
+        for i in range(row.shape[0]):
+            row[i] += b
+    channels = affine.shape[0] // 2
+    if channels:
+        alpha, beta = affine[channel], affine[channels + channel]
+        for i in range(row.shape[0]):
+            row[i] = row[i] * alpha + beta
+    _finish_rest(row, residual, kind, consts)
+
+
+@njit(cache=True)
+def finish_features(row, start, bias, affine, residual, kind, consts):
+    """The epilogue of features ``start``.. of one sample's output row, in place."""
+    if bias.shape[0]:
+        for k in range(row.shape[0]):
+            row[k] += bias[start + k]
+    features = affine.shape[0] // 2
+    if features:
+        for k in range(row.shape[0]):
+            row[k] = row[k] * affine[start + k] + affine[features + start + k]
+    _finish_rest(row, residual, kind, consts)
+
+
+@njit(inline="always", cache=True)
+def _finish_rest(row, residual, kind, consts):
+    if residual.shape[0]:
+        for i in range(row.shape[0]):
+            row[i] += residual[i]
+    if kind != COPY:
+        _unary_chunk(row, row, kind, consts[0], consts[1], consts[2])
+
+
+def epilogue_buffers(node: Node, io: NodeIO) -> tuple[list[tuple[int, int]], int]:
+    """[bias, affine, residual, consts] of a conv2d or linear node, plain or fused (absent
+    parts empty), and its activation kind."""
+    epilogue = node.attrs.get("epilogue", ("bias",) if len(node.inputs) == 3 else ())
+    tensors = {part: io.input(2 + i) for i, part in enumerate(epilogue_inputs(epilogue))}
+    activation = activation_of(epilogue)
+    kind = unary_kind(activation, node.attrs) if activation else COPY
+    consts = activation_consts(node.attrs, io) if activation else io.empty()
+    parts = [tensors.get(part, io.empty()) for part in EPILOGUE_PARTS]
+    return [*parts, consts], kind
