@@ -1,9 +1,11 @@
 """What users call: ``engine.compile(model, input_shape, batch)`` returns an ``Executable``;
+``engine.save``/``engine.load`` write it to one file and read it back without the Python model;
 ``engine.fit`` trains one; ``engine.optim`` holds the optimizers."""
 
 from engine import optim
 from engine.compiler import compile
 from engine.executable import Executable
+from engine.saved import load, save
 from engine.train import evaluate, fit
 
-__all__ = ["Executable", "compile", "evaluate", "fit", "optim"]
+__all__ = ["Executable", "compile", "evaluate", "fit", "load", "optim", "save"]

@@ -1,15 +1,20 @@
-"""``compile``: trace, differentiate (training), plan memory, lower every node, pack the plan."""
+"""``compile``: trace, differentiate (training), plan memory, lower every node, pack the plan.
+
+``compile(model, ...)`` traces the model and hands the graph to ``compile_graph(forward,
+tensors, options)``, which does the rest from a traced graph and its weights alone: so
+``engine.load`` rebuilds a saved executable without any Python model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from backends import get_backend
 from backends.base import Backend, Buffer
-from engine.executable import Executable, Plan
+from engine.executable import Executable, build_plan
 from engine.optim import SGD, Optimizer
 from graph.autodiff import autodiff
 from graph.ir import Graph
@@ -18,6 +23,37 @@ from graph.nn import Module, Parameter
 from graph.passes.inference import optimize_for_inference
 from graph.passes.recompute import recompute as run_recompute
 from graph.trace import trace
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How ``compile_graph`` turns a traced graph into an Executable: ``compile``'s arguments
+    except the model, input shape, batch and dtype (the traced graph fixes those) and the
+    optimizer (an object with state). The Executable keeps them, so ``engine.save`` can rebuild
+    the same plans from the traced graph; see ``compile`` for what each one does."""
+
+    backend: str = "cpu"
+    train: bool = False
+    loss: str | None = None
+    label_smoothing: float = 0.0
+    input_grad: bool = False
+    recompute: str | tuple[str, ...] | None = None
+    inplace: bool = True
+    reorder: bool = True
+    optimize: bool = True
+
+    def check(self, optimizer: Optimizer | None) -> None:
+        """Refuse training options without ``train=True``."""
+        if not self.train and (self.loss is not None or optimizer is not None):
+            raise ValueError("loss and optimizer apply to training: pass train=True as well")
+        if not self.train and self.recompute is not None:
+            raise ValueError("recompute applies to training: pass train=True as well")
+
+    def for_inference(self) -> CompileOptions:
+        """These options without the training ones (a clone's: it has no training plan)."""
+        return CompileOptions(
+            self.backend, inplace=self.inplace, reorder=self.reorder, optimize=self.optimize
+        )
 
 
 def compile(
@@ -36,7 +72,8 @@ def compile(
     reorder: bool = True,
     optimize: bool = True,
 ) -> Executable:
-    """Compile ``model`` for inputs of shape [batch, *input_shape].
+    """Compile ``model`` for inputs of shape [batch, *input_shape]: trace it, then
+    ``compile_graph``.
 
     Args:
         model: a ``graph.nn.Module`` (its current weights are copied in).
@@ -66,39 +103,68 @@ def compile(
         An ``Executable``: ``run(x)``, ``params``, ``state_dict()``, ``load_state_dict()``, and
         with ``train=True`` also ``forward_backward(x, y)``, ``train_step(x, y)``, ``grads``.
     """
-    if not train and (loss is not None or optimizer is not None):
-        raise ValueError("loss and optimizer apply to training: pass train=True as well")
-    if not train and recompute is not None:
-        raise ValueError("recompute applies to training: pass train=True as well")
+    policy = recompute if recompute is None or isinstance(recompute, str) else tuple(recompute)
+    options = CompileOptions(
+        backend, train, loss, label_smoothing, input_grad, policy, inplace, reorder, optimize
+    )
+    options.check(optimizer)
     device = get_backend(backend)  # first: a missing device is reported before any work
     forward = trace(model, input_shape, batch, dtype)
-    storage = _persistent_storage(forward, model, dtype, device)
-    passes = {"inplace": inplace, "reorder": reorder}
+    tensors = {
+        name: t.data if isinstance(t, Parameter) else t for name, t, _ in model.named_tensors()
+    }
+    return compile_graph(forward, tensors, options, optimizer, device)
+
+
+def compile_graph(
+    forward: Graph,
+    tensors: Mapping[str, np.ndarray],
+    options: CompileOptions,
+    optimizer: Optimizer | None = None,
+    device: Backend | None = None,
+) -> Executable:
+    """Everything ``compile`` does after tracing: the Executable of a traced graph.
+
+    Args:
+        forward: a traced inference graph (``graph.trace``); left unchanged, and kept as
+            ``exe.traced_graph``.
+        tensors: the weights by ``state_dict`` key: an array for every parameter and state
+            value of ``forward`` (copied in), and the non-float buffers (``num_batches_tracked``),
+            which become ``exe.extra_state``.
+        options: the plans to build; ``optimizer``: as ``compile``'s.
+        device: the backend of ``options.backend``, if the caller already has it.
+    """
+    options.check(optimizer)
+    device = device or get_backend(options.backend)
+    extra_state = _extra_state(forward, tensors)
+    storage = _persistent_storage(forward, tensors, device)
+    passes = {"inplace": options.inplace, "reorder": options.reorder}
     training = None
-    if train:  # differentiated in program order, before planning reorders ``forward``
+    if options.train:
         graph = autodiff(
-            forward, loss or "cross_entropy", input_grad=input_grad, label_smoothing=label_smoothing
+            forward,
+            options.loss or "cross_entropy",
+            input_grad=options.input_grad,
+            label_smoothing=options.label_smoothing,
         )
         if optimizer is not None:
             optimizer.add_updates(graph)
-        _add_training_storage(graph, storage, dtype, device)
-        graph, memory = plan_training_graph(graph, device, recompute, **passes)
-        training = _build_plan(graph, device, storage, memory)
-    inference_graph = _inference_graph(forward, device, optimize)
+        _add_training_storage(graph, storage, device)
+        graph, memory = plan_training_graph(graph, device, options.recompute, **passes)
+        training = build_plan(graph, device, storage, memory)
+    inference_graph = _inference_graph(forward, device, options.optimize)
     memory = plan_graph(inference_graph, device, **passes)
-    inference = _build_plan(inference_graph, device, storage, memory)
-    extra_state = {
-        name: np.array(t, copy=True)
-        for name, t, _ in model.named_tensors()
-        if not isinstance(t, Parameter) and not np.issubdtype(t.dtype, np.floating)
-    }
-    return Executable(inference, training, storage, extra_state, optimizer)
+    inference = build_plan(inference_graph, device, storage, memory)
+    return Executable(
+        inference, training, storage, extra_state, optimizer, traced_graph=forward, options=options
+    )
 
 
 def _inference_graph(forward: Graph, device: Backend, optimize: bool) -> Graph:
-    """The graph of the inference plan: ``forward`` itself, or its rewrite by the inference
-    passes (with the fused ops where ``device`` lowers them)."""
-    return optimize_for_inference(forward, device.supported_ops) if optimize else forward
+    """The graph of the inference plan: a copy of ``forward`` (planning reorders its nodes, and
+    ``forward`` stays as traced for ``engine.save``), or its rewrite by the inference passes
+    (with the fused ops where ``device`` lowers them)."""
+    return optimize_for_inference(forward, device.supported_ops) if optimize else forward.copy()
 
 
 def plan_graph(
@@ -152,50 +218,42 @@ def memory_plans(
     return plans
 
 
-def _build_plan(
-    graph: Graph, device: Backend, storage: dict[str, Buffer], memory: MemoryPlan
-) -> Plan:
-    """Allocate the arena of ``memory`` (the graph's plan) and lower every node to steps."""
-    arena = device.allocate(memory.arena_bytes)
-    arena_address = device.address(arena)
-    storage_addresses = {name: device.address(buffer) for name, buffer in storage.items()}
-
-    def address(name: str) -> int:
-        if name in storage_addresses:
-            return storage_addresses[name]
-        return arena_address + memory.offset(name)
-
-    consts: list[Buffer] = []
-    steps, step_nodes = [], []
-    for node in graph.nodes:
-        scratch_key = f"{node.name}#scratch"
-        scratch_address = address(scratch_key) if scratch_key in memory.offsets else 0
-        node_steps = device.lower(node, address, scratch_address, consts)
-        steps += node_steps
-        step_nodes += [node.name] * len(node_steps)
-    return Plan(graph, memory, device.runner(steps), step_nodes, arena, consts, storage, device)
+def _extra_state(forward: Graph, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Copies of the non-float buffers (the graph holds only float values), after checking that
+    every parameter and state value of ``forward`` has an array of its shape."""
+    missing = [v.name for v in forward.params if v.name not in tensors]
+    wrong = [
+        f"{v.name} has shape {list(np.shape(tensors[v.name]))}, but the graph needs {list(v.shape)}"
+        for v in forward.params
+        if v.name in tensors and np.shape(tensors[v.name]) != v.shape
+    ]
+    faults = ([f"no tensor for {missing}"] if missing else []) + wrong
+    if faults:
+        raise ValueError(f"compile_graph: the tensors do not fit the graph: {'; '.join(faults)}")
+    return {
+        name: np.array(array, copy=True)
+        for name, array in tensors.items()
+        if not np.issubdtype(np.asarray(array).dtype, np.floating)
+    }
 
 
 def _persistent_storage(
-    graph: Graph, model: Module, dtype: str, device: Backend
+    graph: Graph, tensors: Mapping[str, np.ndarray], device: Backend
 ) -> dict[str, Buffer]:
     """Buffers outside the arena: the input, the output, and every parameter and state buffer
-    (initialised from the model's current values)."""
-    tensors = {name: t for name, t, _ in model.named_tensors()}
+    (initialised from ``tensors``)."""
+    dtype = graph.inputs[0].type.dtype
     storage = {}
     for value in graph.inputs + graph.outputs:
         storage[value.name] = device.from_host(np.full(value.shape, np.nan, dtype))
     for value in graph.params:
-        source = tensors[value.name]
-        array = source.data if isinstance(source, Parameter) else source
-        storage[value.name] = device.from_host(np.asarray(array, dtype=dtype))
+        storage[value.name] = device.from_host(np.asarray(tensors[value.name], dtype=dtype))
     return storage
 
 
-def _add_training_storage(
-    graph: Graph, storage: dict[str, Buffer], dtype: str, device: Backend
-) -> None:
+def _add_training_storage(graph: Graph, storage: dict[str, Buffer], device: Backend) -> None:
     """The target, the loss, gradients, constants and optimizer state (zero, as torch starts)."""
+    dtype = graph.inputs[0].type.dtype
     for value in graph.inputs + graph.outputs + list(graph.grads.values()):
         if value.name not in storage:
             storage[value.name] = device.from_host(np.full(value.shape, np.nan, dtype))

@@ -8,16 +8,23 @@ buffers, so they are never reallocated: loading weights copies into them in plac
 
 Every buffer belongs to the backend (``backends.base``): this module reads and writes them only
 through ``to_host`` and ``copy_in``, so the same code drives the CPU and a GPU.
+
+Threads: an executable has one set of buffers, so ``run`` (and every other call that executes a
+plan) holds a lock from loading the input to reading the output. For parallel inference, each
+thread takes a ``clone()``: the same weight buffers, its own arena, input and output.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from backends import get_backend
 from backends.base import Backend, Buffer, Runner
 from backends.errors import kernel_error_message
 from engine.optim import HYPER_VALUE, Optimizer
@@ -25,6 +32,9 @@ from graph.autodiff import DROPOUT_RNG
 from graph.ir import Graph, Value
 from graph.memory import MemoryPlan, plan_report
 from graph.ops.optim import UPDATES
+
+if TYPE_CHECKING:
+    from engine.compiler import CompileOptions
 
 
 @dataclass
@@ -71,11 +81,40 @@ class Plan:
         return raw.view(value.type.dtype).reshape(value.shape)
 
 
+def build_plan(
+    graph: Graph, device: Backend, storage: dict[str, Buffer], memory: MemoryPlan
+) -> Plan:
+    """Allocate the arena of ``memory`` (the graph's plan) and lower every node to steps that
+    address it and ``storage`` (the persistent buffers, found by value name)."""
+    arena = device.allocate(memory.arena_bytes)
+    arena_address = device.address(arena)
+    storage_addresses = {name: device.address(buffer) for name, buffer in storage.items()}
+
+    def address(name: str) -> int:
+        if name in storage_addresses:
+            return storage_addresses[name]
+        return arena_address + memory.offset(name)
+
+    consts: list[Buffer] = []
+    steps, step_nodes = [], []
+    for node in graph.nodes:
+        scratch_key = f"{node.name}#scratch"
+        scratch_address = address(scratch_key) if scratch_key in memory.offsets else 0
+        node_steps = device.lower(node, address, scratch_address, consts)
+        steps += node_steps
+        step_nodes += [node.name] * len(node_steps)
+    return Plan(graph, memory, device.runner(steps), step_nodes, arena, consts, storage, device)
+
+
 class Executable:
     """A model compiled for one input shape, batch, dtype and backend.
 
     Attributes:
-        graph: the traced inference graph (print it for the one-line-per-node listing).
+        graph: the inference plan's graph, fused by the inference passes unless compiled with
+            ``optimize=False`` (print it for the one-line-per-node listing).
+        traced_graph: the forward graph as traced, before any pass (what ``engine.save``
+            writes); None for an executable not built by ``engine.compile``.
+        options: the ``engine.compiler.CompileOptions`` it was built with (None likewise).
         training_graph: the training graph, when compiled with ``train=True``.
         params: parameter and state arrays by ``state_dict`` key (live views: writing into them
             changes the model).
@@ -90,10 +129,15 @@ class Executable:
         storage: dict[str, Buffer],
         extra_state: dict[str, np.ndarray],
         optimizer: Optimizer | None,
+        *,
+        traced_graph: Graph | None = None,
+        options: CompileOptions | None = None,
     ) -> None:
         self._inference, self._training = inference, training
         self._backend = inference.backend
+        self._lock = threading.Lock()
         self.graph = inference.graph
+        self.traced_graph, self.options = traced_graph, options
         self.training_graph = training.graph if training else None
         self.optimizer = optimizer
         self._storage = storage
@@ -191,33 +235,71 @@ class Executable:
     # **** Running ****
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Forward pass on one batch of the compiled shape and dtype; returns a new array."""
-        self._load_input(x)
-        if self.training:
-            self._advance()
-            self._training.execute(stop=self._loss_step)
-        else:
-            self._inference.execute()
-        return np.array(self._backend.to_host(self._output), copy=True)
+        """Forward pass on one batch of the compiled shape and dtype; returns a new array.
+
+        Safe to call from several threads: every call shares this executable's input, arena
+        and output buffers, so a lock makes calls take turns from loading the input to copying
+        the output (the executor releases the GIL meanwhile). For calls that run in parallel,
+        give each thread a ``clone()``. Weights are not locked: load new ones between runs.
+        """
+        with self._lock:
+            self._load_input(x)
+            if self.training:
+                self._advance()
+                self._training.execute(stop=self._loss_step)
+            else:
+                self._inference.execute()
+            return np.array(self._backend.to_host(self._output), copy=True)
+
+    __call__ = run
 
     def forward_backward(self, x: np.ndarray, y: np.ndarray) -> float:
         """Loss of one batch in training mode; gradients are left in ``grads``, weights are not
         changed (BatchNorm running statistics are, as in a torch forward in train mode)."""
-        self._load_batch(x, y)
-        self._advance()
-        self._training.execute(stop=self._update_step)
-        return self._loss_value()
+        with self._lock:
+            self._load_batch(x, y)
+            self._advance()
+            self._training.execute(stop=self._update_step)
+            return self._loss_value()
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         """``forward_backward`` plus the optimizer update, in one executor call."""
         if self.optimizer is None:
             raise RuntimeError("train_step needs an optimizer: compile(..., optimizer=...)")
-        self._load_batch(x, y)
-        self.optimizer.steps += 1
-        self._backend.copy_in(self._storage[HYPER_VALUE], np.array(self.optimizer.hyper_values()))
-        self._advance()
-        self._training.execute()
-        return self._loss_value()
+        with self._lock:
+            self._load_batch(x, y)
+            self.optimizer.steps += 1
+            hyper = np.array(self.optimizer.hyper_values())
+            self._backend.copy_in(self._storage[HYPER_VALUE], hyper)
+            self._advance()
+            self._training.execute()
+            return self._loss_value()
+
+    def clone(self) -> Executable:
+        """Another executable for inference in parallel with this one: it shares the weights
+        (the same parameter and state buffers, so a weight written through either is seen by
+        both) and has its own arena, input and output buffers and its own lock. It has no
+        training plan and runs in eval mode.
+
+        The inference plan is lowered again against the new buffers, on a new instance of the
+        backend (on a GPU: its own stream and staging buffers), reusing the memory plan.
+        """
+        if self.options is None:
+            raise RuntimeError("clone needs an executable built by engine.compile")
+        device = get_backend(self.options.backend)
+        storage = {v.name: self._storage[v.name] for v in self.graph.params}
+        for value in self.graph.inputs + self.graph.outputs:
+            storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
+        plan = build_plan(self.graph, device, storage, self._inference.memory)
+        return Executable(
+            plan,
+            None,
+            storage,
+            self._extra_state,
+            None,
+            traced_graph=self.traced_graph,
+            options=self.options.for_inference(),
+        )
 
     def _loss_value(self) -> float:
         return float(self._backend.to_host(self._loss)[0])
@@ -281,10 +363,11 @@ class Executable:
     def profile(self, x: np.ndarray, repeat: int = 20) -> list[dict[str, object]]:
         """Run ``x`` ``repeat`` times and time every step; one row per node (name, op, output
         shape, mean microseconds, share of the total), slowest first."""
-        self._load_input(x)
         plan = self._inference
-        times, step, code = plan.runner.profile(repeat)
-        plan.check(step, code)
+        with self._lock:
+            self._load_input(x)
+            times, step, code = plan.runner.profile(repeat)
+            plan.check(step, code)
         per_node: dict[str, float] = {}
         for name, seconds in zip(plan.step_nodes, times, strict=True):
             per_node[name] = per_node.get(name, 0.0) + seconds / repeat

@@ -17,8 +17,8 @@ import pytest
 import engine
 from backends import errors, get_backend
 from backends.errors import BAD_TARGET, BLAS_FAILED, ERRORS
-from engine.compiler import _build_plan, plan_graph
-from engine.executable import Executable
+from engine.compiler import plan_graph
+from engine.executable import Executable, build_plan
 from graph import nn
 from graph.ir import Graph, TensorType
 
@@ -167,7 +167,7 @@ def _batch_norm_train_at_batch_one() -> Executable:
     graph.outputs = [bn.outputs[0]]
     storage = {v.name: np.ones(v.shape, np.float32) for v in [x, *stats, *affine, bn.outputs[0]]}
     device = get_backend("cpu")
-    plan = _build_plan(graph, device, storage, plan_graph(graph, device))
+    plan = build_plan(graph, device, storage, plan_graph(graph, device))
     return Executable(plan, None, storage, {}, None)
 
 
