@@ -37,6 +37,8 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "build>=1.0"],
         "gpu": ["cupy-cuda12x"],
         "gpu-cuda13": ["cupy-cuda13x"],
+        # bench/inference.py: torch.onnx.export's default (torch.export) exporter needs onnxscript
+        "bench": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.7"],
     },
     entry_points={"console_scripts": ["convforge = engine.cli:main"]},
 )
