@@ -7,6 +7,10 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
 - ``conv2d_winograd`` (``winograd.py``): 3x3, stride 1, undilated, ungrouped, at least
   ``winograd.MIN_CHANNELS`` channels each side (most of a ResNet or a VGG): 2.25x fewer
   multiplies than any of the GEMM forms below.
+- ``conv2d_small`` (``conv_small.py``): stride-1 convs too small to split (under
+  SMALL_MAX_MACS), with 2+ output channels per group, that neither Winograd nor the pointwise
+  GEMM takes: one serial pass, no parallel region and no BLAS call, on the wide grid below with
+  4 output channels x 3 taps per vectorised loop (8->8 3x3 on 8x8: 1.8 us against 7.3).
 
 - ``conv2d_shifted`` (stride 1, not pointwise): no im2col. The image is copied once into a
   zero-bordered buffer of row length Wp = W + PL + PR; on the "wide" output grid OH x Wp, tap
@@ -32,13 +36,13 @@ Every kernel ends with the epilogue (``epilogue.py``): bias, a folded BatchNorm,
 add and an activation, applied to each run of output while it is in cache (``conv2d_fused``,
 ``linear_fused``; a plain layer has at most its bias).
 
-Buffers: conv2d_shifted/conv2d_gemm/conv2d_direct(x, w, bias, affine, residual, consts, y,
-scratch), linear(x, w, bias, affine, residual, consts, y): absent epilogue parts are empty;
-direct's scratch is empty when strided.
+Buffers: conv2d_small/conv2d_shifted/conv2d_gemm/conv2d_direct(x, w, bias, affine, residual,
+consts, y, scratch), linear(x, w, bias, affine, residual, consts, y): absent epilogue parts are
+empty; direct's scratch is empty when strided.
 Attrs: [N, C, H, W, OC, OH, OW, KH, KW] then shifted [PT, PB, PL, PR, DH, DW, groups, band],
 gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block, images, threads], direct [SH, SW, PT,
-PB, PL, PR, DH, DW, groups]; linear [N, in_features, out_features, block]; each then the
-epilogue's activation kind.
+PB, PL, PR, DH, DW, groups], small [PT, PB, PL, PR, DH, DW, groups, band]; linear [N,
+in_features, out_features, block]; each then the epilogue's activation kind.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import numba
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from backends.cpu import winograd
+from backends.cpu import conv_small, winograd
 from backends.cpu.blas import matmul
 from backends.cpu.epilogue import epilogue_buffers, finish_channel, finish_features
 from backends.cpu.kernels import kernel
@@ -68,6 +72,17 @@ DIRECT_MAX_MACS = 1 << 16
 # Below this many MACs a conv runs serially: two parallel phases cost about 4 us to start,
 # more than a LeNet-sized layer gains from the second core.
 PARALLEL_MIN_MACS = 1 << 18
+# Below this many MACs (batch included) a stride-1 conv runs in conv2d_small (conv_small.py),
+# serially, where the others would run serially too. Measured against the kernel it replaces
+# (float32, batch 1 unless said, us through the executor): direct 8->8 3x3 on 8x8 1.8 vs 7.3
+# (batch 4: 7.0 vs 28.9), LeNet-5's 1->6 5x5 on 28x28 6.5 vs 10.6; shifted LeNet-5's 6->16 5x5
+# on 14x14 12.0 vs 21.7, 3->16 3x3 on 16x16 4.0 vs 19.0, 32->32 3x1 on 8x8 14.3 vs 22.1; gemm
+# 16->16 5x5 on 5x5 14.6 vs 19.0. Above it the others split over the cores: not compared.
+SMALL_MAX_MACS = PARALLEL_MIN_MACS
+# Fewest output channels per group for conv2d_small: it computes 4 channels a pass, so with
+# one it does 4x the MACs (1->1 5x5 on 28x28: 2.9 us against direct's 2.2; depthwise 3x3
+# would gain 10-30%, e.g. 32 channels on 8x8 5.3 us against 7.4, but stays on direct).
+SMALL_MIN_CHANNELS = 2
 
 
 @njit(cache=True)
@@ -370,6 +385,22 @@ def _is_direct(node: Node) -> bool:
     return cg == 1 or thin or oc * cg * kh * kw * oh * ow < DIRECT_MAX_MACS
 
 
+def _is_small(node: Node) -> bool:
+    """Stride-1 convs too small to split, with 2+ output channels per group, run serially in
+    conv2d_small, except the pointwise convs the GEMM takes (16->16 1x1 on 16x16: 5.2 us
+    against 2.5; 64->64 1x1 on 4x4: 15.4 against 3.1) and Winograd's (its rule and tests
+    stand; 16->16 3x3 on 8x8 would take 5.6 us against 9.0), unless direct loops would have
+    run them."""
+    oc, cg, kh, kw = node.inputs[1].shape
+    macs = node.outputs[0].type.numel * cg * kh * kw
+    return (
+        node.attrs["stride"] == (1, 1)
+        and macs < SMALL_MAX_MACS
+        and oc // node.attrs["groups"] >= SMALL_MIN_CHANNELS
+        and (_is_direct(node) or not (is_pointwise(node) or winograd.is_winograd(node)))
+    )
+
+
 def is_pointwise(node: Node) -> bool:
     kh, kw = node.inputs[1].shape[2:]
     return (kh, kw) == (1, 1) and node.attrs["stride"] == (1, 1) and not any(node.attrs["padding"])
@@ -420,6 +451,8 @@ def _conv2d_scratch_numel(node: Node) -> int:
     threads = numba.config.NUMBA_NUM_THREADS
     pt, pb, pl, pr = node.attrs["padding"]
     wp, dw = wd + pl + pr, node.attrs["dilation"][1]
+    if _is_small(node):
+        return conv_small.scratch_numel(node)
     if _is_direct(node):
         if node.attrs["stride"] != (1, 1):
             return 0
@@ -453,6 +486,9 @@ def _lower_conv2d(node: Node, io: NodeIO):
     scratch = io.scratch(_conv2d_scratch_numel(node))
     buffers = [io.input(0), io.input(1), *epilogue, io.output(), scratch]
     shape = [n, c, h, wd, oc, oh, ow, kh, kw]
+    if _is_small(node):
+        attrs = conv_small.attrs(node) + [kind]
+        return [conv_small.conv2d_small.step(node.name, io.dtype, False, buffers, attrs)]
     if _is_direct(node):
         attrs = shape + [sh, sw, pt, pb, pl, pr, dh, dw, groups, kind]
         return [conv2d_direct.step(node.name, io.dtype, parallel, buffers, attrs)]

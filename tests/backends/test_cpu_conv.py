@@ -113,8 +113,10 @@ CONV_CASES = {
 def conv_algorithm(request, monkeypatch):
     """Force the lowering's choice, so every case runs through im2col + GEMM or the shifted
     GEMM (where the conv has more than one input channel per group; Winograd is off, it has
-    its own cases below) and through the direct loops."""
+    its own cases below) and through the direct loops; conv2d_small (stride 1, small) has its
+    own tests (test_cpu_conv_small.py)."""
     gemm = request.param == "gemm"
+    monkeypatch.setattr(cpu_conv, "SMALL_MAX_MACS", 0)
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_CHANNELS", 0 if gemm else 1 << 30)
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0 if gemm else 1 << 62)
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1 << 30)
