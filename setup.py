@@ -17,6 +17,7 @@ setup(
     description="A small static-graph compiler for convolutional neural networks",
     python_requires=">=3.11",
     packages=find_packages(include=["graph", "graph.*", "backends", "backends.*", "engine", "zoo"]),
+    py_modules=["convforge"],  # the one import name for embedding programs
     # the GPU backend's CUDA C sources: it reads them beside its modules at run time (CuPy, or
     # the CPU emulation); MANIFEST.in puts them and the Cython source in the sdist
     package_data={"backends.gpu": ["kernels/*.cu", "kernels/*.cuh", "emulation/*.h"]},
@@ -34,7 +35,18 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "build>=1.0"],
+        # tests/engine/test_onnx_io.py: ONNX Runtime is the export oracle; torch.onnx.export's
+        # default (torch.export) exporter, which the import tests use, needs onnxscript
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "torch==2.13.0",
+            "build>=1.0",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+            "onnxscript>=0.7",
+        ],
+        "onnx": ["onnx>=1.16"],  # engine.export_onnx / engine.import_onnx, convforge export
         "gpu": ["cupy-cuda12x"],
         "gpu-cuda13": ["cupy-cuda13x"],
         # bench/inference.py: torch.onnx.export's default (torch.export) exporter needs onnxscript

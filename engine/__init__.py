@@ -5,7 +5,18 @@
 from engine import optim
 from engine.compiler import compile
 from engine.executable import Executable
+from engine.onnx_io import export_onnx, import_onnx
 from engine.saved import load, save
 from engine.train import evaluate, fit
 
-__all__ = ["Executable", "compile", "evaluate", "fit", "load", "optim", "save"]
+__all__ = [
+    "Executable",
+    "compile",
+    "evaluate",
+    "export_onnx",
+    "fit",
+    "import_onnx",
+    "load",
+    "optim",
+    "save",
+]

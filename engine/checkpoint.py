@@ -68,7 +68,7 @@ def save_checkpoint(
         blob = safetensors.numpy.save(arrays, metadata=header)
     except safetensors.SafetensorError as error:
         raise TypeError(f"cannot store these checkpoint tensors: {error}") from error
-    _write_atomically(path, blob)
+    write_atomically(path, blob)
 
 
 def _canonical(name: str, array: np.ndarray) -> np.ndarray:
@@ -96,7 +96,9 @@ def _digest(metadata_json: str, arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, blob: bytes) -> None:
+def write_atomically(path: Path, blob: bytes) -> None:
+    """Write ``blob`` beside ``path``, flush it to disk, rename it over ``path``, flush the
+    folder: a reader sees the old file or the whole new one, never a part."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     # O_EXCL: never clobber another writer's file; mode 0o666 lets the umask decide, as open() does
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

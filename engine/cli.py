@@ -6,6 +6,10 @@
   train a zoo model with a progress bar, validating every epoch; ``--checkpoint`` saves after
   each epoch and ``--resume C`` continues the run saved in C exactly (``engine/cli_training.py``).
 - ``convforge eval --checkpoint C``: loss, top-1 and top-5 of a checkpoint on its test split.
+- ``convforge export [MODEL] [--checkpoint C] --onnx F``: a checkpoint's model and weights (or a
+  zoo model's initial ones) as an ONNX file (``engine/cli_onnx.py``).
+- ``convforge predict [MODEL] --checkpoint C IMAGE... [--top K] [--json]``: each image's most
+  probable classes, from a training checkpoint or an ``engine.save`` file (``cli_predict.py``).
 - ``convforge summary MODEL [--input CxHxW] [--json]``: per-layer output shapes, parameters,
   MACs, receptive fields and activation bytes, with totals (``graph/analysis.py``).
 - ``convforge zoo [--json]``: every zoo model with its input shape, classes and parameters.
@@ -32,6 +36,8 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 
 import zoo
+from engine.cli_onnx import export
+from engine.cli_predict import predict
 from engine.cli_training import (
     OPTIMIZERS,
     RUN_DEFAULTS,
@@ -218,6 +224,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Subcommand(_Parser):
+    """A subcommand whose positionals may stand on both sides of its options, as in
+    ``convforge predict MODEL --checkpoint C IMAGE...``: plain argparse gives positionals only
+    the words before the first option. A subcommand's parser is called through
+    ``parse_known_args``, so that is where argparse's intermixed parsing goes in."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # the intermixed parse calls back here for each of its passes
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 class _Help(argparse.HelpFormatter):
     """Shows each flag's default; a run's arguments show the default of a new run."""
 
@@ -288,6 +312,46 @@ def _add_eval(commands) -> None:
     p.set_defaults(func=evaluate_checkpoint)
 
 
+def _add_predict(commands) -> None:
+    p = commands.add_parser(
+        "predict",
+        help="top classes of images, from a checkpoint",
+        usage="convforge predict [-h] [MODEL] IMAGE [IMAGE ...] --checkpoint C [--top K] [--json]",
+        formatter_class=_Help,
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, after an optional zoo model (default: the checkpoint's; none with a "
+        "saved model)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="C",
+        help="a checkpoint of convforge train, or a file of engine.save",
+    )
+    p.add_argument("--top", type=_positive, default=5, metavar="K", help="classes per image")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=predict)
+
+
+def _add_export(commands) -> None:
+    p = commands.add_parser("export", help="write a model as an ONNX file", formatter_class=_Help)
+    p.add_argument(
+        "model", nargs="?", type=_zoo_model, help="zoo model (default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--checkpoint", help="a checkpoint of convforge train (default: initial weights, seed 0)"
+    )
+    p.add_argument("--onnx", required=True, help="the .onnx file to write (atomically)")
+    p.add_argument("--input", type=_input_shape, help="CxHxW (default: the model's input shape)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size fixed in the file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    p.set_defaults(func=export)
+
+
 def _add_model_reports(commands) -> None:
     p = commands.add_parser(
         "summary", help="per-layer shapes, params, MACs, receptive fields", formatter_class=_Help
@@ -327,7 +391,9 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=_Help,
     )
     top.add_argument("--version", action="version", version=f"convforge {_version()}")
-    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = top.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Subcommand
+    )
     p = commands.add_parser(
         "demo", help="train LeNet-5 on digits, print accuracy and timings", formatter_class=_Help
     )
@@ -335,6 +401,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo)
     _add_train(commands)
     _add_eval(commands)
+    _add_export(commands)
+    _add_predict(commands)
     p = commands.add_parser(
         "warmup", help="compile every CPU kernel into Numba's cache", formatter_class=_Help
     )
