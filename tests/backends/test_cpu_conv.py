@@ -106,6 +106,18 @@ CONV_CASES = {
     "wide_rows_256_channels": (256, 8, 3, (6, 5), dict(padding=1)),
     "staged_more_channels_than_columns": (4, 64, 3, (4, 4), dict(batch=3, padding=1)),
     "parallel_staged_lenet_5x5": (6, 16, 5, (14, 14), dict(batch=8)),
+    # direct: maps whose wide grid spans several accumulator blocks (phases.BLOCK_BYTES), odd
+    # widths and odd left padding through stride 2's deinterleaved phase planes
+    "depthwise_blocks": (2, 2, 3, (70, 150), dict(batch=1, padding=1, groups=2)),
+    "depthwise_stride2_odd_blocks": (2, 2, 3, (71, 141), dict(stride=2, padding=1, groups=2)),
+    "depthwise_s2_odd_left_pad": (2, 2, 3, (9, 11), dict(stride=2, padding=(0, 3), groups=2)),
+    "depthwise_stride3_dilated": (
+        2,
+        2,
+        3,
+        (13, 14),
+        dict(stride=3, padding=2, dilation=2, groups=2),
+    ),
 }
 
 

@@ -72,6 +72,17 @@ def test_max_pool2d_parallel(dtype, rng):
     check(model, lambda x: TF.max_pool2d(x, 3, 2, 1), LARGE, dtype, rng)
 
 
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (2, (1, 0)), (3, 1)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_window_pools_over_several_accumulator_blocks(stride, padding, dtype, rng):
+    """Maps whose wide grid spans several of window_pool's accumulator blocks (odd width: the
+    stride-2 deinterleave's last column)."""
+    shape = (1, 2, 70, 151)
+    for pool, oracle in ((F.max_pool2d, TF.max_pool2d), (F.avg_pool2d, TF.avg_pool2d)):
+        model = Lambda(lambda x, pool=pool: pool(x, 3, stride, padding))
+        check(model, lambda x, oracle=oracle: oracle(x, 3, stride, padding), shape, dtype, rng)
+
+
 def test_max_pool2d_all_negative_window_with_padding(rng):
     """Padding must not act as a zero: windows over negative values keep their maximum."""
     model = nn.MaxPool2d(3, 2, 1)
