@@ -18,6 +18,8 @@ How ops without a one-to-one ONNX op are written:
   PyTorch writes it, ``x * 0.5 * (1 + erf(x / sqrt(2)))``.
 - ``channel_shuffle``: Reshape [N, g, C/g, H, W], Transpose, Reshape.
 - ``dropout``: Dropout (the identity at inference), stochastic depth (``per_sample``) Identity.
+- ``local_response_norm``: LRN, whose window starts ``(size - 1) // 2`` channels before;
+  PyTorch's window for an even size starts one channel earlier and has no ONNX form.
 
 Ops with no ONNX form (the capsule ops) fail before anything is written, naming each op and a
 node using it. ``onnx`` is an optional dependency (``pip install "convforge[onnx]"``).
@@ -395,12 +397,26 @@ def _softmax(b: _Builder, node: Node) -> None:
     b.add("Softmax", inputs, node.name, out, axis=node.attrs["dim"])
 
 
+def _local_response_norm(b: _Builder, node: Node) -> None:
+    inputs, out = _names(node)
+    a = node.attrs
+    if a["before"] != (a["size"] - 1) // 2:
+        raise ValueError(
+            f"{node.name}: local_response_norm of even size {a['size']} with PyTorch's window "
+            f"({a['before']} channels before) has no ONNX form (ONNX's LRN starts "
+            f"{(a['size'] - 1) // 2} before)"
+        )
+    attrs = dict(size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["k"])
+    b.add("LRN", inputs, node.name, out, **attrs)
+
+
 _EXPORTERS: dict[str, Callable[[_Builder, Node], None]] = {
     "conv2d": _conv2d,
     "linear": _linear,
     "batch_norm": _batch_norm,
     "layer_norm2d": _layer_norm2d,
     "softmax": _softmax,
+    "local_response_norm": _local_response_norm,
     "max_pool2d": _window("MaxPool"),
     "avg_pool2d": _window("AveragePool"),
     "global_avg_pool2d": _same("GlobalAveragePool"),

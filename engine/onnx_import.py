@@ -13,22 +13,29 @@ model, so an imported network is checked, optimised, run and trained like one wr
   ``tensor_keys`` maps ONNX names to keys. Weights are float32, as every ``graph.nn`` weight.
 - Layers: each ONNX node is a child module at the path of its name (``layer1.0.conv1``), so
   the traced graph's nodes, profile rows and errors carry the ONNX node names.
-- Constants: scalar and integer initializers, Constant nodes and everything computed from
-  them alone (the shape arithmetic exporters emit: Shape, Gather, Unsqueeze, Concat, Cast...)
-  are folded with NumPy while tracing, when every shape is known.
+- Opsets: 7 to the newest the installed ``onnx`` knows; older models are converted to 7
+  (``engine/onnx_opsets.py``).
+- Constants (``engine/onnx_constants.py``): Constant nodes and everything computed from
+  constants alone (ConstantOfShape, Unsqueeze, Gather, Concat...) are folded with NumPy at
+  import, the shape arithmetic on traced shapes (Shape of a computed tensor) while tracing;
+  a per-channel Add/Sub of a constant joins the bias of the Conv, BatchNormalization or Gemm
+  before it (else it is a depthwise 1x1 conv of ones with that bias), a per-channel Mul/Div
+  is a ``channel_scale``.
 - Patterns: Transpose(NHWC) + LayerNormalization + Transpose(NCHW) is one ``layer_norm2d``;
   Reshape + Transpose + Reshape that shuffles channels is one ``channel_shuffle``; the erf
   formula of GELU (PyTorch's export before opset 20) is one ``gelu``; MatMul + Add of a bias
   is one ``linear``.
 
 Ops: Conv, Gemm, MatMul ([N, K] by [K, M]), BatchNormalization, LayerNormalization (over
-channels), Relu, LeakyRelu, Sigmoid, Tanh, Gelu, Clip (as ReLU or hardtanh), Softmax, MaxPool,
-AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMax/ReduceMean over H and W (adaptive
-pooling), Concat, Add/Sub/Mul (same shapes; Mul by a scalar or a per-channel weight), Div by
-a scalar, Neg, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Slice, Pad, Dropout, Identity
-and Cast. Anything else fails at ``import_onnx``, naming each op and its nodes; a node that a
-supported op cannot express (a 3-D convolution, broadcasting between activations) fails at
-trace time, naming the node, the rule and the shapes.
+channels), LRN, Relu, LeakyRelu, Sigmoid, Tanh, Gelu, Clip (as ReLU or hardtanh), Softmax
+(before opset 13 over the input coerced to 2-D), MaxPool, AveragePool, GlobalAveragePool,
+GlobalMaxPool, ReduceMax/ReduceMean over H and W (adaptive pooling), Concat, Add/Sub/Mul
+(same shapes; by a scalar or a per-channel constant), Sum (any number of inputs), Div by a
+constant, Neg, Flatten, Reshape (to [N, -1] a flatten), Squeeze, Unsqueeze, Transpose, Slice,
+Pad, Dropout (every version's ratio), Identity and Cast. Anything else fails at
+``import_onnx``, naming each op and its nodes; a node that a supported op cannot express (a
+3-D convolution, broadcasting between activations) fails at trace time, naming the node, the
+rule and the shapes.
 """
 
 from __future__ import annotations
@@ -42,7 +49,16 @@ from typing import Any
 
 import numpy as np
 
+from engine.onnx_constants import (
+    FOLDS,
+    axes_of,
+    fold_channel_affine,
+    fold_constants,
+    resolve_shape,
+    shape_of,
+)
 from engine.onnx_export import require_onnx
+from engine.onnx_opsets import default_opset, readable
 from graph import functional as F
 from graph.nn import Module, Parameter
 from graph.trace import Tensor, active_tracer
@@ -67,11 +83,19 @@ def import_onnx(path: str | os.PathLike[str]) -> OnnxModel:
         raise FileNotFoundError(f"{path}: no such file")
     try:  # weights stored beside the file (external data, as torch's exporter may) load too
         proto = onnx.load(path)
+    except (DecodeError, ValueError, OSError) as error:
+        raise _invalid(path, error) from None
+    proto = readable(onnx, proto, str(path))
+    try:
         onnx.checker.check_model(proto)
-    except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{path}: not a valid ONNX model: {first}") from None
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise _invalid(path, error) from None
     return OnnxModel(proto, str(path))
+
+
+def _invalid(path: str | os.PathLike[str], error: Exception) -> ValueError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return ValueError(f"{path}: not a valid ONNX model: {first}")
 
 
 @dataclass
@@ -85,6 +109,7 @@ class OnnxNode:
     attrs: dict[str, Any]
     opset: int
     needed: list[bool] = field(default_factory=list)  # which outputs some node or the graph reads
+    batch: int | None = None  # the batch the file fixes, if any
 
     def error(self, message: str) -> ValueError:
         return ValueError(f"{self.name} (ONNX {self.op_type}): {message}")
@@ -98,7 +123,8 @@ class OnnxModel(Module):
 
     Attributes:
         input_shape: the input's (C, H, W) when the file fixes them, else None.
-        batch: the input's batch when the file fixes it, else None.
+        batch: the input's batch when the file fixes it (the batch it was exported with; the
+            model traces at any batch its nodes allow), else None.
         tensor_keys: ONNX initializer name -> ``state_dict`` key, for every weight.
     """
 
@@ -106,7 +132,7 @@ class OnnxModel(Module):
         super().__init__()
         onnx = require_onnx()
         graph = proto.graph
-        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+        opset = default_opset(proto)
         arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
         inputs = [v for v in graph.input if v.name not in arrays]
         if len(inputs) != 1 or len(graph.output) != 1:
@@ -116,13 +142,16 @@ class OnnxModel(Module):
                 f"has inputs {names[0]} and outputs {names[1]}"
             )
         nodes = [_decode(onnx, proto_node, i, opset) for i, proto_node in enumerate(graph.node)]
-        constants = {
-            **arrays,
-            **{n.outputs[0]: n.attr("value") for n in nodes if n.op_type == "Constant"},
-        }
-        nodes = _rewrite(nodes, constants, {graph.output[0].name})
+        # weights (float initializers of more than one value) stay tensors of the network
+        constants = {name: a for name, a in arrays.items() if not _is_weight_array(a)}
+        nodes = fold_constants(nodes, constants)
+        constants.update((name, a) for name, a in arrays.items() if _is_weight_array(a))
+        outputs = {graph.output[0].name}
+        nodes = fold_channel_affine(nodes, constants, outputs)
+        nodes = _rewrite(nodes, constants, outputs)
         _check_supported(nodes, source)
-        read = {name for node in nodes for name in node.inputs} | {graph.output[0].name}
+        read = {name for node in nodes for name in node.inputs} | outputs
+        arrays = {name: array for name, array in constants.items() if name in read}
         for node in nodes:
             node.needed = [name in read for name in node.outputs]
         self.input_name, self.output_name = inputs[0].name, graph.output[0].name
@@ -132,6 +161,8 @@ class OnnxModel(Module):
         ]
         self._input_dims = dims
         self.batch = dims[0] if len(dims) == 4 else None
+        for node in nodes:
+            node.batch = self.batch
         self.input_shape = tuple(dims[1:]) if len(dims) == 4 and None not in dims[1:] else None
         self.tensor_keys: dict[str, str] = {}
         self._values: dict[str, object] = {}  # ONNX name -> Parameter, buffer or constant
@@ -201,15 +232,18 @@ class OnnxModel(Module):
         return out
 
     def _check_input(self, x: Tensor) -> None:
+        """C, H and W as the file fixes them; the batch is free (the file's is the one it was
+        exported with; a node that hard-codes it, such as a Reshape to [1, ...], fails at
+        trace time naming itself)."""
         dims = self._input_dims
         fits = len(dims) == len(x.shape) and all(
-            d is None or d == s for d, s in zip(dims, x.shape, strict=True)
+            d is None or d == s for d, s in zip(dims[1:], x.shape[1:], strict=True)
         )
         if dims and not fits:  # a file without the input's shape fits any
-            shown = [d if d is not None else "?" for d in dims]
+            shown = ", ".join(["N", *(str(d) if d is not None else "?" for d in dims[1:])])
             raise ValueError(
-                f"ONNX input {self.input_name!r} has shape {shown} (? is free), but the model "
-                f"is traced with {list(x.shape)}"
+                f"ONNX input {self.input_name!r} has shape [{shown}] (N is any batch, ? is "
+                f"free), but the model is traced with {list(x.shape)}"
             )
 
 
@@ -222,8 +256,8 @@ class OnnxLayer(Module):
 
     def forward(self, *args: object) -> list:
         node = self.node
-        if node.op_type in _FOLDS and all(a is None or isinstance(a, np.ndarray) for a in args):
-            return [np.asarray(value) for value in _FOLDS[node.op_type](node, list(args))]
+        if node.op_type in FOLDS and all(a is None or isinstance(a, np.ndarray) for a in args):
+            return [np.asarray(value) for value in FOLDS[node.op_type](node, list(args))]
         if node.op_type not in _HANDLERS:
             computed = next(n for n, a in zip(node.inputs, args, strict=True) if not _is_const(a))
             raise node.error(
@@ -234,6 +268,10 @@ class OnnxLayer(Module):
 
     def extra_repr(self) -> str:
         return self.node.op_type if self.node else ""
+
+
+def _is_weight_array(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.floating) and array.size > 1
 
 
 def _container(root: Module, parts: list[str]) -> Module | None:
@@ -307,23 +345,26 @@ _WEIGHT_INPUTS = {
     "BatchNormalization": (1, 2, 3, 4),
     "LayerNormalization": (1, 2),
     "convforge::LayerNorm2d": (1, 2),
+    "convforge::ChannelBias": (1, 2),
 }
+# inputs that hold buffers (state that is not trained): BatchNormalization's running mean and
+# variance, ChannelBias's ones
+_BUFFER_INPUTS = {"BatchNormalization": (3, 4), "convforge::ChannelBias": (2,)}
 
 
 def _weight_names(nodes: list[OnnxNode]) -> tuple[set[str], set[str]]:
-    """The initializers read as weights, and those read only as a BatchNormalization's running
-    mean or variance (buffers)."""
+    """The initializers read as weights, and those read only as buffers."""
     slots = {(n.op_type, i, name) for n in nodes for i, name in enumerate(n.inputs)}
     weights = {name for op, i, name in slots if i in _WEIGHT_INPUTS.get(op, ())}
-    stats = {name for op, i, name in slots if op == "BatchNormalization" and i in (3, 4)}
-    other = {name for op, i, name in slots if not (op == "BatchNormalization" and i in (3, 4))}
-    return weights, stats - other
+    state = {name for op, i, name in slots if i in _BUFFER_INPUTS.get(op, ())}
+    other = {name for op, i, name in slots if i not in _BUFFER_INPUTS.get(op, ())}
+    return weights, state - other
 
 
 def _check_supported(nodes: list[OnnxNode], source: str) -> None:
     unsupported: dict[str, list[str]] = {}
     for node in nodes:
-        if node.op_type not in _HANDLERS and node.op_type not in _FOLDS:
+        if node.op_type not in _HANDLERS and node.op_type not in FOLDS:
             unsupported.setdefault(node.op_type, []).append(node.name)
     if unsupported:
         listing = "; ".join(
@@ -333,7 +374,7 @@ def _check_supported(nodes: list[OnnxNode], source: str) -> None:
         )
         raise ValueError(
             f"{source}: ConvForge cannot import these ONNX ops: {listing}. Supported: "
-            f"{', '.join(sorted(op for op in {*_HANDLERS, *_FOLDS} if '::' not in op))}"
+            f"{', '.join(sorted(op for op in {*_HANDLERS, *FOLDS} if '::' not in op))}"
         )
 
 
@@ -505,27 +546,6 @@ def _pads(node: OnnxNode, size, kernel, stride, dilation) -> tuple[int, int, int
     return tuple(result)
 
 
-def _resolve_shape(node: OnnxNode, target: np.ndarray, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Reshape's target: 0 copies the input's axis (unless allowzero), -1 is inferred."""
-    dims = [int(d) for d in target.reshape(-1)]
-    if not node.attr("allowzero", 0):
-        dims = [shape[i] if d == 0 else d for i, d in enumerate(dims)]
-    if -1 in dims:
-        known = math.prod(d for d in dims if d != -1)
-        dims[dims.index(-1)] = math.prod(shape) // known if known else 0
-    if math.prod(dims) != math.prod(shape):
-        raise node.error(f"cannot reshape {list(shape)} to {[int(d) for d in target.reshape(-1)]}")
-    return tuple(dims)
-
-
-def _axes(node: OnnxNode, args: list, index: int, rank: int) -> list[int] | None:
-    """The ``axes`` attribute (older opsets) or input, made non-negative."""
-    axes = node.attr("axes")
-    if axes is None and index < len(args) and args[index] is not None:
-        axes = _const(node, args, index)
-    return None if axes is None else sorted(int(a) % rank for a in np.reshape(axes, -1))
-
-
 def _transpose(x: object, perm: list[int]) -> object:
     """Any permutation as swaps of two axes (the IR's transpose)."""
     order = list(range(len(perm)))
@@ -579,6 +599,11 @@ def _batch_norm(node: OnnxNode, args: list) -> list:
     x = _activation(node, args)
     if node.attr("training_mode", 0) or any(node.needed[1:]):
         raise node.error("only inference-form BatchNormalization (one output) is supported")
+    if node.attr("spatial", 1) != 1:
+        raise node.error(
+            "BatchNormalization with spatial=0 (statistics per activation, opsets 7 and 8) is "
+            "not supported"
+        )
     scale, bias = (_weight(node, args, i, what) for i, what in ((1, "scale"), (2, "bias")))
     mean, var = args[3], args[4]  # buffers (see _weight_names)
     # ONNX keeps the old statistics' share, torch the new one's: 0.9 is 0.1, to float32 digits
@@ -626,11 +651,51 @@ def _clip(node: OnnxNode, args: list) -> list:
 
 
 def _softmax(node: OnnxNode, args: list) -> list:
+    """From opset 13 along ``axis`` (default -1); before, over the input coerced to 2-D at
+    ``axis`` (default 1): along all the axes from ``axis`` on at once."""
     x = _activation(node, args)
     axis = node.attr("axis", -1 if node.opset >= 13 else 1) % len(x.shape)
-    if node.opset < 13 and axis != len(x.shape) - 1:  # then Softmax spans all axes from axis
-        raise node.error(f"Softmax before opset 13 over axes {axis}.. of {list(x.shape)}")
-    return [F.softmax(x, axis)]
+    if node.opset >= 13 or axis == len(x.shape) - 1:
+        return [F.softmax(x, axis)]
+    rows = (math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+    return [F.reshape(F.softmax(F.reshape(x, rows), 1), x.shape)]
+
+
+def _local_response_norm(node: OnnxNode, args: list) -> list:
+    """ONNX's window starts (size - 1) // 2 channels before (PyTorch's: size // 2)."""
+    x = _activation(node, args)
+    size = int(node.attr("size", 0))
+    if size < 1:
+        raise node.error(f"LRN size must be a positive integer, but got size={size}")
+    attrs = dict(alpha=node.attr("alpha", 1e-4), beta=node.attr("beta", 0.75))
+    k = node.attr("bias", 1.0)
+    return [_emit("local_response_norm", [x], size=size, **attrs, k=k, before=(size - 1) // 2)]
+
+
+def _sum(node: OnnxNode, args: list) -> list:
+    """Sum of any number of tensors of one shape (Caffe2's residual merges)."""
+    total = _activation(node, args)
+    if any(not isinstance(a, Tensor) or tuple(a.shape) != tuple(total.shape) for a in args):
+        shapes = ", ".join(f"{list(a.shape)}{' (a constant)' * _is_const(a)}" for a in args)
+        raise node.error(f"Sum takes computed tensors of one shape, but got {shapes}")
+    for other in args[1:]:
+        total = F.add(total, other)
+    return [total]
+
+
+def _channel_bias(node: OnnxNode, args: list) -> list:
+    """x + bias along axis 1 (``engine.onnx_constants``): a depthwise 1x1 conv of weight 1."""
+    x, bias, ones = _activation(node, args), args[1], args[2]
+    channels = bias.shape[0]
+    if len(x.shape) != node.attr("rank") or x.shape[1] != channels:
+        raise node.error(
+            f"adds a per-channel constant of {channels} values shaped for rank-{node.attr('rank')} "
+            f"tensors, but the input has shape {list(x.shape)}"
+        )
+    image = F.reshape(x, (*x.shape, 1, 1)) if len(x.shape) == 2 else x
+    attrs = dict(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=channels)
+    y = _emit("conv2d", [image, ones, bias], **attrs)
+    return [F.reshape(y, x.shape) if len(x.shape) == 2 else y]
 
 
 def _window_pool(node: OnnxNode, args: list) -> list:
@@ -662,7 +727,7 @@ def _global_pool(node: OnnxNode, args: list) -> list:
 def _reduce(node: OnnxNode, args: list) -> list:
     """ReduceMax/ReduceMean over H and/or W: adaptive pooling to one row or column."""
     x = _activation(node, args, 4)
-    axes = _axes(node, args, 1, 4)
+    axes = axes_of(node, args, 1, 4)
     if not axes or not set(axes) <= {2, 3}:
         raise node.error(f"only reductions over axes 2 and 3 of NCHW are supported, got {axes}")
     size = tuple(1 if axis in axes else x.shape[axis] for axis in (2, 3))
@@ -711,14 +776,25 @@ def _flatten(node: OnnxNode, args: list) -> list:
 
 
 def _reshape(node: OnnxNode, args: list) -> list:
-    shape = _resolve_shape(node, _const(node, args, 1), tuple(args[0].shape))
-    return [args[0] if shape == tuple(args[0].shape) else F.reshape(args[0], shape)]
+    """To [N, everything else]: a flatten (what exporters write before the classifier)."""
+    x = args[0]
+    shape = resolve_shape(node, _const(node, args, 1), tuple(x.shape))
+    if shape == tuple(x.shape):
+        return [x]
+    if node.batch not in (None, x.shape[0]) and shape[0] != x.shape[0]:
+        raise node.error(
+            f"reshapes {list(x.shape)} to {list(shape)}: the file was exported for a batch of "
+            f"{node.batch} and its Reshape target fixes it; compile it with batch={node.batch}"
+        )
+    if len(x.shape) > 2 and shape == (x.shape[0], math.prod(x.shape[1:])):
+        return [F.flatten(x, 1)]
+    return [F.reshape(x, shape)]
 
 
 def _squeeze(node: OnnxNode, args: list) -> list:
     """On a computed tensor: a reshape."""
     x = args[0]
-    fold = _FOLDS[node.op_type]  # the same op on an empty array of x's shape
+    fold = FOLDS[node.op_type]  # the same op on an empty array of x's shape
     shape = fold(node, [np.empty(x.shape, np.int8), *args[1:]])[0].shape
     return [F.reshape(x, tuple(shape))]
 
@@ -731,18 +807,18 @@ def _transpose_node(node: OnnxNode, args: list) -> list:
 def _channel_shuffle(node: OnnxNode, args: list) -> list:
     """Reshape [N, g, C/g, H, W] + Transpose(0, 2, 1, 3, 4) + Reshape [N, C, H, W]."""
     x, first, last = args
-    split = _resolve_shape(node, _const(node, args, 1), tuple(x.shape))
+    split = resolve_shape(node, _const(node, args, 1), tuple(x.shape))
     swapped = (split[0], split[2], split[1], *split[3:])
     if len(x.shape) == 4 and len(split) == 5:
         n, c, h, w = x.shape
         groups = split[1]
         if (
             split == (n, groups, c // groups, h, w)
-            and _resolve_shape(node, last, swapped) == x.shape
+            and resolve_shape(node, last, swapped) == x.shape
         ):
             return [F.channel_shuffle(x, groups)]
     y = F.transpose(F.reshape(x, split), 1, 2)
-    return [F.reshape(y, _resolve_shape(node, _const(node, args, 2), swapped))]
+    return [F.reshape(y, resolve_shape(node, _const(node, args, 2), swapped))]
 
 
 def _slice(node: OnnxNode, args: list) -> list:
@@ -774,7 +850,7 @@ def _pad(node: OnnxNode, args: list) -> list:
         pads, value = node.attr("pads"), node.attr("value", 0.0)
     else:
         pads, value = _const(node, args, 1), _const(node, args, 2, 0.0)
-    axes = _axes(node, args, 3, 4) or [0, 1, 2, 3]
+    axes = axes_of(node, args, 3, 4) or [0, 1, 2, 3]
     full = [0] * 8
     for i, axis in enumerate(axes):
         full[axis], full[axis + 4] = int(pads[i]), int(pads[i + len(axes)])
@@ -805,10 +881,6 @@ def _cast(node: OnnxNode, args: list) -> list:
     return [args[0]]
 
 
-def _shape(node: OnnxNode, args: list) -> list:
-    return [np.asarray(args[0].shape[node.attr("start", 0) : node.attr("end")], np.int64)]
-
-
 _ACTIVATIONS = {
     "Relu": lambda node, x: F.relu(x),
     "Sigmoid": lambda node, x: F.sigmoid(x),
@@ -833,6 +905,9 @@ _HANDLERS: dict[str, Callable[[OnnxNode, list], list]] = {
     "convforge::LayerNorm2d": _layer_norm2d,
     "Clip": _clip,
     "Softmax": _softmax,
+    "LRN": _local_response_norm,
+    "Sum": _sum,
+    "convforge::ChannelBias": _channel_bias,
     "MaxPool": _window_pool,
     "AveragePool": _window_pool,
     "GlobalAveragePool": _global_pool,
@@ -855,86 +930,5 @@ _HANDLERS: dict[str, Callable[[OnnxNode, list], list]] = {
     "Dropout": _dropout,
     "Identity": lambda node, args: [args[0]],
     "Cast": _cast,
-    "Shape": _shape,
-}
-
-
-# **** Constant folding: the same ops on NumPy arrays (shape arithmetic) ****
-
-
-def _fold_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if np.issubdtype(a.dtype, np.integer):  # ONNX integer division truncates toward zero
-        return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(a.dtype)
-    return a / b
-
-
-def _fold_slice(node: OnnxNode, args: list) -> list:
-    x = args[0]
-    if node.opset < 10:
-        starts, ends, axes, steps = node.attr("starts"), node.attr("ends"), node.attr("axes"), None
-    else:
-        starts, ends, axes, steps = (args[i] if i < len(args) else None for i in (1, 2, 3, 4))
-    axes = range(len(starts)) if axes is None else axes
-    steps = [1] * len(starts) if steps is None else steps
-    index = [slice(None)] * x.ndim
-    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
-        index[int(axis)] = slice(int(start), int(end), int(step))
-    return [x[tuple(index)]]
-
-
-def _fold_unsqueeze(node: OnnxNode, args: list) -> list:
-    x = args[0]
-    axes = np.reshape(node.attr("axes") if node.attr("axes") is not None else args[1], -1)
-    rank = x.ndim + len(axes)
-    return [np.expand_dims(x, tuple(sorted(int(a) % rank for a in axes)))]
-
-
-def _fold_squeeze(node: OnnxNode, args: list) -> list:
-    x = args[0]
-    axes = _axes(node, args, 1, x.ndim)
-    return [np.squeeze(x, tuple(axes)) if axes is not None else np.squeeze(x)]
-
-
-def _fold(function: Callable[..., np.ndarray]) -> Callable[[OnnxNode, list], list]:
-    return lambda node, args: [function(*[a for a in args if a is not None])]
-
-
-_FOLDS: dict[str, Callable[[OnnxNode, list], list]] = {
-    "Constant": lambda node, args: [node.attr("value")],
-    "Identity": lambda node, args: [args[0]],
-    "Shape": _shape,
-    "Size": lambda node, args: [np.asarray(args[0].size, np.int64)],
-    "Cast": lambda node, args: [
-        args[0].astype(require_onnx().helper.tensor_dtype_to_np_dtype(node.attr("to")))
-    ],
-    "Gather": lambda node, args: [np.take(args[0], args[1], axis=node.attr("axis", 0))],
-    "Unsqueeze": _fold_unsqueeze,
-    "Squeeze": _fold_squeeze,
-    "Concat": lambda node, args: [np.concatenate(args, node.attr("axis"))],
-    "Slice": _fold_slice,
-    "Reshape": lambda node, args: [args[0].reshape(_resolve_shape(node, args[1], args[0].shape))],
-    "Transpose": lambda node, args: [np.transpose(args[0], node.attr("perm"))],
-    "ConstantOfShape": lambda node, args: [
-        np.full(tuple(args[0]), *(np.reshape(node.attr("value", np.zeros(1, np.float32)), -1)[:1]))
-    ],
-    "Range": _fold(lambda start, limit, delta: np.arange(start, limit, delta, dtype=start.dtype)),
-    "Expand": _fold(
-        lambda x, shape: np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(shape))).copy()
-    ),
-    "Where": _fold(np.where),
-    "Equal": _fold(np.equal),
-    "Less": _fold(np.less),
-    "Greater": _fold(np.greater),
-    "Not": _fold(np.logical_not),
-    "Add": _fold(np.add),
-    "Sub": _fold(np.subtract),
-    "Mul": _fold(np.multiply),
-    "Div": _fold(_fold_divide),
-    "Neg": _fold(np.negative),
-    "Abs": _fold(np.abs),
-    "Floor": _fold(np.floor),
-    "Ceil": _fold(np.ceil),
-    "Sqrt": _fold(np.sqrt),
-    "Min": _fold(np.minimum),
-    "Max": _fold(np.maximum),
+    "Shape": shape_of,
 }

@@ -220,6 +220,15 @@ def layer_norm2d(input, weight=None, bias=None, eps: float = 1e-6) -> Tensor:
     return _emit("layer_norm2d", [input, *affine], eps=float(eps))
 
 
+def local_response_norm(
+    input, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> Tensor:
+    """PyTorch's ``F.local_response_norm``: x / (k + alpha / size * sum of x^2 over ``size``
+    neighbouring channels) ** beta, the window from ``size // 2`` channels before."""
+    attrs = dict(size=int(size), alpha=float(alpha), beta=float(beta), k=float(k))
+    return _emit("local_response_norm", [input], **attrs, before=int(size) // 2)
+
+
 def softmax(input, dim: int) -> Tensor:
     return _emit("softmax", [input], dim=_axis(dim, input.dim()))
 

@@ -437,6 +437,22 @@ class LayerNorm2d(Module):
         return f"{self.num_channels}, eps={self.eps}"
 
 
+class LocalResponseNorm(Module):
+    """torch.nn.LocalResponseNorm: each value divided by ``(k + alpha / size * sum of squares
+    over size neighbouring channels) ** beta`` (AlexNet's LRN, Krizhevsky et al. 2012)."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        _check_positive("LocalResponseNorm", size=size)
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
 # **** Activations and parameter-free layers ****
 
 
@@ -655,6 +671,7 @@ __all__ = [
     "LayerNorm2d",
     "LeakyReLU",
     "Linear",
+    "LocalResponseNorm",
     "MaxPool2d",
     "Module",
     "ModuleList",

@@ -6,6 +6,11 @@
   torchvision's ``branch3`` uses a 3x3 conv where the paper has 5x5 (a known torchvision bug,
   kept so that parameter counts and checkpoints match): 13,004,888 parameters with the two
   auxiliary classifiers (the default, as torchvision's), 6,624,904 without.
+  ``googlenet(lrn=True)`` builds it as published and as BVLC's Caffe model ``bvlc_googlenet``
+  (the ONNX model zoo's GoogLeNet) has it: convs with biases and ReLU and no batch norm, an
+  LRN(5, 1e-4, 0.75) after the first max-pool and after conv3, 5x5 convs in ``branch3``,
+  dropout 0.4: 6,998,552 parameters without the auxiliary heads (whose convs carry
+  biases too), 13,378,280 with them.
 - ``inception_v2``: BN-Inception (Ioffe & Szegedy 2015, "Batch Normalization", section 4.2.1,
   with the filter counts of the appendix's Figure 5), built from the same ``BasicConv2d`` units:
   each 5x5 branch becomes two 3x3 convs, modules 3c and 4e reduce the grid with stride 2, and
@@ -59,6 +64,17 @@ class BasicConv2d(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
+class ConvReLU(nn.Module):
+    """Conv with bias, then ReLU: the unit of the published GoogLeNet (before batch norm)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, **conv_options) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, **conv_options)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.conv(x))
+
+
 class _AuxiliaryHeads(nn.Module):
     """A network whose ``forward`` returns the logits of ``self.head``: ``"fc"`` (the main
     classifier) or one of ``aux_heads`` when it was built with ``aux_logits=True``."""
@@ -85,8 +101,9 @@ class _AuxiliaryHeads(nn.Module):
 
 
 class Inception(nn.Module):
-    """GoogLeNet's module: 1x1 | 1x1 -> 3x3 | 1x1 -> "5x5" (3x3, as torchvision) | 3x3 max-pool
-    -> 1x1, concatenated along channels."""
+    """GoogLeNet's module: 1x1 | 1x1 -> 3x3 | 1x1 -> "5x5" (3x3, as torchvision, unless
+    ``kernel5x5=5``) | 3x3 max-pool -> 1x1, concatenated along channels; every conv a
+    ``unit`` (BasicConv2d, or ConvReLU as published)."""
 
     def __init__(
         self,
@@ -97,17 +114,20 @@ class Inception(nn.Module):
         ch5x5red: int,
         ch5x5: int,
         pool_proj: int,
+        unit: type[nn.Module] = BasicConv2d,
+        kernel5x5: int = 3,
     ) -> None:
         super().__init__()
-        self.branch1 = BasicConv2d(in_channels, ch1x1, 1)
+        self.branch1 = unit(in_channels, ch1x1, 1)
         self.branch2 = nn.Sequential(
-            BasicConv2d(in_channels, ch3x3red, 1), BasicConv2d(ch3x3red, ch3x3, 3, padding=1)
+            unit(in_channels, ch3x3red, 1), unit(ch3x3red, ch3x3, 3, padding=1)
         )
         self.branch3 = nn.Sequential(
-            BasicConv2d(in_channels, ch5x5red, 1), BasicConv2d(ch5x5red, ch5x5, 3, padding=1)
+            unit(in_channels, ch5x5red, 1),
+            unit(ch5x5red, ch5x5, kernel5x5, padding=kernel5x5 // 2),
         )
         self.branch4 = nn.Sequential(
-            nn.MaxPool2d(3, 1, 1, ceil_mode=True), BasicConv2d(in_channels, pool_proj, 1)
+            nn.MaxPool2d(3, 1, 1, ceil_mode=True), unit(in_channels, pool_proj, 1)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -119,9 +139,15 @@ class InceptionAux(nn.Module):
     """GoogLeNet's auxiliary classifier as torchvision: 4x4 adaptive average pool (in place of
     the paper's 5x5/3 pool), 1x1 conv 128, fc 2048 -> 1024, ReLU, dropout 0.7, fc -> classes."""
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.7) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dropout: float = 0.7,
+        unit: type[nn.Module] = BasicConv2d,
+    ) -> None:
         super().__init__()
-        self.conv = BasicConv2d(in_channels, 128, 1)
+        self.conv = unit(in_channels, 128, 1)
         self.fc1 = nn.Linear(2048, 1024)
         self.fc2 = nn.Linear(1024, num_classes)
         self.dropout = nn.Dropout(dropout)
@@ -134,7 +160,8 @@ class InceptionAux(nn.Module):
 class GoogLeNet(_AuxiliaryHeads):
     """torchvision's GoogLeNet; the auxiliary heads tap inception4a (``aux1``) and inception4d
     (``aux2``). Inputs far below the paper's 3x224x224 trace (e.g. 3x64x64): the max-pools round
-    up and the pools before the classifiers adapt."""
+    up and the pools before the classifiers adapt. ``lrn=True``: as published (module
+    docstring); ``lrn1`` and ``lrn2`` are the two LRN layers."""
 
     aux_heads = ("aux1", "aux2")
 
@@ -145,33 +172,40 @@ class GoogLeNet(_AuxiliaryHeads):
         dropout: float = 0.2,
         dropout_aux: float = 0.7,
         in_channels: int = 3,
+        lrn: bool = False,
     ) -> None:
         super().__init__()
-        self.conv1 = BasicConv2d(in_channels, 64, 7, stride=2, padding=3)
+        unit = ConvReLU if lrn else BasicConv2d
+        options = dict(unit=unit, kernel5x5=5 if lrn else 3)
+        self.conv1 = unit(in_channels, 64, 7, stride=2, padding=3)
         self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2 = BasicConv2d(64, 64, 1)
-        self.conv3 = BasicConv2d(64, 192, 3, padding=1)
+        self.lrn1 = nn.LocalResponseNorm(5, 1e-4, 0.75) if lrn else None
+        self.conv2 = unit(64, 64, 1)
+        self.conv3 = unit(64, 192, 3, padding=1)
+        self.lrn2 = nn.LocalResponseNorm(5, 1e-4, 0.75) if lrn else None
         self.maxpool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
-        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
+        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, **options)
+        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64, **options)
         self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
-        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
-        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
-        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
-        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
+        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, **options)
+        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64, **options)
+        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64, **options)
+        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64, **options)
+        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128, **options)
         self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
-        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
-        self.aux1 = InceptionAux(512, num_classes, dropout_aux) if aux_logits else None
-        self.aux2 = InceptionAux(528, num_classes, dropout_aux) if aux_logits else None
+        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128, **options)
+        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128, **options)
+        self.aux1 = InceptionAux(512, num_classes, dropout_aux, unit) if aux_logits else None
+        self.aux2 = InceptionAux(528, num_classes, dropout_aux, unit) if aux_logits else None
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(1024, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool1(self.conv1(x))
-        x = self.maxpool2(self.conv3(self.conv2(x)))
+        x = self.lrn1(x) if self.lrn1 is not None else x
+        x = self.conv3(self.conv2(x))
+        x = self.maxpool2(self.lrn2(x) if self.lrn2 is not None else x)
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
         x = self.inception4a(x)
         if self.head == "aux1":
@@ -185,8 +219,12 @@ class GoogLeNet(_AuxiliaryHeads):
 
 
 @register("googlenet", (3, 224, 224), 1000, torchvision="googlenet")
-def googlenet(num_classes: int = 1000, aux_logits: bool = True, in_channels: int = 3) -> GoogLeNet:
-    return GoogLeNet(num_classes, aux_logits, in_channels=in_channels)
+def googlenet(
+    num_classes: int = 1000, aux_logits: bool = True, in_channels: int = 3, lrn: bool = False
+) -> GoogLeNet:
+    """torchvision's GoogLeNet; ``lrn=True``: as published (bvlc_googlenet, module docstring)."""
+    dropout = 0.4 if lrn else 0.2
+    return GoogLeNet(num_classes, aux_logits, dropout, in_channels=in_channels, lrn=lrn)
 
 
 # **** BN-Inception (Inception v2) ****

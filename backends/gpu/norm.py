@@ -1,5 +1,5 @@
 """GPU lowerings of normalisation (``kernels/norm.cu``; the CPU's are ``backends/cpu/norm.py``):
-batch_norm in inference, layer_norm2d and softmax.
+batch_norm in inference, layer_norm2d, softmax and local_response_norm.
 
 layer_norm2d and softmax along an inner axis reduce over lines strided in memory; their blocks
 are (32, ``_LINE_ROWS``): 32 consecutive lines, each read coalesced across the warp, with the
@@ -59,3 +59,15 @@ def _lower_softmax(node: Node, io: GpuNodeIO) -> list[Launch]:
         return [io.launch("norm", "softmax_rows", grid, threads, x, y, outer, d)]
     grid = _line_grid(outer * inner)
     return [io.launch("norm", "softmax_columns", grid, (32, _LINE_ROWS), x, y, outer, d, inner)]
+
+
+@lowers("local_response_norm")
+def _lower_local_response_norm(node: Node, io: GpuNodeIO) -> list[Launch]:
+    shape, a = node.inputs[0].shape, node.attrs
+    n, c, inner = shape[0], shape[1], math.prod(shape[2:])
+    args = (n, c, inner, a["size"], a["before"], a["alpha"], a["beta"], a["k"])
+    return [
+        io.elementwise(
+            "norm", "local_response_norm", n * c * inner, io.input(0), io.output(), *args
+        )
+    ]

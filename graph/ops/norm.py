@@ -5,6 +5,11 @@ then optional weight [C] and bias [C]; ``y = (x - mean) / sqrt(var + eps) * weig
 layer_norm2d (ConvNeXt's channel LayerNorm) normalises each pixel over C with the biased
 variance: inputs x [N, C, H, W] and optional weight [C], bias [C]. softmax normalises along
 ``dim`` (a non-negative axis) with the max subtracted first, as PyTorch does.
+local_response_norm (AlexNet's LRN, Krizhevsky et al. 2012, section 3.3) divides each value by
+``(k + alpha / size * sum of x^2 over a window of channels) ** beta``, on x [N, C, ...]; the
+window of channel c spans channels ``c - before`` to ``c - before + size - 1`` (clipped to the
+tensor, zero outside it). ``before`` is ``size // 2`` in PyTorch and ``(size - 1) // 2`` in
+ONNX's LRN: the same window for odd sizes, one channel apart for even ones.
 Normalisation counts no MACs, as torchvision's published figures count only weight layers
 (an inference-mode BatchNorm folds into the preceding conv).
 """
@@ -134,6 +139,41 @@ def _softmax_grad_shape(in_types: list[TensorType], attrs: dict) -> list[TensorT
     return _softmax_shape([y], attrs)
 
 
+def _local_response_norm_shape(in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+    x = in_types[0]
+    if len(x.shape) < 3:
+        raise ValueError(
+            f"local_response_norm expects an input of rank 3 or more ([N, C, ...]), but got "
+            f"shape {list(x.shape)}"
+        )
+    size, before = attrs["size"], attrs["before"]
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"local_response_norm size must be a positive integer, but got {size}")
+    if before not in (size // 2, (size - 1) // 2):
+        raise ValueError(
+            f"local_response_norm before must be size // 2 (PyTorch) or (size - 1) // 2 (ONNX), "
+            f"but got before={before} for size={size}"
+        )
+    if not attrs["k"] > 0:
+        raise ValueError(f"local_response_norm k must be positive, but got k={attrs['k']}")
+    return [x]
+
+
+def _local_response_norm_vjp(node, grads, wants, emit):
+    """With s_c = k + alpha / size * sum over the window of x^2 and y_c = x_c * s_c^-beta:
+    grad_x_j = g_j * s_j^-beta - 2 * alpha * beta / size * x_j * sum over the channels c
+    whose window holds j of g_c * x_c * s_c^(-beta - 1)."""
+    attrs = {k: node.attrs[k] for k in ("size", "alpha", "beta", "k", "before")}
+    return [emit("local_response_norm_grad", [grads[0], node.inputs[0]], **attrs)[0]]
+
+
+def _local_response_norm_grad_shape(in_types: list[TensorType], attrs: dict) -> list:
+    gy, x = in_types
+    if gy != x:
+        raise ValueError(f"local_response_norm_grad: gradient {gy} does not match input {x}")
+    return _local_response_norm_shape([x], attrs)
+
+
 register("batch_norm", _batch_norm_shape, no_macs, arity=None, inplace=(0,), eps=1e-5, momentum=0.1)
 register(
     "batch_norm_train",
@@ -158,3 +198,14 @@ register("layer_norm2d", _layer_norm2d_shape, no_macs, arity=None, vjp=_layer_no
 register("layer_norm2d_grad", _layer_norm2d_grad_shape, no_macs, arity=None)
 register("softmax", _softmax_shape, no_macs, vjp=_softmax_vjp)
 register("softmax_grad", _softmax_grad_shape, no_macs, arity=2)
+_LRN_DEFAULTS = dict(size=5, alpha=1e-4, beta=0.75, k=1.0, before=2)
+register(
+    "local_response_norm",
+    _local_response_norm_shape,
+    no_macs,
+    vjp=_local_response_norm_vjp,
+    **_LRN_DEFAULTS,
+)
+register(
+    "local_response_norm_grad", _local_response_norm_grad_shape, no_macs, arity=2, **_LRN_DEFAULTS
+)

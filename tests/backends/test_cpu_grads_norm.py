@@ -1,6 +1,6 @@
-"""Gradients of the normalisation ops on the CPU: batch_norm in training mode, layer_norm2d and
-softmax, through ``tests.gradcheck.check_gradients`` (torch autograd in float32 and float64,
-central differences in float64).
+"""Gradients of the normalisation ops on the CPU: batch_norm in training mode, layer_norm2d,
+softmax and local_response_norm, through ``tests.gradcheck.check_gradients`` (torch autograd
+in float32 and float64, central differences in float64).
 
 batch_norm runs as torch's train-mode ``F.batch_norm`` (batch statistics) on rank-4 input
 (BatchNorm2d) and rank-2 input (BatchNorm1d after Flatten), with and without affine; its
@@ -19,6 +19,7 @@ import torch.nn.functional as TF
 import engine
 import graph.functional as F
 import graph.nn as nn
+from tests.backends.test_cpu_norm import LRN_CASES, Reshaped, lrn_model
 from tests.gradcheck import check_gradients, randomize_params
 from tests.helpers import DTYPES, OP_TOLERANCE, Net, rel_error
 
@@ -160,3 +161,31 @@ def test_softmax_grad(case, dtype, rng):
     model, oracle, shape = SOFTMAXES[case]
     x = 3.0 * rng.standard_normal(shape)
     check_gradients(model, lambda t, p: oracle(t), shape, dtype, rng, x=x)
+
+
+# **** local_response_norm ****
+
+
+@pytest.mark.parametrize("case", ["alexnet", "even_size", "wider_than_channels", "rank5"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_local_response_norm_grad(case, dtype, rng):
+    """Large alpha on inputs scaled by 2, so the window's term of the gradient is not small
+    beside the direct one; odd and even windows, one wider than the channels, rank 5."""
+    size, _, beta, k, shape = LRN_CASES[case]
+    model, nchw = lrn_model(case)
+    alpha = 2.0
+
+    def oracle(t, params):
+        y = TF.local_response_norm(t.reshape(shape), size, alpha, beta, k)
+        return y.reshape(nchw)
+
+    layer = model.layer if isinstance(model, Reshaped) else model
+    layer.alpha = alpha
+    check_gradients(model, oracle, nchw, dtype, rng, x=2.0 * rng.standard_normal(nchw))
+
+
+def test_local_response_norm_grad_parallel(rng):
+    size, alpha, beta, k, shape = LRN_CASES["parallel"]
+    model, _ = lrn_model("parallel")
+    oracle = lambda t, params: TF.local_response_norm(t, size, alpha, beta, k)  # noqa: E731
+    check_gradients(model, oracle, shape, "float32", rng, x=3.0 * rng.standard_normal(shape))

@@ -2,7 +2,8 @@
 
 batch_norm (inference: BatchNorm2d with and without affine, BatchNorm1d after Flatten),
 layer_norm2d (channel LayerNorm of NCHW, with and without affine) and softmax (dim 1 of 2-D and
-4-D inputs, and the last axis). Statistics and affine parameters are fresh random values in the
+4-D inputs, and the last axis) and local_response_norm (odd and even windows, windows wider
+than the channels, ranks 3 to 5). Statistics and affine parameters are fresh random values in the
 tested dtype (variances positive, far from 1, means far from 0), so every term of the transform
 shows; inputs are random and buffers NaN-poisoned. Each op also runs once above
 ``PARALLEL_MIN_WORK``.
@@ -119,3 +120,64 @@ def test_softmax(case, dtype, rng):
     x = (20.0 * rng.standard_normal(shape)).astype(dtype)
     out = run_poisoned(model, x, dtype)
     assert_close(out, oracle(torch.from_numpy(x)), dtype)
+
+
+# **** local_response_norm ****
+
+# name: (size, alpha, beta, k, input shape): AlexNet's and GoogLeNet's settings, even sizes
+# (torch's window is then one channel longer before than after), a window wider than the
+# channels, rank 3 and rank 5 inputs ([N, C, ...] with any trailing axes), one parallel case.
+LRN_CASES = {
+    "alexnet": (5, 1e-4, 0.75, 2.0, (2, 7, 5, 6)),
+    "googlenet": (5, 1e-4, 0.75, 1.0, (2, 9, 4, 3)),
+    "even_size": (4, 0.5, 0.6, 1.5, (2, 6, 3, 5)),
+    "size_2": (2, 1.0, 1.0, 0.5, (3, 5, 2, 3)),
+    "wider_than_channels": (7, 2.0, 0.9, 1.0, (2, 3, 4, 4)),
+    "even_wider_than_channels": (6, 2.0, 0.9, 1.0, (2, 3, 4, 4)),
+    "size_1": (1, 0.3, 0.5, 1.0, (2, 4, 3, 3)),
+    "rank3": (3, 0.5, 0.75, 1.0, (2, 6, 7)),
+    "rank5": (3, 0.5, 0.75, 1.0, (2, 5, 2, 3, 4)),
+    "parallel": (5, 1e-3, 0.75, 1.0, (2, 32, 40, 40)),
+}
+
+
+class Reshaped(nn.Module):
+    """``layer`` on the NCHW input reshaped to ``shape`` (rank 3 or 5), flattened back."""
+
+    def __init__(self, layer: nn.Module, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.layer, self.shape = layer, shape
+
+    def forward(self, x):
+        return F.reshape(self.layer(F.reshape(x, self.shape)), x.shape)
+
+
+def lrn_model(case: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """The layer under test and the NCHW shape it is compiled for."""
+    size, alpha, beta, k, shape = LRN_CASES[case]
+    layer = nn.LocalResponseNorm(size, alpha, beta, k)
+    if len(shape) == 4:
+        return layer, shape
+    nchw = (*shape[:2], int(np.prod(shape[2:])), 1)
+    return Reshaped(layer, shape), nchw
+
+
+@pytest.mark.parametrize("case", list(LRN_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_local_response_norm(case, dtype, rng):
+    """Inputs scaled by 3 so the normaliser is far from k (alpha matters)."""
+    size, alpha, beta, k, shape = LRN_CASES[case]
+    model, nchw = lrn_model(case)
+    x = (3.0 * rng.standard_normal(shape)).astype(dtype)
+    out = run_poisoned(model, x.reshape(nchw), dtype).reshape(shape)
+    ref = TF.local_response_norm(torch.from_numpy(x), size, alpha, beta, k)
+    assert_close(out, ref, dtype)
+
+
+def test_local_response_norm_checks_its_arguments():
+    with pytest.raises(ValueError, match="LocalResponseNorm size must be positive.*size=0"):
+        nn.LocalResponseNorm(0)
+    with pytest.raises(ValueError, match=r"layer: local_response_norm k must be positive.*k=0"):
+        run_poisoned(Net(nn.LocalResponseNorm(3, k=0.0)), np.ones((1, 2, 3, 3)), "float32")
+    with pytest.raises(ValueError, match=r"layer: local_response_norm expects .*rank 3 or more"):
+        run_poisoned(Net(nn.LocalResponseNorm(3), flatten=True), np.ones((1, 2, 3, 3)), "float32")

@@ -13,14 +13,19 @@
 //   before exp, sums in double. softmax_rows (inner = 1): one block per row, its threads over
 //   D, cf_block_reduce for the maximum and the sum. softmax_columns (inner > 1): the layout of
 //   layer_norm2d, 32 lines per block, threadIdx.y over D.
+// - local_response_norm: one thread per element of x viewed as [N, C, inner]; it sums the
+//   squares of its window's channels (ch - before .. ch - before + size - 1, those that exist)
+//   in double, each read coalesced across the warp's consecutive inner positions, and writes
+//   y = x * (k + alpha / size * sum)^-beta.
 // All reductions are deterministic (reduce.cuh: fixed trees, no atomics).
 //
 // Pointers: batch_norm(x, mean, var, weight, bias, y, n, c, inner, eps), weight and bias null
 // without affine; layer_norm2d(x, weight, bias, y, n, c, h, w, eps), the same; softmax_rows(x, y,
-// rows, d); softmax_columns(x, y, outer, d, inner).
+// rows, d); softmax_columns(x, y, outer, d, inner); local_response_norm(x, y, n, c, inner, size,
+// before, alpha, beta, k).
 // Launch: batch_norm 2-D (blocks over inner, blocks over planes) of 256 threads; layer_norm2d
 // and softmax_columns (32, 8) blocks, one per 32 lines (grid-stride); softmax_rows one block of
-// 32-256 threads per row (grid-stride).
+// 32-256 threads per row (grid-stride); local_response_norm 1-D, 256 threads (grid-stride).
 #include "common.cuh"
 #include "reduce.cuh"
 
@@ -132,3 +137,24 @@ CF_EXPORT(softmax_columns,
           (const T* __restrict__ x, T* __restrict__ y, long long outer, long long d,
            long long inner),
           (x, y, outer, d, inner))
+
+template <typename T>
+__device__ void local_response_norm(const T* __restrict__ x, T* __restrict__ y, long long n,
+                                    long long c, long long inner, long long size,
+                                    long long before, double alpha, double beta, double k) {
+    CF_FOR_EACH(at, n * c * inner) {
+        const long long j = at % inner, ch = (at / inner) % c, image = at / (c * inner);
+        const long long first = ch - before;
+        const long long lo = first > 0 ? first : 0, hi = first + size < c ? first + size : c;
+        double total = 0.0;
+        for (long long other = lo; other < hi; ++other) {
+            const double v = double(x[(image * c + other) * inner + j]);
+            total += v * v;
+        }
+        y[at] = T(double(x[at]) * pow(k + alpha / double(size) * total, -beta));
+    }
+}
+CF_EXPORT(local_response_norm,
+          (const T* x, T* y, long long n, long long c, long long inner, long long size,
+           long long before, double alpha, double beta, double k),
+          (x, y, n, c, inner, size, before, alpha, beta, k))

@@ -222,6 +222,8 @@ NORM = {
     "softmax_channels": (nn.Softmax(1), SHAPE, "softmax_columns"),
     "softmax_batch": (nn.Softmax(0), SHAPE, "softmax_columns"),
     "softmax_rows_of_planes": (nn.Softmax(2), (3, 19, 5), "softmax_columns"),
+    "lrn_alexnet": (nn.LocalResponseNorm(5, 1e-2, 0.75, 2.0), (7, 3, 5), "local_response_norm"),
+    "lrn_even_wide": (nn.LocalResponseNorm(6, 0.5, 0.6, 1.0), (3, 5, 6), "local_response_norm"),
 }
 
 
