@@ -105,21 +105,23 @@ def _contradiction(flag: str, given: object, saved: object, path: str | None) ->
     )
 
 
-def check_writable(path: str | None) -> None:
-    """Probe the checkpoint's folder before training, so a typo costs no epoch."""
+def check_writable(path: str | None, flag: str = "--checkpoint") -> None:
+    """Probe the folder of an output file (``flag``'s) before training, so a typo costs no
+    epoch."""
     if path is None:
         return
     target = Path(path)
     if target.is_dir():
-        raise UsageError(f"--checkpoint {path} is a directory; name a file, e.g. {path}/run.ckpt")
+        example = "run.ckpt" if flag == "--checkpoint" else "curves.csv"
+        raise UsageError(f"{flag} {path} is a directory; name a file, e.g. {path}/{example}")
     if not target.parent.is_dir():
-        raise UsageError(f"--checkpoint {path}: the folder {target.parent} does not exist")
+        raise UsageError(f"{flag} {path}: the folder {target.parent} does not exist")
     try:
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}."):
             pass
     except OSError as error:
         raise UsageError(
-            f"--checkpoint {path}: cannot write in {target.parent} ({error.strerror})"
+            f"{flag} {path}: cannot write in {target.parent} ({error.strerror})"
         ) from None
 
 
@@ -231,6 +233,7 @@ def train(args: argparse.Namespace) -> int:
             f"N > {first_epoch} to train on"
         )
     check_writable(args.checkpoint)
+    check_writable(args.log, "--log")
     augment = parse_augment(args.augment, args.seed) if args.augment else None
     data, test, model, kwargs, norm = prepare(args)
     if saved:  # the statistics the run was trained with, bit for bit
@@ -262,6 +265,7 @@ def train(args: argparse.Namespace) -> int:
         "input_shape": list(data.sample_shape),
         "mean": norm.mean.tolist(),
         "std": norm.std.tolist(),
+        "history": (saved or {}).get("history", [])[:first_epoch],  # for convforge report
     }
     results = fit(
         exe,
@@ -277,9 +281,23 @@ def train(args: argparse.Namespace) -> int:
         metadata=metadata,
         progress=not (args.no_progress or args.json),
         log=log,
+        on_epoch=_record_epoch(metadata["history"], args.log),
     )
     _report_training(args, model.num_parameters(), results)
     return 0
+
+
+def _record_epoch(history: list[dict], log: str | None):
+    """Each epoch's row goes into the checkpoint's ``history`` and, with ``--log``, the
+    curves CSV (``engine.analysis.curves``), written as training goes."""
+    from engine.analysis.curves import epoch_row, write_curves
+
+    def record(result: EpochResult) -> None:
+        history.append(epoch_row(result))
+        if log is not None:
+            write_curves(log, history)
+
+    return record
 
 
 def _logger(quiet_stdout: bool):

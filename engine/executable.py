@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -152,6 +152,7 @@ class Executable:
             if f"{name.rsplit('.', 1)[0]}.running_mean" in used
         ]
         self._dropout_rng = storage.get(DROPOUT_RNG)
+        self._capture_plans: dict = {}  # engine.capture's plans, built on first use
         self.training = False
         if training is not None:
             graph = training.graph
@@ -234,14 +235,20 @@ class Executable:
 
     # **** Running ****
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray, capture: Sequence[str] | None = None):
         """Forward pass on one batch of the compiled shape and dtype; returns a new array.
 
         Safe to call from several threads: every call shares this executable's input, arena
         and output buffers, so a lock makes calls take turns from loading the input to copying
         the output (the executor releases the GIL meanwhile). For calls that run in parallel,
         give each thread a ``clone()``. Weights are not locked: load new ones between runs.
+
+        ``capture``: names of intermediate values (``engine.capture.capturable(exe)``; a
+        layer's output has the layer's name). Then returns ``(output, {name: array})``, from
+        a second plan that keeps those values (``engine.capture``), built on first use.
         """
+        if capture is not None:
+            return self._run_capturing(x, None, capture)
         with self._lock:
             self._load_input(x)
             if self.training:
@@ -253,9 +260,15 @@ class Executable:
 
     __call__ = run
 
-    def forward_backward(self, x: np.ndarray, y: np.ndarray) -> float:
+    def forward_backward(self, x: np.ndarray, y: np.ndarray, capture: Sequence[str] | None = None):
         """Loss of one batch in training mode; gradients are left in ``grads``, weights are not
-        changed (BatchNorm running statistics are, as in a torch forward in train mode)."""
+        changed (BatchNorm running statistics are, as in a torch forward in train mode).
+
+        ``capture``: names of intermediate values, as in ``run``; then returns ``(loss,
+        values, gradients)``, each a dict by name (the loss's gradient with respect to each
+        value), and leaves ``grads`` as they were."""
+        if capture is not None:
+            return self._run_capturing(x, y, capture)
         with self._lock:
             self._load_batch(x, y)
             self._advance()
@@ -274,6 +287,32 @@ class Executable:
             self._advance()
             self._training.execute()
             return self._loss_value()
+
+    def _run_capturing(self, x: np.ndarray, y: np.ndarray | None, names: Sequence[str]):
+        """``run`` (``y`` None) or ``forward_backward`` on the capture plan of ``names``."""
+        from engine.capture import capture_plan, read_captured, read_gradients
+
+        gradients = y is not None
+        if gradients and self._training is None:
+            raise RuntimeError("this executable was compiled without train=True")
+        training = self.training or gradients
+        with self._lock:
+            captured = capture_plan(self, names, training, gradients)
+            if gradients:
+                self._load_batch(x, y)
+            else:
+                self._load_input(x)
+            if training:
+                if not gradients:  # the loss is computed but not reported: any valid class
+                    self._backend.copy_in(self._target, np.zeros(self._target.shape))
+                self._advance()
+            captured.plan.execute()
+            values = read_captured(captured)
+            if gradients:
+                loss = float(self._backend.to_host(captured.plan.storage[captured.loss])[0])
+                return loss, values, read_gradients(captured)
+            output = self._backend.to_host(captured.plan.storage[captured.output])
+            return np.array(output, copy=True), values
 
     def clone(self) -> Executable:
         """Another executable for inference in parallel with this one: it shares the weights

@@ -78,6 +78,7 @@ def fit(
     metadata: dict | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> list[EpochResult]:
     """Train ``exe`` (compiled with ``train=True`` and an optimizer) for epochs
     ``start_epoch .. epochs - 1``.
@@ -90,6 +91,8 @@ def fit(
         preprocess: applied after augmentation, and to validation batches (``Normalize``).
         checkpoint: a path written atomically after every epoch (``metadata`` goes with it).
         progress: a tqdm bar per epoch with the loss, images per second and time left.
+        on_epoch: called with each epoch's result before its checkpoint is written (training
+            curves: ``engine.analysis.curves``).
     Returns:
         One ``EpochResult`` per epoch trained.
     Raises:
@@ -135,6 +138,8 @@ def fit(
         )
         results.append(result)
         log(_describe(result))
+        if on_epoch is not None:
+            on_epoch(result)
         if schedule is not None:
             schedule.step(result.val_loss if result.val_loss is not None else result.train_loss)
         if checkpoint is not None:

@@ -18,6 +18,8 @@ sees their lifetimes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from graph.ir import Graph, TensorType, Value
 from graph.ops import get_op
 
@@ -27,7 +29,11 @@ _TRAINING_FORMS = {"batch_norm": "batch_norm_train", "dropout": "dropout_train"}
 
 
 def autodiff(
-    forward: Graph, loss: str = "cross_entropy", input_grad: bool = False, **loss_attrs: object
+    forward: Graph,
+    loss: str = "cross_entropy",
+    input_grad: bool = False,
+    value_grads: Sequence[str] = (),
+    **loss_attrs: object,
 ) -> Graph:
     """The training graph of ``forward`` (left unchanged) under ``loss``.
 
@@ -38,6 +44,8 @@ def autodiff(
             indices, Sabour et al.'s margin loss).
         input_grad: also differentiate with respect to the graph input (``grads["input"]``),
             for gradient checks and input-space methods.
+        value_grads: names of forward values whose gradients to record in ``grads`` too
+            (under the value's name), for ``Executable.forward_backward(..., capture=...)``.
     Returns:
         A graph with inputs (input, target), outputs (loss,), ``grads`` for every parameter
         that the loss depends on, and ``backward_start``: the index of the first node after
@@ -63,7 +71,8 @@ def autodiff(
     graph.backward_start = len(graph.nodes)
     seed = graph.add_value("loss.seed", loss_node.outputs[0].type, "const")
     graph.consts[seed.name] = 1.0
-    graph.grads = _backward(graph, loss_node.outputs[0], seed, input_grad)
+    extra = [graph.values[name] for name in value_grads]
+    graph.grads = _backward(graph, loss_node.outputs[0], seed, input_grad, extra)
     graph.verify()
     return graph
 
@@ -99,10 +108,13 @@ def _dropout_counter(graph: Graph) -> Value:
     return graph.values[DROPOUT_RNG]
 
 
-def _backward(graph: Graph, loss: Value, seed: Value, input_grad: bool) -> dict[str, Value]:
+def _backward(
+    graph: Graph, loss: Value, seed: Value, input_grad: bool, extra: list[Value]
+) -> dict[str, Value]:
     """Reverse walk from ``loss``; returns the gradient value of each parameter (and of the
-    input when ``input_grad``)."""
+    input when ``input_grad``, and of each ``extra`` value)."""
     sources = [v for v in graph.params if v.role == "param"] + graph.inputs[:1] * input_grad
+    sources += extra
     wanted = _needs_grad(graph, sources)
     grads: dict[str, Value] = {loss.name: seed}
     for node in reversed(graph.nodes[: graph.backward_start]):

@@ -8,10 +8,14 @@
 - ``resnet20/32/56/110_cifar``: the CIFAR networks of the paper's section 4.2 (3 stages of
   16/32/64 channels, 6n+2 layers). Shortcuts that change shape are 1x1 conv + BN projections
   (the paper's option B), so counts differ slightly from option A's zero-padding figures.
+- ``resnet20/56_plain_cifar``: the same stacks without any shortcut (the paper's "plain"
+  networks of its degradation experiment, and Li et al. 2018's loss landscapes without skip
+  connections): each block is conv-BN-ReLU-conv-BN-ReLU, and no projection exists.
 Weights start as torchvision's: Kaiming-normal (fan_out) convs, BN weight 1 and bias 0.
 ``blur=k`` builds the anti-aliased variant (``zoo/blurpool.py``, as antialiased-cnns lays it
 out): the stem's max-pool runs at stride 1 then blur-pools, each strided block conv runs at
-stride 1 and blur-pools after its ReLU, and shortcut projections blur-pool before the 1x1 conv.
+stride 1 and blur-pools after its ReLU, and shortcut projections blur-pool before the 1x1 conv
+(the CIFAR forms, which have no max-pool, take ``blur`` too).
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ class BasicBlock(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         blur: int = 0,
+        plain: bool = False,
     ) -> None:
         super().__init__()
         conv_stride = 1 if blur and stride > 1 else stride
+        self.plain = plain
         self.conv1 = nn.Conv2d(inplanes, planes, 3, conv_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -49,6 +55,8 @@ class BasicBlock(nn.Module):
         identity = self.downsample(x) if self.downsample is not None else x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.blurpool(out) if self.blurpool is not None else out
+        if self.plain:  # no shortcut: the block is two stacked conv layers
+            return self.relu(self.bn2(self.conv2(out)))
         return self.relu(F.add(self.bn2(self.conv2(out)), identity))
 
 
@@ -89,7 +97,7 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision's ResNet; ``cifar_stem`` swaps the 7x7/2 stem and max-pool for a 3x3/1
     conv, ``widths`` sets the stages' channels (64, 128, 256, 512 for ImageNet), ``blur`` the
-    anti-aliasing filter size (0: none)."""
+    anti-aliasing filter size (0: none), ``plain`` drops every shortcut (BasicBlock only)."""
 
     def __init__(
         self,
@@ -102,10 +110,13 @@ class ResNet(nn.Module):
         widths=(64, 128, 256, 512),
         in_channels: int = 3,
         blur: int = 0,
+        plain: bool = False,
     ) -> None:
         super().__init__()
+        if plain and block is not BasicBlock:
+            raise ValueError(f"plain=True builds BasicBlock stacks only, but got {block.__name__}")
         self.inplanes, self.groups, self.base_width = widths[0], groups, width_per_group
-        self.blur = blur
+        self.blur, self.plain = blur, plain
         if cifar_stem:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         else:
@@ -129,6 +140,12 @@ class ResNet(nn.Module):
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample, out = None, planes * block.expansion
+        options = (self.groups, self.base_width, self.blur)
+        if self.plain:  # no shortcut, so nothing to project
+            layers = [block(self.inplanes, planes, stride, None, *options, plain=True)]
+            layers += [block(out, planes, 1, None, *options, plain=True) for _ in range(1, blocks)]
+            self.inplanes = out
+            return nn.Sequential(*layers)
         if self.blur and stride != 1:
             downsample = nn.Sequential(
                 BlurPool2d(self.inplanes, self.blur, stride),
@@ -139,7 +156,6 @@ class ResNet(nn.Module):
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
             )
-        options = (self.groups, self.base_width, self.blur)
         layers = [block(self.inplanes, planes, stride, downsample, *options)]
         self.inplanes = out
         layers += [block(self.inplanes, planes, 1, None, *options) for _ in range(1, blocks)]
@@ -189,8 +205,8 @@ def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, cifar_stem=True, in_channels=in_channels)
 
 
-def _cifar_factory(depth: int):
-    def build(num_classes: int = 10, in_channels: int = 3) -> ResNet:
+def _cifar_factory(depth: int, plain: bool = False):
+    def build(num_classes: int = 10, in_channels: int = 3, blur: int = 0) -> ResNet:
         n = (depth - 2) // 6
         return ResNet(
             BasicBlock,
@@ -199,6 +215,8 @@ def _cifar_factory(depth: int):
             cifar_stem=True,
             widths=(16, 32, 64),
             in_channels=in_channels,
+            blur=blur,
+            plain=plain,
         )
 
     return build
@@ -211,3 +229,11 @@ for _depth in (20, 32, 56, 110):
         10,
         departs="not in torchvision (He et al. 2016's CIFAR ResNets)",
     )(_cifar_factory(_depth))
+
+for _depth in (20, 56):
+    register(
+        f"resnet{_depth}_plain_cifar",
+        (3, 32, 32),
+        10,
+        departs="not in torchvision (He et al. 2016's plain CIFAR networks: no shortcuts)",
+    )(_cifar_factory(_depth, plain=True))
