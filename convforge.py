@@ -6,16 +6,17 @@
     convforge.save(exe, "lenet5.cf")
     probabilities = convforge.load("lenet5.cf").run(images)
 
-``compile``, ``load``, ``save``, ``Executable``, ``optim``, ``export_onnx`` and ``import_onnx``
-come from ``engine``; ``nn`` is ``graph.nn``, ``functional`` is ``graph.functional`` and ``zoo``
-is ``zoo``. They are the very objects of those packages, not wrappers, so a program may mix
-``convforge.compile`` with ``engine.compile`` and ``isinstance`` checks agree.
+``compile``, ``load``, ``save``, ``quantize``, ``Executable``, ``optim``, ``export_onnx`` and
+``import_onnx`` come from ``engine``; ``nn`` is ``graph.nn``, ``functional`` is
+``graph.functional`` and ``zoo`` is ``zoo``. They are the very objects of those packages, not
+wrappers, so a program may mix ``convforge.compile`` with ``engine.compile`` and ``isinstance``
+checks agree.
 """
 
 from __future__ import annotations
 
 import zoo
-from engine import Executable, compile, export_onnx, import_onnx, load, optim, save
+from engine import Executable, compile, export_onnx, import_onnx, load, optim, quantize, save
 from graph import functional, nn
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "load",
     "nn",
     "optim",
+    "quantize",
     "save",
     "zoo",
 ]

@@ -45,8 +45,11 @@ setup(
             "onnx>=1.16",
             "onnxruntime>=1.18",
             "onnxscript>=0.7",
+            "matplotlib>=3.7",  # tests/analysis: every picture is drawn and checked
         ],
         "onnx": ["onnx>=1.16"],  # engine.export_onnx / engine.import_onnx, convforge export
+        # engine/analysis: landscape, consistency, features, plot, memory --plot, report
+        "plot": ["matplotlib>=3.7"],
         "gpu": ["cupy-cuda12x"],
         "gpu-cuda13": ["cupy-cuda13x"],
         # bench/inference.py: torch.onnx.export's default (torch.export) exporter needs onnxscript

@@ -6,11 +6,13 @@ from engine import optim
 from engine.compiler import compile
 from engine.executable import Executable
 from engine.onnx_io import export_onnx, import_onnx
+from engine.quantize import calibrate, quantize
 from engine.saved import load, save
 from engine.train import evaluate, fit
 
 __all__ = [
     "Executable",
+    "calibrate",
     "compile",
     "evaluate",
     "export_onnx",
@@ -18,5 +20,6 @@ __all__ = [
     "import_onnx",
     "load",
     "optim",
+    "quantize",
     "save",
 ]

@@ -15,6 +15,11 @@
 - ``convforge zoo [--json]``: every zoo model with its input shape, classes and parameters.
 - ``convforge memory MODEL [--input CxHxW] [--batch B] [--train] [--recompute sqrt|LAYERS]
   [--json]``: the memory plan.
+- ``convforge compress MODEL --checkpoint C [--prune F] [--quantize conv=8,fc=5] [--huffman]
+  [--out F.cfz]`` and ``convforge lottery MODEL --rounds R --rate P``: Deep Compression and
+  lottery tickets (``engine/cli_compress.py``); ``eval`` and ``summary`` also read a ``.cfz``.
+- ``convforge landscape|consistency|features|plot|report ...`` and ``memory --plot``: pictures
+  and numbers from inside a model and a run (``engine/cli_analysis.py``).
 - ``convforge warmup``: compile every CPU kernel variant into Numba's on-disk cache, so the
   first real compile in later processes loads in a fraction of a second.
 
@@ -36,6 +41,9 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 
 import zoo
+from engine.cli_analysis import add_commands as add_analysis_commands
+from engine.cli_analysis import plot_memory
+from engine.cli_compress import compress, evaluate_any, lottery, summary_any
 from engine.cli_onnx import export
 from engine.cli_predict import predict
 from engine.cli_training import (
@@ -43,7 +51,6 @@ from engine.cli_training import (
     RUN_DEFAULTS,
     UsageError,
     demo,
-    evaluate_checkpoint,
     parse_augment,
     train,
 )
@@ -115,6 +122,8 @@ def memory(args: argparse.Namespace) -> int:
         "grad_bytes": trainable if args.train else 0,
         "optimizer_bytes": trainable if args.train else 0,  # SGD momentum
     }
+    if args.plot:
+        plot_memory(plan[kind], args.plot, f"{args.model}: {kind} plan, batch {args.batch}")
     if args.json:
         print(json.dumps(report))
         return 0
@@ -291,6 +300,7 @@ def _add_train(commands) -> None:
         "elastic=34:4,jitter=0.2:0.2:0.2",
     )
     p.add_argument("--checkpoint", help="file written (atomically) after every epoch")
+    p.add_argument("--log", help="CSV of loss, accuracy and lr per epoch, written as it trains")
     p.add_argument(
         "--resume", help="checkpoint to continue from, with the arguments it was trained with"
     )
@@ -307,9 +317,13 @@ def _add_eval(commands) -> None:
         "model", nargs="?", type=_zoo_model, help="zoo model (default: the checkpoint's)"
     )
     _add_data_options(p)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint of convforge train")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint of convforge train, or a .cfz of convforge compress",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=evaluate_checkpoint)
+    p.set_defaults(func=evaluate_any)
 
 
 def _add_predict(commands) -> None:
@@ -360,7 +374,8 @@ def _add_model_reports(commands) -> None:
     p.add_argument("--input", type=_input_shape, help="CxHxW (default: the model's input shape)")
     p.add_argument("--batch", type=_positive, default=1, help="batch size")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
-    p.set_defaults(func=summary)
+    p.add_argument("--checkpoint", help="a .cfz of convforge compress: add its per-layer sizes")
+    p.set_defaults(func=summary_any)
     p = commands.add_parser(
         "memory", help="memory plan: arena, lower bound, naive bytes", formatter_class=_Help
     )
@@ -373,6 +388,7 @@ def _add_model_reports(commands) -> None:
         type=_recompute_policy,
         help='"sqrt", or comma-separated layer names whose activations are recomputed',
     )
+    p.add_argument("--plot", help="PNG of arena offset against execution step")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(func=memory)
     p = commands.add_parser(
@@ -380,6 +396,51 @@ def _add_model_reports(commands) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON list instead")
     p.set_defaults(func=list_zoo)
+
+
+def _add_compression(commands) -> None:
+    p = commands.add_parser(
+        "compress", help="prune, share weights, Huffman-code a checkpoint", formatter_class=_Help
+    )
+    p.add_argument(
+        "model", nargs="?", type=_zoo_model, help="zoo model (default: the checkpoint's)"
+    )
+    _add_data_options(p)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of convforge train")
+    p.add_argument(
+        "--prune", type=_number(float, 0.0), default=0.9, help="fraction of weights to prune"
+    )
+    p.add_argument("--prune-rounds", type=_positive, default=1, help="prune -> retrain rounds")
+    p.add_argument("--scope", choices=("layer", "global"), default="layer", help="pruning rank")
+    p.add_argument("--retrain-epochs", type=_number(int, 0), default=1, help="epochs per round")
+    p.add_argument("--centroid-epochs", type=_number(int, 0), default=1, help="centroid tuning")
+    p.add_argument("--lr", type=_non_negative, help="retraining lr (default: the run's / 10)")
+    p.add_argument(
+        "--quantize", default="conv=8,fc=5", help="bits per shared weight index, or none"
+    )
+    p.add_argument("--huffman", action="store_true", help="Huffman-code (else fixed width)")
+    p.add_argument("--out", help="the .cfz file to write (atomically)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=compress)
+    p = commands.add_parser(
+        "lottery", help="lottery tickets vs random re-initialisation", formatter_class=_Help
+    )
+    p.add_argument("model", type=_zoo_model, help="zoo model (convforge zoo)")
+    _add_data_options(p)
+    p.add_argument("--rounds", type=_positive, default=5, help="pruning rounds")
+    p.add_argument(
+        "--rate", type=_number(float, 0.0, False), default=0.2, help="pruned share per round"
+    )
+    p.add_argument("--epochs", type=_positive, default=2, help="epochs per training (default: 2)")
+    p.add_argument(
+        "--optimizer", choices=("sgd", "adam"), default="adam", help="optimizer (default: adam)"
+    )
+    p.add_argument(
+        "--lr", type=_non_negative, default=1.2e-3, help="learning rate (default: 0.0012)"
+    )
+    p.add_argument("--rewind", type=_number(int, 0), default=0, help="rewind to this step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=lottery)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -403,6 +464,7 @@ def parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_export(commands)
     _add_predict(commands)
+    _add_compression(commands)
     p = commands.add_parser(
         "warmup", help="compile every CPU kernel into Numba's cache", formatter_class=_Help
     )
@@ -410,6 +472,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=warmup)
     _add_model_reports(commands)
+    add_analysis_commands(commands)
     return top
 
 

@@ -30,6 +30,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from tqdm import tqdm
 
 Variant = tuple[int, str, bool, tuple[int, ...] | None]  # (kernel index, dtype, parallel, sources)
+# The int8 conv/linear step (backends/cpu/int8.py: mixed dtypes, so not a ``Kernel``).
+INT8_VARIANT: Variant = (-1, "float32", True, None)
 
 
 def variants() -> list[Variant]:
@@ -48,13 +50,19 @@ def variants() -> list[Variant]:
                 if kernel.parallel_inplace:  # small steps run serially
                     found.append((index, dtype, False, sources))
     size = [len(inspect.getsource(k.func)) for k in KERNELS]
-    return sorted(found, key=lambda v: (not v[2], -size[v[0]]))  # stable: dtypes stay in order
+    found = sorted(found, key=lambda v: (not v[2], -size[v[0]]))  # stable: dtypes stay in order
+    return [INT8_VARIANT, *found]
 
 
 def compile_variant(variant: Variant) -> None:
     """Compile (or load from the cache) one variant in this process."""
     from backends.cpu.kernels import KERNELS
 
+    if variant == INT8_VARIANT:
+        from backends.cpu import int8
+
+        int8.step_function()
+        return
     index, dtype, parallel, sources = variant
     KERNELS[index].shim(dtype, parallel, sources)
 

@@ -30,6 +30,7 @@ SAME_OBJECTS = {
     "export_onnx": engine.export_onnx,
     "import_onnx": engine.import_onnx,
     "optim": engine.optim,
+    "quantize": engine.quantize,
     "nn": graph.nn,
     "functional": graph.functional,
     "zoo": zoo,

@@ -109,6 +109,8 @@ def expect_positive(op: str, **values: object) -> None:
 
 from graph.ops import capsule, conv, elementwise, fused, linear, loss, norm, optim, pooling  # noqa: E402,F401,I001
 from graph.ops import shape as shape_ops  # noqa: E402,F401
+from graph.ops import mask  # noqa: E402,F401
+from graph.ops import quantized  # noqa: E402,F401
 
 UNARY_ELEMENTWISE = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "gelu", "dropout"})
 BINARY_ELEMENTWISE = frozenset({"add", "mul"})

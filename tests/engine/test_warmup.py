@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 from backends.cpu.kernels import KERNELS
-from engine.warmup import variants
+from engine.warmup import INT8_VARIANT, variants
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -21,6 +21,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 def test_variants_cover_every_kernel_once_parallel_first():
     found = variants()
     assert len(set(found)) == len(found)
+    assert INT8_VARIANT in found  # backends/cpu/int8.py's step
     for index in range(len(KERNELS)):
         for dtype in ("float32", "float64"):
             for parallel in (False, True):
