@@ -16,7 +16,9 @@ setup(
     version="0.1.0",
     description="A small static-graph compiler for convolutional neural networks",
     python_requires=">=3.11",
-    packages=find_packages(include=["graph", "graph.*", "backends", "backends.*", "engine", "zoo"]),
+    packages=find_packages(
+        include=["graph", "graph.*", "backends", "backends.*", "engine", "engine.*", "zoo"]
+    ),
     py_modules=["convforge"],  # the one import name for embedding programs
     # the GPU backend's CUDA C sources: it reads them beside its modules at run time (CuPy, or
     # the CPU emulation); MANIFEST.in puts them and the Cython source in the sdist
