@@ -48,10 +48,13 @@ setup(
             "onnxruntime>=1.18",
             "onnxscript>=0.7",
             "matplotlib>=3.7",  # tests/analysis: every picture is drawn and checked
+            "mpi4py>=4.1",  # tests/distributed (with Debian's openmpi-bin)
         ],
         "onnx": ["onnx>=1.16"],  # engine.export_onnx / engine.import_onnx, convforge export
         # engine/analysis: landscape, consistency, features, plot, memory --plot, report
         "plot": ["matplotlib>=3.7"],
+        # engine.distributed: mpirun -n N convforge train (needs an MPI: Open MPI or MPICH)
+        "mpi": ["mpi4py>=4.1"],
         "gpu": ["cupy-cuda12x"],
         "gpu-cuda13": ["cupy-cuda13x"],
         # bench/inference.py: torch.onnx.export's default (torch.export) exporter needs onnxscript

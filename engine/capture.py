@@ -106,6 +106,7 @@ def _build(exe: Executable, names: tuple[str, ...], training: bool, gradients: b
             options.loss or "cross_entropy",
             label_smoothing=options.label_smoothing,
             value_grads=names if gradients else (),
+            sync_batch_norm=options.sync_batch_norm,
         )
         loss = graph.outputs[0].name
         missing = [name for name in names if gradients and name not in graph.grads]
@@ -119,7 +120,10 @@ def _build(exe: Executable, names: tuple[str, ...], training: bool, gradients: b
         graph = optimize_for_inference(graph, device.supported_ops)
     memory = plan_graph(graph, device, inplace=options.inplace, reorder=options.reorder)
     storage = _storage(exe, graph)
-    return CapturePlan(build_plan(graph, device, storage, memory), names, output, loss, gradients)
+    plan = build_plan(graph, device, storage, memory)
+    if exe._training is not None:  # under engine.distributed: synchronise as training does
+        plan.communicate = exe._training.communicate
+    return CapturePlan(plan, names, output, loss, gradients)
 
 
 def _storage(exe: Executable, graph: Graph) -> dict:

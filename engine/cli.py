@@ -5,6 +5,8 @@
 - ``convforge train MODEL --data digits|fashion-mnist[:DIR]|mnist:DIR|cifar10:DIR|DIR ...``:
   train a zoo model with a progress bar, validating every epoch; ``--checkpoint`` saves after
   each epoch and ``--resume C`` continues the run saved in C exactly (``engine/cli_training.py``).
+  Under ``mpirun -n N`` it trains data-parallel, ``--batch`` images per process
+  (``engine/distributed.py``).
 - ``convforge eval --checkpoint C``: loss, top-1 and top-5 of a checkpoint on its test split.
 - ``convforge export [MODEL] [--checkpoint C] --onnx F``: a checkpoint's model and weights (or a
   zoo model's initial ones) as an ONNX file (``engine/cli_onnx.py``).
@@ -301,6 +303,12 @@ def _add_train(commands) -> None:
     )
     p.add_argument("--checkpoint", help="file written (atomically) after every epoch")
     p.add_argument("--log", help="CSV of loss, accuracy and lr per epoch, written as it trains")
+    p.add_argument(
+        "--sync-batch-norm",
+        action="store_true",
+        help="under mpirun: BatchNorm statistics over every process's batch (default: each "
+        "process its own, as DistributedDataParallel)",
+    )
     p.add_argument(
         "--resume", help="checkpoint to continue from, with the arguments it was trained with"
     )

@@ -31,9 +31,17 @@ import zoo
 from engine.augment import Augment
 from engine.checkpoint import load_checkpoint
 from engine.data import Dataset, Normalize, load_dataset
+from engine.distributed import DataParallel, World, failing_together
 from engine.optim import SGD, Adam, AdamW
 from engine.schedules import make_schedule
-from engine.train import EpochResult, evaluate, fit, load_training_checkpoint, load_weights
+from engine.train import (
+    EpochResult,
+    evaluate,
+    fit,
+    ignore,
+    load_training_checkpoint,
+    load_weights,
+)
 from graph import nn
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
@@ -238,7 +246,8 @@ def train(args: argparse.Namespace) -> int:
     data, test, model, kwargs, norm = prepare(args)
     if saved:  # the statistics the run was trained with, bit for bit
         norm = Normalize(np.array(saved["mean"], np.float32), np.array(saved["std"], np.float32))
-    log = _logger(args.json)
+    world = World.from_environment()
+    log = _logger(args.json) if world.is_root else ignore
     start = time.perf_counter()
     exe = engine.compile(
         model,
@@ -248,6 +257,7 @@ def train(args: argparse.Namespace) -> int:
         train=True,
         optimizer=_optimizer(args),
         label_smoothing=args.label_smoothing,
+        sync_batch_norm=world.size if args.sync_batch_norm and world.size > 1 else None,
     )
     schedule = _schedule(args)
     log(
@@ -258,6 +268,9 @@ def train(args: argparse.Namespace) -> int:
     if saved:
         load_training_checkpoint(args.resume, exe, schedule)
         log(f"resumed {args.resume} at epoch {first_epoch + 1}")
+    if world.size > 1:
+        exe = DataParallel(exe, world)
+        log(f"data-parallel on {world.size} processes: global batch {exe.global_batch}")
     metadata = {
         "model": args.model,
         "arguments": run,
@@ -266,24 +279,27 @@ def train(args: argparse.Namespace) -> int:
         "mean": norm.mean.tolist(),
         "std": norm.std.tolist(),
         "history": (saved or {}).get("history", [])[:first_epoch],  # for convforge report
+        "processes": world.size,  # informative: a resumed run may use another number
     }
-    results = fit(
-        exe,
-        data,
-        test,
-        args.epochs,
-        schedule,
-        augment=augment,
-        preprocess=norm,
-        seed=args.seed,
-        start_epoch=first_epoch,
-        checkpoint=args.checkpoint,
-        metadata=metadata,
-        progress=not (args.no_progress or args.json),
-        log=log,
-        on_epoch=_record_epoch(metadata["history"], args.log),
-    )
-    _report_training(args, model.num_parameters(), results)
+    with failing_together(world):
+        results = fit(
+            exe,
+            data,
+            test,
+            args.epochs,
+            schedule,
+            augment=augment,
+            preprocess=norm,
+            seed=args.seed,
+            start_epoch=first_epoch,
+            checkpoint=args.checkpoint,
+            metadata=metadata,
+            progress=not (args.no_progress or args.json),
+            log=log,
+            on_epoch=_record_epoch(metadata["history"], args.log),
+        )
+    if world.is_root:
+        _report_training(args, model.num_parameters(), results)
     return 0
 
 

@@ -41,13 +41,33 @@ class CompileOptions:
     inplace: bool = True
     reorder: bool = True
     optimize: bool = True
+    sync_batch_norm: int | None = None
 
     def check(self, optimizer: Optimizer | None) -> None:
-        """Refuse training options without ``train=True``."""
+        """Refuse training options without ``train=True``, and option pairs that do not mix."""
         if not self.train and (self.loss is not None or optimizer is not None):
             raise ValueError("loss and optimizer apply to training: pass train=True as well")
         if not self.train and self.recompute is not None:
             raise ValueError("recompute applies to training: pass train=True as well")
+        if self.sync_batch_norm is not None:
+            self._check_sync_batch_norm()
+
+    def _check_sync_batch_norm(self) -> None:
+        processes = self.sync_batch_norm
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise ValueError(
+                f"sync_batch_norm must be a positive number of processes or None, but got "
+                f"sync_batch_norm={processes!r}"
+            )
+        if not self.train:
+            raise ValueError("sync_batch_norm applies to training: pass train=True as well")
+        if self.recompute is not None:
+            # recompute would clone the statistics' allreduce_mean nodes into the backward
+            # pass and has no form of sync_batch_norm that leaves the running statistics alone
+            raise ValueError(
+                f"recompute={self.recompute!r} does not support sync_batch_norm: compile with "
+                "one of them"
+            )
 
     def for_inference(self) -> CompileOptions:
         """These options without the training ones (a clone's: it has no training plan)."""
@@ -71,6 +91,7 @@ def compile(
     inplace: bool = True,
     reorder: bool = True,
     optimize: bool = True,
+    sync_batch_norm: int | None = None,
 ) -> Executable:
     """Compile ``model`` for inputs of shape [batch, *input_shape]: trace it, then
     ``compile_graph``.
@@ -94,6 +115,9 @@ def compile(
         inplace: let elementwise nodes write over an input that dies there
             (``graph.passes.inplace``); results are identical either way.
         reorder: run the nodes in a memory-aware order (``graph.passes.schedule``).
+        sync_batch_norm: with train=True, normalise training batches with statistics over
+            this many processes' batches (``engine.distributed``); None: each process its own
+            (the default, as DistributedDataParallel). CPU only.
         optimize: run the inference passes on the inference plan (``graph.passes.inference``:
             drop inference dropout, fold BatchNorm into the conv or linear before it, fuse the
             residual add and activation into its epilogue, remove dead nodes). The results
@@ -105,7 +129,16 @@ def compile(
     """
     policy = recompute if recompute is None or isinstance(recompute, str) else tuple(recompute)
     options = CompileOptions(
-        backend, train, loss, label_smoothing, input_grad, policy, inplace, reorder, optimize
+        backend,
+        train,
+        loss,
+        label_smoothing,
+        input_grad,
+        policy,
+        inplace,
+        reorder,
+        optimize,
+        sync_batch_norm,
     )
     options.check(optimizer)
     device = get_backend(backend)  # first: a missing device is reported before any work
@@ -146,6 +179,7 @@ def compile_graph(
             options.loss or "cross_entropy",
             input_grad=options.input_grad,
             label_smoothing=options.label_smoothing,
+            sync_batch_norm=options.sync_batch_norm,
         )
         if optimizer is not None:
             optimizer.add_updates(graph)

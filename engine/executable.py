@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +33,8 @@ from graph.autodiff import DROPOUT_RNG
 from graph.ir import Graph, Value
 from graph.memory import MemoryPlan, plan_report
 from graph.ops.optim import UPDATES
+
+COLLECTIVES = frozenset({"allreduce_mean"})  # graph.ops.collective: where a plan splits
 
 if TYPE_CHECKING:
     from engine.compiler import CompileOptions
@@ -51,6 +54,7 @@ class Plan:
     consts: list[Buffer]
     storage: dict[str, Buffer]
     backend: Backend
+    communicate: Callable[[np.ndarray], None] | None = None
 
     def first_step_of(self, predicate) -> int:
         """Index of the first step whose node satisfies ``predicate`` (else the step count)."""
@@ -61,8 +65,32 @@ class Plan:
         return len(self.step_nodes)
 
     def execute(self, start: int = 0, stop: int | None = None, repeat: int = 1) -> None:
+        """Run steps ``start`` to ``stop``, ``repeat`` times. With ``communicate`` set
+        (``engine.distributed``), the run stops after each collective node's step and hands
+        that node's output to ``communicate``, which averages it across processes in place."""
         stop = self.runner.count if stop is None else stop
-        self.check(*self.runner.run(repeat, start, stop))
+        if self.communicate is None:
+            self.check(*self.runner.run(repeat, start, stop))
+            return
+        points = [p for p in self.collective_points if start < p[0] <= stop]
+        for _ in range(repeat):
+            done = start
+            for step, value in points:
+                self.check(*self.runner.run(1, done, step))
+                self.communicate(self.buffer(value))
+                done = step
+            self.check(*self.runner.run(1, done, stop))
+
+    @cached_property
+    def collective_points(self) -> list[tuple[int, Value]]:
+        """(step after which its output is complete, output) of each collective node."""
+        points, nodes = [], {node.name: node for node in self.graph.nodes}
+        for index, name in enumerate(self.step_nodes):
+            node = nodes[name]
+            last = index + 1 == len(self.step_nodes) or self.step_nodes[index + 1] != name
+            if node.op in COLLECTIVES and last:
+                points.append((index + 1, node.outputs[0]))
+        return points
 
     def check(self, step: int, code: int) -> None:
         """Raise the RuntimeError for a runner's (failed step, code), if code is non-zero: the
@@ -203,6 +231,12 @@ class Executable:
                 np.copyto(self._extra_state[name], array)
                 continue
             self._backend.copy_in(self._storage[name], array)
+
+    def set_grads(self, grads: Mapping[str, np.ndarray]) -> None:
+        """Copy arrays into the gradient buffers by parameter key (``engine.distributed``
+        writes back the averaged gradients before the update)."""
+        for key, array in grads.items():
+            self._backend.copy_in(self._storage[self._grad_values[key]], array)
 
     def _host(self, name: str) -> np.ndarray:
         return self._backend.to_host(self._storage[name])

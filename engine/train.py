@@ -41,11 +41,18 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean cross-entropy, top-1 and top-5 accuracy of ``exe`` (eval mode) on all of ``data``
     (after ``preprocess``, e.g. ``Normalize``); the last partial batch is padded to the compiled
-    batch and the padding ignored."""
+    batch and the padding ignored.
+
+    With an ``engine.distributed.DataParallel`` (it has a ``world``), each process evaluates
+    every N-th batch and the sums are reduced: every process returns the same numbers."""
     batch, was_training = exe.input_shape[0], exe.training
+    world = getattr(exe, "world", None)
+    starts = range(0, len(data), batch)
+    if world is not None:
+        starts = starts[world.rank :: world.size]
     exe.eval()
-    losses, hits1, hits5 = [], 0, 0
-    for start in range(0, len(data), batch):
+    losses, hits1, hits5 = [np.zeros(0)], 0, 0
+    for start in starts:
         x, y = data.x[start : start + batch], data.y[start : start + batch]
         padded = np.zeros(exe.input_shape, exe.dtype)
         padded[: len(x)] = preprocess(x) if preprocess is not None else x
@@ -57,10 +64,13 @@ def evaluate(
         hits1 += int((ranked[:, 0] == y).sum())
         hits5 += int((ranked[:, :5] == y[:, None]).any(axis=1).sum())
     exe.train(was_training)
+    totals = [np.concatenate(losses).sum(), hits1, hits5]
+    if world is not None:
+        totals = world.sum(totals, "the evaluation sums")
     return {
-        "loss": float(np.concatenate(losses).mean()),
-        "top1": hits1 / len(data),
-        "top5": hits5 / len(data),
+        "loss": float(totals[0] / len(data)),
+        "top1": int(totals[1]) / len(data),
+        "top5": int(totals[2]) / len(data),
     }
 
 
@@ -90,6 +100,9 @@ def fit(
             images in [0, 1].
         preprocess: applied after augmentation, and to validation batches (``Normalize``).
         checkpoint: a path written atomically after every epoch (``metadata`` goes with it).
+            With an ``engine.distributed.DataParallel`` for ``exe``, batches are global (N x
+            the compiled batch, in the order one process with that batch would take), each
+            rank trains on its slice, and only rank 0 logs, shows progress and writes.
         progress: a tqdm bar per epoch with the loss, images per second and time left.
         on_epoch: called with each epoch's result before its checkpoint is written (training
             curves: ``engine.analysis.curves``).
@@ -101,7 +114,10 @@ def fit(
     """
     if exe.optimizer is None:
         raise ValueError("fit needs an executable compiled with train=True and an optimizer")
-    batch, results = exe.input_shape[0], []
+    world = getattr(exe, "world", None)  # engine.distributed.DataParallel: global batches
+    batch, results = getattr(exe, "global_batch", exe.input_shape[0]), []
+    if world is not None and not world.is_root:  # one voice, one file: rank 0's
+        progress, log, on_epoch, checkpoint = False, ignore, None, None
     if len(train) < batch:
         raise ValueError(
             f"the training set has {len(train)} samples, fewer than one batch of {batch}"
@@ -115,6 +131,8 @@ def fit(
         bar = _progress(batches, train.num_batches(batch), f"epoch {epoch + 1}/{epochs}", progress)
         for index, (x, y) in enumerate(bar):
             x = augment(x, epoch, index) if augment is not None else x
+            if world is not None:  # this rank's part, as augmented in the global batch
+                x, y = world.local(x), world.local(y)
             x = preprocess(x) if preprocess is not None else x
             losses.append(exe.train_step(x.astype(exe.dtype, copy=False), y))
             _check_finite(losses[-1], "training loss", epoch, index, exe, checkpoint)
@@ -145,6 +163,10 @@ def fit(
         if checkpoint is not None:
             save_training_checkpoint(checkpoint, exe, epoch + 1, schedule, seed, metadata)
     return results
+
+
+def ignore(message: str) -> None:
+    """A log that drops its lines: every rank's but 0's in a data-parallel run."""
 
 
 class TrainingDiverged(RuntimeError):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from graph.ir import Graph, TensorType, Value
 from graph.ops import get_op
+from graph.ops.sync_norm import sync_batch_norm_form
 
 LOSSES = ("cross_entropy", "mse", "margin")
 DROPOUT_RNG = "dropout.rng"
@@ -33,6 +34,7 @@ def autodiff(
     loss: str = "cross_entropy",
     input_grad: bool = False,
     value_grads: Sequence[str] = (),
+    sync_batch_norm: int | None = None,
     **loss_attrs: object,
 ) -> Graph:
     """The training graph of ``forward`` (left unchanged) under ``loss``.
@@ -46,6 +48,10 @@ def autodiff(
             for gradient checks and input-space methods.
         value_grads: names of forward values whose gradients to record in ``grads`` too
             (under the value's name), for ``Executable.forward_backward(..., capture=...)``.
+        sync_batch_norm: normalise with batch statistics over this many processes' batches
+            (``engine.distributed``): each batch_norm becomes the sub-graph of
+            ``graph.ops.sync_norm`` (``allreduce_mean`` nodes between its statistics); None:
+            ``batch_norm_train``, statistics of this process's batch alone.
     Returns:
         A graph with inputs (input, target), outputs (loss,), ``grads`` for every parameter
         that the loss depends on, and ``backward_start``: the index of the first node after
@@ -53,7 +59,7 @@ def autodiff(
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, but got loss={loss!r}")
-    graph, renamed = _replay_training_form(forward)
+    graph, renamed = _replay_training_form(forward, sync_batch_norm)
     prediction = renamed[forward.outputs[0].name]
     target_shape = prediction.shape if loss == "mse" else prediction.shape[:1]
     target = graph.add_value("target", TensorType(target_shape, prediction.type.dtype), "input")
@@ -77,8 +83,11 @@ def autodiff(
     return graph
 
 
-def _replay_training_form(forward: Graph) -> tuple[Graph, dict[str, Value]]:
-    """A copy of ``forward`` with mode-dependent ops in their training form."""
+def _replay_training_form(
+    forward: Graph, sync_batch_norm: int | None = None
+) -> tuple[Graph, dict[str, Value]]:
+    """A copy of ``forward`` with mode-dependent ops in their training form (BatchNorm's
+    synchronised over ``sync_batch_norm`` processes when given)."""
     graph = Graph()
     renamed: dict[str, Value] = {}
     for value in forward.inputs + forward.params:
@@ -90,10 +99,13 @@ def _replay_training_form(forward: Graph) -> tuple[Graph, dict[str, Value]]:
         if op == "dropout_train":
             inputs.append(_dropout_counter(graph))
         try:
-            out_types = get_op(op).infer([v.type for v in inputs], attrs)
+            if op == "batch_norm_train" and sync_batch_norm is not None:
+                replayed = sync_batch_norm_form(graph, node, inputs, sync_batch_norm)
+            else:
+                out_types = get_op(op).infer([v.type for v in inputs], attrs)
+                replayed = graph.add_node(op, inputs, out_types, attrs, node.name)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{node.name}: {err}") from None
-        replayed = graph.add_node(op, inputs, out_types, attrs, node.name)
         renamed.update(zip([v.name for v in node.outputs], replayed.outputs, strict=False))
     return graph, renamed
 

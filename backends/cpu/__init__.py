@@ -19,6 +19,7 @@ from backends.cpu import (  # noqa: F401  (registration)
     optim,
     pooling,
     shape,
+    sync_norm,
 )
 from backends.cpu._runtime import Runner
 from backends.cpu.blas import single_threaded_blas

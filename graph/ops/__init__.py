@@ -111,6 +111,7 @@ from graph.ops import capsule, conv, elementwise, fused, linear, loss, norm, opt
 from graph.ops import shape as shape_ops  # noqa: E402,F401
 from graph.ops import mask  # noqa: E402,F401
 from graph.ops import quantized  # noqa: E402,F401
+from graph.ops import collective, sync_norm  # noqa: E402,F401
 
 UNARY_ELEMENTWISE = frozenset({"relu", "leaky_relu", "sigmoid", "tanh", "gelu", "dropout"})
 BINARY_ELEMENTWISE = frozenset({"add", "mul"})
