@@ -304,6 +304,12 @@ def _add_train(commands) -> None:
     p.add_argument("--checkpoint", help="file written (atomically) after every epoch")
     p.add_argument("--log", help="CSV of loss, accuracy and lr per epoch, written as it trains")
     p.add_argument(
+        "--blur",
+        type=_number(int, 1),
+        help="anti-aliased downsampling (BlurPool, Zhang 2019) with a KxK filter, for the "
+        "models that have it (ResNets, VGG, AlexNet, MobileNet v2)",
+    )
+    p.add_argument(
         "--sync-batch-norm",
         action="store_true",
         help="under mpirun: BatchNorm statistics over every process's batch (default: each "

@@ -31,6 +31,7 @@ from engine.cli_training import (
     _saved_metadata,
     evaluate_checkpoint,
     prepare,
+    saved_blur,
 )
 from engine.compress import (
     TicketTrainer,
@@ -86,6 +87,7 @@ def _checkpoint_run(args: argparse.Namespace, saved: dict, path: str) -> None:
             "model out to use the file's"
         )
     args.model = saved["model"]
+    args.blur = saved_blur(saved)
     for key in ("data", "input", "seed", "batch", "dtype"):
         if getattr(args, key, None) is None:
             setattr(args, key, run[key])

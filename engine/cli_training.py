@@ -17,6 +17,7 @@ before the first epoch; ``engine.cli.main`` turns the errors into one line and e
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import tempfile
@@ -191,9 +192,34 @@ def prepare(args: argparse.Namespace):
     kwargs = {"num_classes": len(train.classes)}
     if train.x.shape[1] != spec.input_shape[0]:
         kwargs["in_channels"] = train.x.shape[1]
+    if getattr(args, "blur", 0):
+        if "blur" not in inspect.signature(spec.build).parameters:
+            with_blur = [
+                n for n in zoo.names() if "blur" in inspect.signature(zoo.spec(n).build).parameters
+            ]
+            raise UsageError(
+                f"--blur: {args.model} has no anti-aliased form; these have: {', '.join(with_blur)}"
+            )
+        kwargs["blur"] = args.blur
     nn.manual_seed(args.seed)
     model = zoo.get(args.model, **kwargs)
     return train, test, model, kwargs, Normalize.fit(train.x)
+
+
+def saved_blur(saved: dict) -> int:
+    """The BlurPool filter size a checkpoint's model was built with (0: none), so that every
+    command rebuilds the same architecture (the filter is fixed, not a tensor of the file)."""
+    return int((saved.get("model_args") or {}).get("blur", 0))
+
+
+def _resolve_blur(args: argparse.Namespace, saved: dict | None) -> None:
+    """``--blur`` of a new run, or the checkpoint's for a resumed one (which must agree)."""
+    if saved is None:
+        args.blur = args.blur or 0
+        return
+    if args.blur is not None and args.blur != saved_blur(saved):
+        raise UsageError(_contradiction("--blur", args.blur, saved_blur(saved), args.resume))
+    args.blur = saved_blur(saved)
 
 
 def _optimizer(args: argparse.Namespace):
@@ -234,6 +260,7 @@ def train(args: argparse.Namespace) -> int:
     """``convforge train``: every check first, then compile, (resume,) fit, report."""
     saved = _saved_metadata(args.resume) if args.resume else None
     run = resolve_run(args, saved, args.resume)
+    _resolve_blur(args, saved)
     first_epoch = saved["next_epoch"] if saved else 0
     if first_epoch >= args.epochs:
         raise UsageError(
@@ -353,6 +380,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
             f"{saved['model']}; leave the model out to evaluate the checkpoint's"
         )
     args.model = saved["model"]
+    args.blur = saved_blur(saved)
     for key in ("data", "input", "seed"):  # the same data and the same held-out split
         if getattr(args, key) is None:
             setattr(args, key, run[key])

@@ -449,7 +449,7 @@ class DataParallel:
             tensors.update(self.exe.optimizer_state)
         received = {}
         for name in sorted(tensors):
-            array = np.ascontiguousarray(tensors[name]).copy()
+            array = np.array(tensors[name], order="C")  # a copy; 0-d stays 0-d
             self.world.broadcast(array, f"the broadcast of {name}")
             received[name] = array
         self.exe.set_tensors(received)

@@ -230,7 +230,7 @@ def save_training_checkpoint(
         "optimizer": exe.optimizer.state_dict(),
         "schedule": schedule.state_dict() if schedule is not None else None,
     }
-    save_checkpoint(path, {k: np.ascontiguousarray(v) for k, v in tensors.items()}, meta)
+    save_checkpoint(path, tensors, meta)  # which makes them contiguous, 0-d ones staying 0-d
 
 
 def load_training_checkpoint(path: str, exe: Executable, schedule: Schedule | None = None) -> dict:
@@ -289,7 +289,8 @@ def _check_tensors(
         )
     for name, target in targets.items():
         found = tensors[name]
-        if found.shape != target.shape:
+        if found.shape != target.shape and not (target.shape == () and found.shape == (1,)):
+            # (1,) for ():  checkpoints before 2026-12 stored num_batches_tracked that way
             raise ValueError(
                 f"{path}: tensor {name} has shape {list(found.shape)} in the checkpoint, but "
                 f"the model needs {list(target.shape)}"
