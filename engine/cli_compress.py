@@ -31,7 +31,7 @@ from engine.cli_training import (
     _saved_metadata,
     evaluate_checkpoint,
     prepare,
-    saved_blur,
+    take_checkpoint_run,
 )
 from engine.compress import (
     TicketTrainer,
@@ -77,20 +77,8 @@ def parse_bits(text: str) -> dict[str, int] | None:
 
 
 def _checkpoint_run(args: argparse.Namespace, saved: dict, path: str) -> None:
-    """Fill the data arguments from the run that wrote ``saved`` (as ``eval`` does)."""
-    run = saved.get("arguments")
-    if not isinstance(run, dict) or "model" not in saved:
-        raise UsageError(f"{path} was not written by convforge train or compress")
-    if args.model is not None and args.model != saved["model"]:
-        raise UsageError(
-            f"model {args.model} contradicts {path}, which holds {saved['model']}; leave the "
-            "model out to use the file's"
-        )
-    args.model = saved["model"]
-    args.blur = saved_blur(saved)
-    for key in ("data", "input", "seed", "batch", "dtype"):
-        if getattr(args, key, None) is None:
-            setattr(args, key, run[key])
+    """The model and data arguments of the run that wrote ``saved``, as ``eval`` takes them."""
+    take_checkpoint_run(args, saved, path, ("data", "input", "seed", "batch", "dtype"))
 
 
 def _norm(saved: dict) -> Normalize:

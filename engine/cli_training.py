@@ -212,6 +212,27 @@ def saved_blur(saved: dict) -> int:
     return int((saved.get("model_args") or {}).get("blur", 0))
 
 
+def take_checkpoint_run(
+    args: argparse.Namespace, saved: dict, path: str, keys: tuple[str, ...]
+) -> None:
+    """Rebuild the run that wrote ``saved`` (a checkpoint's or a ``.cfz``'s metadata) in
+    ``args``: its model (a given one must agree) with the same BlurPool, and each of ``keys``
+    (data, input, seed: the same held-out split) that was not given."""
+    run = saved.get("arguments")
+    if not isinstance(run, dict) or "model" not in saved:
+        raise UsageError(f"{path} was not written by convforge train or compress")
+    if args.model is not None and args.model != saved["model"]:
+        raise UsageError(
+            f"model {args.model} contradicts the checkpoint {path}, which holds "
+            f"{saved['model']}; leave the model out to use the checkpoint's"
+        )
+    args.model = saved["model"]
+    args.blur = saved_blur(saved)
+    for key in keys:
+        if getattr(args, key, None) is None:
+            setattr(args, key, run[key])
+
+
 def _resolve_blur(args: argparse.Namespace, saved: dict | None) -> None:
     """``--blur`` of a new run, or the checkpoint's for a resumed one (which must agree)."""
     if saved is None:
@@ -371,20 +392,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     """``convforge eval``: the checkpoint's model compiled for inference, its weights only (the
     optimizer that trained it does not matter), on the test split it was trained beside."""
     saved = _saved_metadata(args.checkpoint)
-    run = saved.get("arguments")
-    if not isinstance(run, dict) or "model" not in saved:
-        raise UsageError(f"{args.checkpoint} was not written by convforge train")
-    if args.model is not None and args.model != saved["model"]:
-        raise UsageError(
-            f"model {args.model} contradicts the checkpoint {args.checkpoint}, which holds "
-            f"{saved['model']}; leave the model out to evaluate the checkpoint's"
-        )
-    args.model = saved["model"]
-    args.blur = saved_blur(saved)
-    for key in ("data", "input", "seed"):  # the same data and the same held-out split
-        if getattr(args, key) is None:
-            setattr(args, key, run[key])
-    args.dtype = args.dtype or run["dtype"]
+    take_checkpoint_run(args, saved, args.checkpoint, ("data", "input", "seed", "dtype"))
     args.batch = args.batch or RUN_DEFAULTS["batch"]
     data, test, model, _, _ = prepare(args)
     norm = Normalize(np.array(saved["mean"], np.float32), np.array(saved["std"], np.float32))

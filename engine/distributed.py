@@ -38,6 +38,7 @@ import os
 import sys
 import time
 import traceback
+import zlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,7 +46,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.executable import Executable
-from engine.optim import HYPER_VALUE
 
 _ENVIRONMENT = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 _STUCK_TAG = 7717
@@ -383,26 +383,23 @@ class DataParallel:
         loss averaged over the processes: the global batch's mean loss."""
         exe = self.exe
         plan, update = exe._training, exe._update_step
+        if self.world.size == 1:
+            return exe.train_step(x, y)
         with exe._lock:
-            exe._load_batch(x, y)
-            exe.optimizer.steps += 1
-            exe._backend.copy_in(exe._storage[HYPER_VALUE], np.array(exe.optimizer.hyper_values()))
-            exe._advance()
-            if self.world.size == 1:
-                plan.execute()
-                return exe._loss_value()
+            exe._start_step(x, y)
+            # each bucket starts when its last gradient is written (or, without overlap, once
+            # the whole backward pass is done); the plan runs in the parts between
+            starts = (
+                self.buckets.ready_steps if self.overlap else [update] * len(self.buckets.flats)
+            )
             requests, done = [], 0
-            for index, ready in enumerate(self.buckets.ready_steps):
-                if not self.overlap:
-                    break
-                plan.execute(done, ready)
-                done = ready
+            for index, ready in enumerate(starts):
+                if ready > done:
+                    plan.execute(done, ready)
+                    done = ready
                 requests.append(self._start_bucket(index, exe._loss_value()))
-            plan.execute(done, update)
-            if not self.overlap:
-                requests = [
-                    self._start_bucket(i, exe._loss_value()) for i in range(len(self.buckets.flats))
-                ]
+            if update > done:
+                plan.execute(done, update)
             self.world.wait(requests, f"the gradient allreduce of step {exe.optimizer.steps}")
             loss = self._finish_buckets()
             plan.execute(update)
@@ -440,13 +437,18 @@ class DataParallel:
     # **** consistency ****
 
     def broadcast_state(self, optimizer: bool) -> None:
-        """Rank 0's parameters and BatchNorm statistics (and optimizer state and step count)
-        into every process."""
+        """Rank 0's tensors into every process: with ``optimizer``, everything (parameters,
+        BatchNorm statistics, optimizer state and step count: the start of a run); without,
+        only the BatchNorm statistics, the one thing the processes' steps leave different."""
         if self.world.size == 1:
             return
-        tensors = {**self.exe.params, **self.exe.extra_state}
+        tensors = dict(self.exe.extra_state)
         if optimizer:
+            tensors.update(self.exe.params)
             tensors.update(self.exe.optimizer_state)
+        else:
+            state = {v.name for v in self.exe.graph.params if v.role == "state"}
+            tensors.update({k: v for k, v in self.exe.params.items() if k in state})
         received = {}
         for name in sorted(tensors):
             array = np.array(tensors[name], order="C")  # a copy; 0-d stays 0-d
@@ -462,8 +464,6 @@ class DataParallel:
         """Every rank must hold the same model at the same batch and dtype: otherwise the
         buckets do not line up and the run would hang or average unrelated numbers."""
         params = ",".join(f"{k}{list(v.shape)}" for k, v in sorted(self.exe.params.items()))
-        import zlib
-
         mine = f"{list(self.exe.input_shape)} {self.exe.dtype} {zlib.crc32(params.encode())}"
         every = self.world.gather_strings(mine, "the model check at start")
         differ = [r for r, text in enumerate(every) if text != every[0]]

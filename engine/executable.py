@@ -32,9 +32,8 @@ from engine.optim import HYPER_VALUE, Optimizer
 from graph.autodiff import DROPOUT_RNG
 from graph.ir import Graph, Value
 from graph.memory import MemoryPlan, plan_report
+from graph.ops.collective import COLLECTIVES
 from graph.ops.optim import UPDATES
-
-COLLECTIVES = frozenset({"allreduce_mean"})  # graph.ops.collective: where a plan splits
 
 if TYPE_CHECKING:
     from engine.compiler import CompileOptions
@@ -314,13 +313,18 @@ class Executable:
         if self.optimizer is None:
             raise RuntimeError("train_step needs an optimizer: compile(..., optimizer=...)")
         with self._lock:
-            self._load_batch(x, y)
-            self.optimizer.steps += 1
-            hyper = np.array(self.optimizer.hyper_values())
-            self._backend.copy_in(self._storage[HYPER_VALUE], hyper)
-            self._advance()
+            self._start_step(x, y)
             self._training.execute()
             return self._loss_value()
+
+    def _start_step(self, x: np.ndarray, y: np.ndarray) -> None:
+        """What a training step does before its plan runs (``engine.distributed`` runs the
+        plan in parts): load the batch, count the step, set this step's hyperparameters."""
+        self._load_batch(x, y)
+        self.optimizer.steps += 1
+        hyper = np.array(self.optimizer.hyper_values())
+        self._backend.copy_in(self._storage[HYPER_VALUE], hyper)
+        self._advance()
 
     def _run_capturing(self, x: np.ndarray, y: np.ndarray | None, names: Sequence[str]):
         """``run`` (``y`` None) or ``forward_backward`` on the capture plan of ``names``."""

@@ -29,3 +29,5 @@ def _allreduce_mean_vjp(node, grads, wants, emit):
 
 
 register("allreduce_mean", same_shape, no_macs, vjp=_allreduce_mean_vjp)
+
+COLLECTIVES = frozenset({"allreduce_mean"})  # the ops after which a plan splits

@@ -1,11 +1,12 @@
 """What each MPI process of tests/distributed runs (``mpirun -n N python -m
-tests.distributed.mpi_worker MODE OUT ...``); also imported by the tests for the one-process
-reference, so both sides build the same model, data and optimizer.
+tests.distributed.mpi_worker COMMAND OUT ...``); also imported by the tests for the
+one-process reference, so both sides build the same model, data and optimizer.
 
-Modes:
-    steps OUT MODEL BATCH STEPS SYNC: ``train_step`` STEPS times on seeded random global batches
-        of N x BATCH (this rank takes its slice); rank 0 writes the parameters, BatchNorm
-        statistics and losses to OUT (.npz).
+Commands:
+    steps OUT MODEL BATCH STEPS MODE: ``train_step`` STEPS times on seeded random global
+        batches of N x BATCH (this rank takes its slice), with BatchNorm MODE "local" or
+        "sync" ("local-serial": local, gradients averaged without overlap); rank 0 writes the
+        parameters, BatchNorm statistics and losses to OUT (.npz).
     kill OUT / hang OUT: as steps with lenet5, but rank 1 dies (SIGKILL) or hangs at step 3.
 """
 
@@ -73,9 +74,12 @@ def snapshot(exe, losses: list[float]) -> dict[str, np.ndarray]:
     return {**{k: np.array(v) for k, v in exe.state_dict().items()}, "losses": np.array(losses)}
 
 
-def train_steps(world: World, name: str, batch: int, steps: int, sync: bool, fail: str | None):
-    exe = compile_model(name, batch, world.size if sync else None)
-    parallel = DataParallel(exe, world)
+def train_steps(
+    world: World, name: str, batch: int, steps: int, mode: str, fail: str | None = None
+):
+    """``mode``: "local" or "sync" BatchNorm; "-serial" after it: no overlap."""
+    exe = compile_model(name, batch, world.size if mode.startswith("sync") else None)
+    parallel = DataParallel(exe, world, overlap=not mode.endswith("-serial"))
     losses = []
     for step in range(steps):
         if fail is not None and step == 3 and world.rank == 1:
@@ -88,17 +92,20 @@ def train_steps(world: World, name: str, batch: int, steps: int, sync: bool, fai
 
 
 def main(argv: list[str]) -> int:
-    mode, out = argv[0], argv[1]
-    if mode == "steps":
-        name, batch, steps, sync = argv[2], int(argv[3]), int(argv[4]), argv[5] == "sync"
-        fail = None
+    command, out = argv[0], argv[1]
+    if command == "steps":
+        name, batch, steps, mode, fail = argv[2], int(argv[3]), int(argv[4]), argv[5], None
     else:
-        name, batch, steps, sync, fail = "lenet5", 8, 10, False, mode
+        name, batch, steps, mode, fail = "lenet5", 8, 10, "local", command
     world = World.from_environment()
     with failing_together(world):
-        parallel, losses = train_steps(world, name, batch, steps, sync, fail)
+        parallel, losses = train_steps(world, name, batch, steps, mode, fail)
+    # eval() gives every rank rank 0's BatchNorm statistics (per-process ones drift apart)
+    parallel.eval()
+    mine = np.concatenate([np.ravel(v) for _, v in sorted(parallel.state_dict().items())])
+    agrees = np.array_equal(world.sum(mine), world.size * mine.astype(np.float64))
     if world.is_root:
-        np.savez(out, **snapshot(parallel, losses))
+        np.savez(out, **snapshot(parallel, losses), eval_state_agrees=agrees)
     return 0
 
 

@@ -68,7 +68,9 @@ def assert_same_training(got: dict, want: dict, rel: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "sync"), [("lenet5", "local"), ("bn_net", "sync")], ids=["lenet5", "bn_net-sync"]
+    ("model", "sync"),
+    [("lenet5", "local"), ("lenet5", "local-serial"), ("bn_net", "sync")],
+    ids=["lenet5", "lenet5-no-overlap", "bn_net-sync"],
 )
 def test_two_processes_equal_one_with_the_combined_batch(tmp_path, model, sync):
     """2 processes x batch 32 = 1 process x batch 64 after 20 momentum-SGD steps: weights,
@@ -76,6 +78,7 @@ def test_two_processes_equal_one_with_the_combined_batch(tmp_path, model, sync):
     result = run_worker(tmp_path, "steps", model, "32", "20", sync)
     assert result.returncode == 0, result.stderr[-3000:]
     got = dict(np.load(tmp_path / "rank0.npz"))
+    assert got.pop("eval_state_agrees")
     want = one_process(model, 64, 20)
     assert_same_training(got, want, rel=1e-9)
     initial = mpi_worker.compile_model(model, 64).state_dict()
@@ -89,6 +92,7 @@ def test_batch_norm_per_process_statistics_differ_from_the_combined_batch(tmp_pa
     result = run_worker(tmp_path, "steps", "bn_net", "32", "5", "local")
     assert result.returncode == 0, result.stderr[-3000:]
     got = dict(np.load(tmp_path / "rank0.npz"))
+    assert got.pop("eval_state_agrees")  # eval() broadcast rank 0's statistics
     want = one_process("bn_net", 64, 5)
     assert np.all(np.isfinite(got["losses"]))
     assert not np.allclose(got["0.weight"], want["0.weight"], rtol=1e-6)
