@@ -251,14 +251,14 @@ def test_dot_tile_is_exact_and_uses_vnni():
         int8.dot_tile(cols, 0, block, wq, 0, kp, acc, 0)
 
     rng = np.random.default_rng(5)
-    kp, block = 68, 32
-    cols = rng.integers(0, 256, kp * block, dtype=np.uint8)
-    wq = rng.integers(-127, 128, 4 * kp, dtype=np.int8)
-    acc = np.full(4 * 32, -1, np.int32)
-    tile(cols, wq, acc, kp, block)
-    pixels = cols.reshape(kp // 4, block, 4).transpose(1, 0, 2).reshape(block, kp)
-    expected = wq.reshape(4, kp).astype(np.int64) @ pixels.astype(np.int64).T
-    np.testing.assert_array_equal(acc.reshape(4, 32), expected)
+    (channels, pixels), kp = (int8.TILE_CHANNELS, int8.TILE_PIXELS), 68
+    cols = rng.integers(0, 256, kp * pixels, dtype=np.uint8)
+    wq = rng.integers(-127, 128, channels * kp, dtype=np.int8)
+    acc = np.full(channels * pixels, -1, np.int32)
+    tile(cols, wq, acc, kp, pixels)
+    columns = cols.reshape(kp // 4, pixels, 4).transpose(1, 0, 2).reshape(pixels, kp)
+    expected = wq.reshape(channels, kp).astype(np.int64) @ columns.astype(np.int64).T
+    np.testing.assert_array_equal(acc.reshape(channels, pixels), expected)
     (asm,) = tile.inspect_asm().values()
     assert "vpdpbusd" in asm
 
