@@ -5,15 +5,16 @@ single-threaded BLAS call inside a parallel task (``blas.py``), with explicit le
 dimensions so it reads and writes sub-matrices in place. The lowering picks one of:
 
 - ``conv2d_winograd`` (``winograd.py``): 3x3, stride 1, undilated, ungrouped, at least
-  ``winograd.MIN_CHANNELS`` channels each side (most of a ResNet or a VGG): 2.25x fewer
-  multiplies than any of the GEMM forms below.
+  ``winograd.MIN_CHANNELS`` channels each side and ``winograd.MIN_TILES`` tiles (most of a
+  ResNet or a VGG): 2.25x fewer multiplies than any of the GEMM forms below.
 - ``conv2d_small`` (``conv_small.py``): stride-1 convs too small to split (under
   SMALL_MAX_MACS), with 2+ output channels per group, that neither Winograd nor the pointwise
   GEMM takes: one serial pass, no parallel region and no BLAS call, on the wide grid below with
   4 output channels x 3 taps per vectorised loop (8->8 3x3 on 8x8: 1.8 us against 7.3).
 
-- ``conv2d_shifted`` (stride 1, not pointwise): no im2col. The image is copied once into a
-  zero-bordered buffer of row length Wp = W + PL + PR; on the "wide" output grid OH x Wp, tap
+- ``conv2d_shifted`` (stride 1, not pointwise, maps of SHIFTED_MIN_PIXELS pixels or more): no
+  im2col. The image is copied once into a zero-bordered buffer of row length Wp = W + PL + PR;
+  on the "wide" output grid OH x Wp, tap
   (ki, kj) reads the padded image shifted by ``ki*DH*Wp + kj*DW`` elements, so the conv is a sum
   of KH*KW GEMMs ``W[:, :, ki, kj] [OC/g, C/g] @ shifted image [C/g, band of wide pixels]``
   whose B operand is a strided view of the padded image (leading dimension: the padded plane).
@@ -26,37 +27,48 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   bias. A pointwise conv (1x1, stride 1, no padding) skips im2col: the image is the column
   matrix. Maps smaller than MIN_GEMM_COLUMNS pixels put several whole images side by side in
   one task's columns (staging the output), so the GEMM is wide enough to pay for packing.
-- ``conv2d_direct``: direct loops, parallel over (image, output channel) planes, for depthwise
-  convs and convs too thin or too small for a GEMM to pay off. Each input plane is split once
+  Where the tasks would not split evenly over the threads and a balanced pixel split would
+  make narrow GEMMs (batch 1 on small maps), the output channels are cut in parts instead
+  (``gemm_split``), every part reading one im2col of its block.
+- ``conv2d_depthwise`` (``conv_depthwise.py``): depthwise convs (groups == C == OC), each
+  plane copied, tapped and finished in one task while it is in L1 (MobileNet v2's depthwise
+  layers at batch 1 on two threads: 2-3x faster than ``conv2d_direct`` below).
+- ``conv2d_direct``: direct loops, parallel over (image, output channel) planes, for channel
+  multipliers (one input channel a group) and convs too thin or too small for a GEMM to pay
+  off. Each input plane is split once
   into its stride's phase planes (``phases.py``; at stride 1 the zero-bordered plane), on
   which three taps at a time are one vectorised pass over a block of the wide output grid that
   stays in L1. Against one tap a pass over the whole plane (stride 1) or strided gathers per
   output row (stride 2), on MobileNet v2's depthwise convs (one thread): 32ch 112x112 0.43 ->
   0.27 ms, 96ch 112x112 stride 2 1.33 -> 0.42, 576ch 14x14 stride 2 0.33 -> 0.20; 960ch 7x7
   0.19 -> 0.21 (per-plane overhead of the phase split).
-- ``linear``: ``y = x @ W.T + b``, one GEMM per block of output features.
+- ``linear``: ``y = x @ W.T + b``, one GEMM per block of output features (one GEMV per sample
+  and block up to GEMV_MAX_ROWS samples).
 
 Every kernel ends with the epilogue (``epilogue.py``): bias, a folded BatchNorm, a residual
 add and an activation, applied to each run of output while it is in cache (``conv2d_fused``,
 ``linear_fused``; a plain layer has at most its bias).
 
-Buffers: conv2d_small/conv2d_shifted/conv2d_gemm/conv2d_direct(x, w, bias, affine, residual,
-consts, y, scratch), linear(x, w, bias, affine, residual, consts, y): absent epilogue parts are
-empty.
+Buffers: conv2d_small/conv2d_shifted/conv2d_gemm/conv2d_direct/conv2d_depthwise(x, w, bias,
+affine, residual, consts, y, scratch), linear(x, w, bias, affine, residual, consts, y): absent
+epilogue parts are empty.
 Attrs: [N, C, H, W, OC, OH, OW, KH, KW] then shifted [PT, PB, PL, PR, DH, DW, groups, band],
 gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block, images, threads], direct [SH, SW, PT,
 PL, DH, DW, groups, HQ, WQ, block rows], small [PT, PB, PL, PR, DH, DW, groups, band]; linear [N,
-in_features, out_features, block]; each then the epilogue's activation kind.
+in_features, out_features, block]; each then the epilogue's activation kind (depthwise: its
+own, ``conv_depthwise.py``).
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from backends.cpu import conv_small, phases, winograd
-from backends.cpu.blas import matmul
+from backends.cpu import conv_depthwise, conv_small, phases, winograd
+from backends.cpu.blas import matmul, matvec
 from backends.cpu.epilogue import epilogue_buffers, finish_channel, finish_features
 from backends.cpu.kernels import kernel
 from backends.cpu.lowering import NodeIO, lowers
@@ -69,6 +81,16 @@ BLOCK_BYTES = 256 * 1024
 SHIFTED_PIXELS = 256
 # Fewest GEMM columns per call: below this, BLAS spends its time packing the weights.
 MIN_GEMM_COLUMNS = 256
+# Up to this many samples a linear layer runs one GEMV per sample: OpenBLAS's GEMM against the
+# transposed weights packs all of them first (ResNet-50's [1000, 2048] classifier: 1.3 ms at 2
+# to 4 rows, about 0.11 ms per row as GEMVs).
+GEMV_MAX_ROWS = 8
+# Fewest output pixels for the shifted GEMM. Smaller maps take im2col: a band of the wide grid
+# is too narrow for the shifted GEMMs, and im2col's one GEMM can be cut by output channels
+# (``gemm_split``; 512 -> 512 3x3 on 7x7 at batch 1: 5.6 ms shifted, 1.9 ms im2col).
+SHIFTED_MIN_PIXELS = MIN_GEMM_COLUMNS
+# Fewest output channels in one part when a GEMM is cut by output channels (``gemm_split``).
+MIN_PART_ROWS = 32
 # Below this many output channels per group, a GEMM's M dimension is too thin for BLAS.
 DIRECT_MAX_CHANNELS = 8
 # Below this many MACs per image, im2col and a BLAS call cost more than direct loops.
@@ -178,42 +200,57 @@ def _im2col_row(x, plane, h, wd, ow, sh, sw, pt, pl, dy, dx, start, row):
 @kernel(buffers=8)
 def conv2d_gemm(x, w, b, affine, res, consts, y, scratch, a):
     n, c, h, wd, oc, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups, pointwise, block = a[:18]
-    images, threads, kind = a[18], a[19], a[20]
+    images, threads, part_rows, kind = a[18], a[19], a[20], a[21]
     cg, ocg, hw, ohw = c // groups, oc // groups, h * wd, oh * ow
     rows, blocks, sets = cg * kh * kw, (ohw + block - 1) // block, (n + images - 1) // images
+    parts = (ocg + part_rows - 1) // part_rows
     span = images * block  # GEMM columns of one task
-    # scratch: [one im2col block per thread | one staged output block per thread]
+    geometry = (h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw)
+    # scratch: [one im2col block per thread | one staged output block per thread], or with
+    # the output channels in parts, [one im2col block per (image, group, block)]
     cols, staged = scratch[: threads * rows * span], scratch[threads * rows * span :]
+    shared_cols = parts > 1 and not pointwise
+    if shared_cols:  # every part of a block multiplies the same columns: im2col them once
+        for task in prange(sets * groups * blocks):
+            first, g = task // (groups * blocks), (task // blocks) % groups
+            start = (task % blocks) * block
+            width = min(block, ohw - start)
+            at = task * rows * block
+            im2col_images(x, first, 1, c, g * cg, geometry, rows, start, width, scratch, at)
     status = 0
-    for task in prange(sets * groups * blocks):
-        first, g = task // (groups * blocks) * images, (task // blocks) % groups
-        start = (task % blocks) * block
+    for task in prange(sets * groups * blocks * parts):
+        part, task_cols = task % parts, task // parts
+        first, g = task_cols // (groups * blocks) * images, (task_cols // blocks) % groups
+        start, first_row = (task_cols % blocks) * block, part * part_rows
         count, width = min(images, n - first), min(block, ohw - start)
-        weights, tid = (w, g * ocg * rows, rows), get_thread_id()
-        dst = (first * oc + g * ocg) * ohw + start
+        m = min(part_rows, ocg - first_row)
+        weights, tid = (w, (g * ocg + first_row) * rows, rows), get_thread_id()
+        dst = (first * oc + g * ocg + first_row) * ohw + start
         if pointwise and images == 1:
             src = (first * c + g * cg) * hw + start
-            code = matmul(ocg, width, rows, weights, (x, src, hw), (y, dst, ohw))
+            code = matmul(m, width, rows, weights, (x, src, hw), (y, dst, ohw))
+        elif shared_cols:
+            columns = (scratch, task_cols * rows * block, width)
+            code = matmul(m, width, rows, weights, columns, (y, dst, ohw))
         else:
             slot = tid * rows * span
-            geometry = (h, wd, ow, kh, kw, sh, sw, pt, pl, dh, dw)
             im2col_images(x, first, count, c, g * cg, geometry, rows, start, width, cols, slot)
             if images == 1:
-                code = matmul(ocg, width, rows, weights, (cols, slot, width), (y, dst, ohw))
+                code = matmul(m, width, rows, weights, (cols, slot, width), (y, dst, ohw))
             else:
                 code = _gemm_staged(
                     ocg, count * width, rows, weights, cols, slot, staged, tid * ocg * span
                 )
-                for m in range(count):
+                for i in range(count):
                     for o in range(ocg):
-                        at = ((first + m) * oc + g * ocg + o) * ohw + start
+                        at = ((first + i) * oc + g * ocg + o) * ohw + start
                         _unstage(
-                            staged, tid * ocg * span, ocg, count * width, o, m * width, y, at, width
+                            staged, tid * ocg * span, ocg, count * width, o, i * width, y, at, width
                         )
         status = code if code != 0 else status
-        for m in range(count):
-            for o in range(ocg):
-                at = ((first + m) * oc + g * ocg + o) * ohw + start
+        for i in range(count):
+            for o in range(first_row, first_row + m):
+                at = ((first + i) * oc + g * ocg + o) * ohw + start
                 finish_channel(
                     y[at : at + width], g * ocg + o, b, affine, res[at : at + width], kind, consts
                 )
@@ -355,10 +392,15 @@ def linear(x, w, b, affine, res, consts, y, a):
         start = task * block
         width = min(block, out_features - start)
         weights = (w, start * in_features, in_features)
-        code = matmul(
-            n, width, in_features, (x, 0, in_features), weights, (y, start, out_features), trans_b=1
-        )
-        status = code if code != 0 else status
+        if n <= GEMV_MAX_ROWS:
+            for i in range(n):
+                sample, out = (x, i * in_features), (y, i * out_features + start)
+                code = matvec(width, in_features, weights, sample, out)
+                status = code if code != 0 else status
+        else:
+            out = (y, start, out_features)
+            code = matmul(n, width, in_features, (x, 0, in_features), weights, out, trans_b=1)
+            status = code if code != 0 else status
         for i in range(n):
             at = i * out_features + start
             row, residual = y[at : at + width], res[at : at + width]
@@ -367,30 +409,22 @@ def linear(x, w, b, affine, res, consts, y, a):
 
 
 def _is_direct(node: Node) -> bool:
-    """Depthwise convs, and convs whose GEMM would be too thin (few output channels per group
-    or few taps) or too small to repay im2col and a BLAS call, run as direct loops."""
+    """Convs with one input channel a group (a depthwise conv with a channel multiplier), and
+    convs whose GEMM would be too thin (few output channels per group or few taps) or too small
+    to repay im2col and a BLAS call, run as direct loops (plain depthwise convs are taken by
+    conv2d_depthwise first)."""
     oc, cg, kh, kw = node.inputs[1].shape
     _, _, oh, ow = node.outputs[0].shape
     thin = oc // node.attrs["groups"] < DIRECT_MAX_CHANNELS or cg * kh * kw < 16
     return cg == 1 or thin or oc * cg * kh * kw * oh * ow < DIRECT_MAX_MACS
 
 
-def _direct_geometry(node: Node) -> tuple[int, int, int]:
-    """conv2d_direct's phase-plane sides (HQ, WQ) and accumulator block rows."""
-    (_, _, h, wd), (_, _, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
-    (pt, _, pl, _), out = node.attrs["padding"], node.outputs[0].shape[2:]
-    hq, wq, _ = phases.geometry(
-        h, wd, out, (kh, kw), node.attrs["stride"], (pt, pl), node.attrs["dilation"]
-    )
-    return hq, wq, phases.block_rows(out[0], wq, node.outputs[0].type.itemsize)
-
-
 def _is_small(node: Node) -> bool:
     """Stride-1 convs too small to split, with 2+ output channels per group, run serially in
     conv2d_small, except the pointwise convs the GEMM takes (16->16 1x1 on 16x16: 5.2 us
     against 2.5; 64->64 1x1 on 4x4: 15.4 against 3.1) and Winograd's (its rule and tests
-    stand; 16->16 3x3 on 8x8 would take 5.6 us against 9.0), unless direct loops would have
-    run them."""
+    stand where it has MIN_TILES tiles; 16->16 3x3 on 8x8 at batch 1 has too few, and takes
+    5.6 us here against Winograd's 9.0), unless direct loops would have run them."""
     oc, cg, kh, kw = node.inputs[1].shape
     macs = node.outputs[0].type.numel * cg * kh * kw
     return (
@@ -423,6 +457,34 @@ def rows_and_block(node: Node) -> tuple[int, int]:
     return rows, min(ohw, -(-block // 16) * 16)
 
 
+def gemm_split(node: Node) -> tuple[int, int]:
+    """The forward GEMM's pixel block and output channels per task. Cutting one image's pixels
+    into a multiple of the thread count of blocks (``rows_and_block``) makes narrow GEMMs on
+    small maps (1024 <- 256 1x1 on 14x14 at batch 1: blocks of 112 and 84 columns, 790 us on
+    two threads); where the tasks do not split evenly over the threads and such blocks would be
+    narrower than MIN_GEMM_COLUMNS, the output channels are cut in parts instead (two halves of
+    512 rows: 510 us), each part's GEMM reading the block's im2col columns, made once."""
+    _, cg, kh, kw = node.inputs[1].shape
+    n, oc, oh, ow = node.outputs[0].shape
+    groups, threads = node.attrs["groups"], numba.config.NUMBA_NUM_THREADS
+    ocg, ohw, rows = oc // groups, oh * ow, cg * kh * kw
+    _, block = rows_and_block(node)
+    if images_per_task(node) > 1:
+        return block, ocg
+    target = max(MIN_GEMM_COLUMNS, BLOCK_BYTES // (rows * node.outputs[0].type.itemsize))
+    blocks = -(-ohw // target)
+    tasks, balanced = n * groups * blocks, -(-blocks // threads) * threads
+    parts = threads // math.gcd(tasks, threads)
+    part_rows = _round_up(-(-ocg // parts), 16)
+    if parts == 1 or ohw // balanced >= MIN_GEMM_COLUMNS or part_rows < MIN_PART_ROWS:
+        return block, ocg
+    return min(ohw, _round_up(-(-ohw // blocks), 16)), part_rows
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
 def images_per_task(node: Node) -> int:
     """Small feature maps (layer4 of a CIFAR ResNet: 4x4) are batched: one GEMM covers enough
     images for MIN_GEMM_COLUMNS columns, so BLAS packs the weights once for all of them."""
@@ -431,7 +493,10 @@ def images_per_task(node: Node) -> int:
 
 
 def _is_shifted(node: Node) -> bool:
-    return node.attrs["stride"] == (1, 1) and not is_pointwise(node) and images_per_task(node) == 1
+    """Stride-1 convs on maps of at least SHIFTED_MIN_PIXELS pixels."""
+    _, _, oh, ow = node.outputs[0].shape
+    stride_1 = node.attrs["stride"] == (1, 1)
+    return stride_1 and not is_pointwise(node) and oh * ow >= SHIFTED_MIN_PIXELS
 
 
 def _band(node: Node) -> int:
@@ -451,11 +516,13 @@ def _conv2d_scratch_numel(node: Node) -> int:
     threads = numba.config.NUMBA_NUM_THREADS
     pt, pb, pl, pr = node.attrs["padding"]
     wp, dw = wd + pl + pr, node.attrs["dilation"][1]
+    if conv_depthwise.is_depthwise(node):
+        return conv_depthwise.scratch_numel(node)
     if _is_small(node):
         return conv_small.scratch_numel(node)
     if _is_direct(node):
         (sh, sw), n = node.attrs["stride"], node.inputs[0].shape[0]
-        hq, wq, rows = _direct_geometry(node)
+        hq, wq, rows = conv_depthwise.geometry(node)
         return n * c * sh * sw * hq * wq + (kw - 1) * dw // sw + threads * rows * wq
     if winograd.is_winograd(node):
         return winograd.scratch_numel(node)
@@ -465,7 +532,10 @@ def _conv2d_scratch_numel(node: Node) -> int:
     if _is_shifted(node):
         band_numel = oc // node.attrs["groups"] * _band(node) * wp
         return oc * cg * kh * kw + c * (h + pt + pb) * wp + (kw - 1) * dw + threads * band_numel
-    rows, block = rows_and_block(node)
+    rows, (block, part_rows) = cg * kh * kw, gemm_split(node)
+    if part_rows < oc // node.attrs["groups"]:  # im2col columns of every (image, group, block)
+        blocks = -(-node.outputs[0].shape[2] * node.outputs[0].shape[3] // block)
+        return node.inputs[0].shape[0] * node.attrs["groups"] * blocks * rows * block
     staged = oc // node.attrs["groups"] * block * images if images > 1 else 0
     return threads * (rows * block * images + staged)
 
@@ -485,11 +555,15 @@ def _lower_conv2d(node: Node, io: NodeIO):
     scratch = io.scratch(_conv2d_scratch_numel(node))
     buffers = [io.input(0), io.input(1), *epilogue, io.output(), scratch]
     shape = [n, c, h, wd, oc, oh, ow, kh, kw]
+    if conv_depthwise.is_depthwise(node):
+        attrs = conv_depthwise.attrs(node) + [kind]
+        kernel, parallel = conv_depthwise.conv2d_depthwise, conv_depthwise.is_parallel(node)
+        return [kernel.step(node.name, io.dtype, parallel, buffers, attrs)]
     if _is_small(node):
         attrs = conv_small.attrs(node) + [kind]
         return [conv_small.conv2d_small.step(node.name, io.dtype, False, buffers, attrs)]
     if _is_direct(node):
-        attrs = shape + [sh, sw, pt, pl, dh, dw, groups, *_direct_geometry(node), kind]
+        attrs = shape + [sh, sw, pt, pl, dh, dw, groups, *conv_depthwise.geometry(node), kind]
         return [conv2d_direct.step(node.name, io.dtype, parallel, buffers, attrs)]
     if winograd.is_winograd(node):
         attrs = winograd.attrs(node) + [kind]
@@ -497,8 +571,9 @@ def _lower_conv2d(node: Node, io: NodeIO):
     if _is_shifted(node):
         attrs = shape + [pt, pb, pl, pr, dh, dw, groups, _band(node), kind]
         return [conv2d_shifted.step(node.name, io.dtype, parallel, buffers, attrs)]
-    attrs = shape + [sh, sw, pt, pl, dh, dw, groups, int(is_pointwise(node))]
-    attrs += [rows_and_block(node)[1], images_per_task(node), numba.config.NUMBA_NUM_THREADS, kind]
+    block, part_rows = gemm_split(node)
+    attrs = shape + [sh, sw, pt, pl, dh, dw, groups, int(is_pointwise(node)), block]
+    attrs += [images_per_task(node), numba.config.NUMBA_NUM_THREADS, part_rows, kind]
     return [conv2d_gemm.step(node.name, io.dtype, parallel, buffers, attrs)]
 
 

@@ -56,6 +56,10 @@ CHUNK_BYTES = 8 << 20
 # Fewest channels on either side: below this a GEMM over C (or OC) is too thin to repay the
 # transforms (the ResNet stem's 3 input channels stays on the shifted GEMM).
 MIN_CHANNELS = 16
+# Fewest tiles in the batch: the 16 GEMMs read 16 transformed copies of the weights, which
+# few tiles cannot repay (ResNet-50's 512 -> 512 3x3 on 7x7 at batch 1, 16 tiles: 3.1 ms,
+# against 1.9 ms as one im2col GEMM cut by output channels; at batch 2 Winograd wins).
+MIN_TILES = 32
 # Private schedule (``_schedule``): V and M bytes of one chunk (a quarter of L2), and the
 # fewest GEMM columns worth a chunk of their own.
 PRIVATE_CHUNK_BYTES = 512 << 10
@@ -66,14 +70,17 @@ SKEW = 16
 
 def is_winograd(node: Node) -> bool:
     """3x3, stride 1, undilated, ungrouped convs with at least MIN_CHANNELS channels each side
-    (``node`` is a conv2d node, or the forward conv a backward node mirrors)."""
+    and MIN_TILES tiles in the batch (``node`` is a conv2d node, or the forward conv a backward
+    node mirrors)."""
     oc, c, kh, kw = node.inputs[1].shape
+    rows, per_row = _tiles(node)
     return (
         (kh, kw) == (3, 3)
         and node.attrs["stride"] == (1, 1)
         and node.attrs["dilation"] == (1, 1)
         and node.attrs["groups"] == 1
         and min(oc, c) >= MIN_CHANNELS
+        and node.inputs[0].shape[0] * rows * per_row >= MIN_TILES
     )
 
 

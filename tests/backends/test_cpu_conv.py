@@ -10,6 +10,7 @@ cases: odd output sizes, valid, pair and reflect padding, one output pixel, seve
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -121,13 +122,15 @@ CONV_CASES = {
 }
 
 
-@pytest.fixture(params=["gemm", "direct"])
+@pytest.fixture(params=["gemm", "shifted", "direct"])
 def conv_algorithm(request, monkeypatch):
-    """Force the lowering's choice, so every case runs through im2col + GEMM or the shifted
-    GEMM (where the conv has more than one input channel per group; Winograd is off, it has
-    its own cases below) and through the direct loops; conv2d_small (stride 1, small) has its
-    own tests (test_cpu_conv_small.py)."""
-    gemm = request.param == "gemm"
+    """Force the lowering's choice, so every case runs through im2col + GEMM, through the
+    shifted GEMM where the conv has stride 1 (Winograd is off, it has its own cases below)
+    and through the direct loops; conv2d_small (stride 1, small) has its own tests
+    (test_cpu_conv_small.py)."""
+    gemm = request.param != "direct"
+    shifted_min_pixels = 0 if request.param == "shifted" else 1 << 62
+    monkeypatch.setattr(cpu_conv, "SHIFTED_MIN_PIXELS", shifted_min_pixels)
     monkeypatch.setattr(cpu_conv, "SMALL_MAX_MACS", 0)
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_CHANNELS", 0 if gemm else 1 << 30)
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0 if gemm else 1 << 62)
@@ -141,6 +144,54 @@ def conv_algorithm(request, monkeypatch):
 def test_conv2d_cases(case, dtype, rng, conv_algorithm):
     cin, cout, kernel, input_hw, kwargs = CONV_CASES[case]
     check_conv(rng, dtype, cin, cout, kernel, input_hw, **kwargs)
+
+
+# **** conv2d: one GEMM cut by output channels (gemm_split) ****
+
+# (C_in, C_out, kernel, input HxW, Conv2d kwargs and the batch): 48 output channels per group,
+# cut in parts of 32 and 16 (a short last part); one image per task (maps of 256+ pixels at
+# batch > 1), as the real rule has it
+SPLIT_CASES = {
+    "pointwise": (32, 48, 1, (7, 7), dict(batch=1)),
+    "im2col_stride2": (8, 48, 3, (33, 33), dict(batch=3, stride=2, padding=1)),
+    "im2col_stride1": (12, 48, 3, (9, 9), dict(batch=1, padding=1, bias=False)),
+    "groups2": (16, 96, 3, (6, 6), dict(batch=1, groups=2, padding=1)),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_gemm_in_channel_parts(case, dtype, rng, monkeypatch):
+    """conv2d_gemm with its output channels cut in parts of 32, whatever the thread count."""
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
+    monkeypatch.setattr(cpu_conv, "SMALL_MAX_MACS", 0)
+    monkeypatch.setattr(cpu_conv, "gemm_split", lambda node: (cpu_conv.rows_and_block(node)[1], 32))
+    used = record_steps(monkeypatch, [cpu_conv.conv2d_gemm])
+    cin, cout, kernel, input_hw, kwargs = SPLIT_CASES[case]
+    check_conv(rng, dtype, cin, cout, kernel, input_hw, **kwargs)
+    assert [kernel for kernel, _ in used] == ["conv2d_gemm"]
+
+
+@pytest.mark.parametrize(
+    "n,c,oc,kernel,stride,side,expected",
+    [
+        (1, 256, 1024, 1, 1, 14, (196, 512)),  # ResNet-50 layer3 1x1 at batch 1: halves
+        (1, 256, 256, 3, 2, 14, (196, 128)),  # its 3x3 stride 2: one block of 196 pixels
+        (1, 64, 256, 1, 1, 56, (784, 256)),  # four blocks of 784 pixels: even
+        (3, 256, 1024, 1, 1, 14, (196, 1024)),  # two images a task (staged): not cut
+        (1, 16, 32, 3, 1, 14, (112, 32)),  # 16-row halves are too thin: two pixel blocks
+    ],
+)
+def test_gemm_split_rule(n, c, oc, kernel, stride, side, expected, monkeypatch):
+    """(pixel block, output channels per part) on two threads: output channels are halved
+    where the tasks are odd and balanced pixel blocks would be narrower than
+    MIN_GEMM_COLUMNS; ``side`` is the output's."""
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)  # the rule only; nothing runs
+    x = Value("x", TensorType((n, c, side * stride, side * stride)), "input")
+    w = Value("w", TensorType((oc, c, kernel, kernel)), "param")
+    y = Value("y", TensorType((n, oc, side, side)), "activation")
+    attrs = dict(stride=(stride,) * 2, padding=(kernel // 2,) * 4, dilation=(1, 1), groups=1)
+    assert cpu_conv.gemm_split(Node("conv2d", [x, w], [y], attrs, "conv")) == expected
 
 
 # **** conv2d: Winograd F(2x2, 3x3) ****
@@ -164,6 +215,7 @@ def test_conv2d_winograd(case, dtype, chunks, rng, monkeypatch):
     """Every case takes the Winograd kernel (small ones too), under every chunking of
     WINOGRAD_CHUNKS."""
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)  # however few tiles
     force_winograd_chunks(monkeypatch, chunks)
     used = record_steps(monkeypatch, [winograd.conv2d_winograd])
     cin, cout, input_hw, kwargs = WINOGRAD_CASES[case]
@@ -208,10 +260,14 @@ def test_winograd_schedule(n, c, side, weight_gradient, expected, monkeypatch):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("batch,features", [(1, (7, 1, 1)), (3, (5, 1, 1)), (4, (6, 5, 7))])
+@pytest.mark.parametrize(
+    "batch,features",
+    [(1, (7, 1, 1)), (3, (5, 1, 1)), (4, (6, 5, 7)), (cpu_conv.GEMV_MAX_ROWS + 1, (6, 5, 7))],
+)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear(batch, features, bias, dtype, rng):
-    """[N, C, H, W] -> Flatten -> Linear(C*H*W, 11)."""
+    """[N, C, H, W] -> Flatten -> Linear(C*H*W, 11): one GEMV per sample up to
+    GEMV_MAX_ROWS samples, a GEMM above."""
     in_features = int(np.prod(features))
     x = rng.standard_normal((batch, *features)).astype(dtype)
     out, p = run_with_random_params(Net(nn.Linear(in_features, 11, bias), True), x, dtype, rng)

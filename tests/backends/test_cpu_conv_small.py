@@ -171,7 +171,8 @@ def _takes_small(monkeypatch, cin, cout, kernel, hw, batch=1, **kwargs) -> bool:
         (6, 16, 5, (14, 14), {}, True),  # LeNet-5 features.3: 240,000 MACs (shifted)
         (6, 16, 5, (14, 14), dict(batch=2), False),  # 480,000 MACs: split over the cores
         (64, 64, 3, (32, 32), dict(padding=1), False),  # ResNet-18 CIFAR: Winograd
-        (16, 16, 3, (8, 8), dict(padding=1), False),  # Winograd's own rule
+        (16, 16, 3, (8, 8), dict(padding=1), True),  # 16 tiles: too few for Winograd
+        (16, 16, 3, (8, 8), dict(padding=1, batch=2), False),  # 32 tiles: Winograd's own rule
         (16, 16, 1, (16, 16), {}, False),  # pointwise GEMM
         (8, 8, 3, (8, 8), dict(padding=1, groups=8), False),  # depthwise: 1 channel a group
         (8, 8, 3, (8, 8), dict(padding=1, stride=2), False),  # strided

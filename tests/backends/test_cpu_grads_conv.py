@@ -119,6 +119,7 @@ WINOGRAD_CONVS = {
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_grad_winograd(case, dtype, chunks, rng, monkeypatch):
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)  # however few tiles
     force_winograd_chunks(monkeypatch, chunks)
     kernels = [winograd.conv2d_winograd, winograd.conv2d_grad_weight_winograd]
     used = record_steps(monkeypatch, kernels)

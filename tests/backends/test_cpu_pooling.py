@@ -4,6 +4,9 @@ Max and average pooling over grids of kernel, stride, padding, dilation (max), c
 count_include_pad (average) on odd input sizes; global and adaptive pooling to output sizes that
 do and do not divide the input (and larger than it). float32 and float64, fresh random inputs,
 NaN-poisoned buffers; one case per kernel above ``PARALLEL_MIN_WORK`` runs the parallel kernel.
+window_pool splits a thread's first plane into phase planes and places the rest
+(``phases.place``): checked against ``phases.split`` directly, and bit for bit against torch
+with NaN and tied signed zeros.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from numba import njit
 
 import graph.functional as F
 import graph.nn as nn
-from tests.helpers import DTYPES, Lambda, check, run_poisoned
+from backends.cpu import phases
+from tests.helpers import DTYPES, OP_TOLERANCE, Lambda, check, rel_error, run_poisoned
 
 SMALL = (2, 3, 9, 11)  # odd sizes, so ceil_mode changes the output size
 LARGE = (2, 8, 64, 64)  # above PARALLEL_MIN_WORK of output x window work
@@ -92,6 +97,79 @@ def test_max_pool2d_all_negative_window_with_padding(rng):
     np.testing.assert_array_equal(out, TF.max_pool2d(torch.from_numpy(x), 3, 2, 1).numpy())
 
 
+def _signed_zeros_and_nan(x, rng):
+    """``x`` with a third of its elements +0, a third -0 (ties whose sign tells which element a
+    max picked) and one in a hundred NaN."""
+    x = x.copy()
+    x[rng.random(x.shape) < 0.3] = 0.0
+    x[rng.random(x.shape) < 0.3] = -0.0
+    x[rng.random(x.shape) < 0.01] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("shape", [SMALL, LARGE], ids=["serial", "parallel"])
+@pytest.mark.parametrize("pool", ["max", "avg", "avg_count_pad"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_window_pools_bit_exact_over_placed_planes(pool, shape, dtype, rng):
+    """Several planes per thread, all but the first placed into a slot whose fill an earlier
+    plane's split wrote: torch's bits, NaN and the sign of tied zeros included."""
+    x = _signed_zeros_and_nan(rng.standard_normal(shape).astype(dtype), rng)
+    if pool == "max":
+        model, ref = nn.MaxPool2d(3, 2, 1), TF.max_pool2d(torch.from_numpy(x), 3, 2, 1)
+    else:
+        count_pad = pool == "avg_count_pad"
+        model = nn.AvgPool2d(3, 2, 1, count_include_pad=count_pad)
+        ref = TF.avg_pool2d(torch.from_numpy(x), 3, 2, 1, count_include_pad=count_pad)
+    out = run_poisoned(model, x, dtype)
+    bits = f"u{out.itemsize}"
+    np.testing.assert_array_equal(out.view(bits), ref.numpy().view(bits))
+
+
+# **** phase planes ****
+
+
+@njit(cache=True)
+def _split(src, h, w, dst, pt, pl, sh, sw, hq, wq, fill):
+    phases.split(src, h, w, dst, 0, pt, pl, sh, sw, hq, wq, fill)
+
+
+@njit(cache=True)
+def _place(src, h, w, dst, pt, pl, sh, sw, hq, wq):
+    phases.place(src, 0, h, w, dst, 0, pt, pl, sh, sw, hq, wq)
+
+
+# (H, W, kernel, stride, padding, dilation, ceil_mode): the deinterleave with odd and even
+# widths and left pads, one phase, three phases, mixed strides, dilation, ceil mode
+PLACE_CASES = [
+    (9, 11, (3, 3), (2, 2), (1, 1), (1, 1), False),
+    (10, 12, (2, 2), (2, 2), (0, 0), (1, 1), False),
+    (9, 11, (3, 3), (2, 2), (0, 0), (1, 1), True),
+    (9, 11, (3, 3), (1, 1), (1, 1), (1, 1), False),
+    (9, 11, (3, 3), (3, 3), (1, 1), (1, 1), True),
+    (9, 11, (3, 2), (1, 2), (1, 0), (1, 2), False),
+    (7, 10, (3, 3), (2, 3), (0, 1), (2, 1), True),
+]
+
+
+@pytest.mark.parametrize("h,w,kernel,stride,padding,dilation,ceil_mode", PLACE_CASES, ids=str)
+def test_place_over_an_earlier_split_is_a_split(
+    h, w, kernel, stride, padding, dilation, ceil_mode, rng
+):
+    """``place`` writes every input element where ``split`` does, and the fill an earlier
+    plane's split left is the fill this plane's split writes."""
+    out = TF.max_pool2d(torch.zeros(1, 1, h, w), kernel, stride, padding, dilation, ceil_mode)
+    hq, wq, _ = phases.geometry(h, w, out.shape[2:], kernel, stride, padding, dilation)
+    (pt, pl), (sh, sw) = padding, stride
+    first, second = rng.standard_normal((2, h * w)).astype(np.float32)
+    expected = np.full(sh * sw * hq * wq, np.nan, np.float32)
+    _split(second, h, w, expected, pt, pl, sh, sw, hq, wq, -np.inf)
+    assert not np.isnan(expected).any()
+    slot = np.full_like(expected, np.nan)
+    _split(first, h, w, slot, pt, pl, sh, sw, hq, wq, -np.inf)
+    _place(second, h, w, slot, pt, pl, sh, sw, hq, wq)
+    np.testing.assert_array_equal(slot.view(np.uint32), expected.view(np.uint32))
+
+
 # **** avg_pool2d ****
 
 
@@ -156,6 +234,23 @@ def test_global_avg_pool2d(output_size, shape, dtype, rng):
     check(
         nn.AdaptiveAvgPool2d(output_size), lambda x: x.mean((2, 3), keepdim=True), shape, dtype, rng
     )
+
+
+@pytest.mark.parametrize("output_size", [1, (2, 3)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adaptive_avg_pool2d_propagates_nan_and_inf(output_size, dtype, rng):
+    """The reassociated (vectorised) sums still carry NaN and infinities through."""
+    x = rng.standard_normal((2, 4, 7, 9)).astype(dtype)
+    x[0, 1, 3, 4] = np.nan
+    x[1, 0, 0, 0] = np.inf
+    x[1, 2, 6, 8] = -np.inf
+    x[1, 3, 0, 0], x[1, 3, 6, 8] = np.inf, -np.inf
+    out = run_poisoned(nn.AdaptiveAvgPool2d(output_size), x, dtype)
+    ref = TF.adaptive_avg_pool2d(torch.from_numpy(x), output_size).numpy()
+    finite = np.isfinite(ref)
+    assert np.isnan(ref).any() and np.isinf(ref).any()
+    np.testing.assert_array_equal(out[~finite], ref[~finite])
+    assert rel_error(out[finite], ref[finite]) < OP_TOLERANCE[dtype]
 
 
 # (input H x W, output size)

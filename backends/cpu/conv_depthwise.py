@@ -1,0 +1,157 @@
+"""CPU depthwise convolution: groups == in_channels == out_channels, weights [C, 1, KH, KW].
+
+MobileNet-style depthwise convs are many small planes (960 channels of 7x7 at batch 1), so the
+cost is per plane, not per multiply-add. ``conv2d_direct`` pays it in two parallel passes: one
+splits every input plane into phase planes in a scratch of the whole batch, the next taps each
+plane from there, then runs the epilogue through a function call. Here one parallel loop over
+the (image, channel) planes does it all while the plane is in L1 of the thread that owns it:
+
+1. copy the input plane into its stride's phase planes (``phases.py``'s layout; at stride 1
+   the zero-bordered plane) in the thread's slot of the scratch, writing only the input
+   positions: the borders are zeroed on the thread's first plane and stay zero;
+2. for each block of output rows of the wide grid (``phases.block_rows``), every tap in one
+   vectorised pass (any 9-tap kernel unrolled: one store per output, no zeroing), or three
+   taps a pass for other kernel sizes;
+3. copy the block's rows out and run ``finish_channel`` on them, inlined.
+
+Numba's ``prange`` hands each thread one contiguous run of planes, so a thread's tasks are a
+block of channels with no scheduling per plane. Measured on MobileNet v2's depthwise layers
+with their folded BatchNorm and ReLU6 (float32, batch 1, two shared cores, us per layer, best
+of three runs, against ``conv2d_direct``): 960 channels of 7x7 66 vs 213, 384 of 14x14 55 vs
+133, 192 of 28x28 60 vs 143, 32 of 112x112 119 vs 175; stride 2: 576 of 7x7 85 vs 223, 96 of
+56x56 166 vs 243. Batch 32 of 32 channels of 112x112: 5.3 vs 9.4 ms.
+
+Buffers: (x, w, bias, affine, residual, consts, y, scratch), absent epilogue parts empty.
+Attrs: [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HQ, WQ, block rows, kind].
+Scratch: one slot per thread: [phase planes | slack | accumulator block].
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import get_thread_id, njit, prange
+
+from backends.cpu import phases
+from backends.cpu.epilogue import finish_channel
+from backends.cpu.kernels import kernel
+from backends.cpu.windows import axpy, axpy3
+from graph.ir import Node
+
+# Fewest MACs (batch included) for the parallel variant: a depthwise conv does a few MACs per
+# element it copies, so it repays the thread pool at a quarter of conv.PARALLEL_MIN_MACS
+# (float32, us, serial vs parallel, two busy cores: 160 channels of 7x7 21.5 vs 20.8, 576 of
+# 7x7 stride 2 151 vs 124; 64 of 8x8 6.7 vs 12.2).
+PARALLEL_MIN_MACS = 1 << 16
+
+# ``finish_channel`` itself (the same function, so the same arithmetic), inlined: as a call it
+# cost a fifth of a 960-channel 7x7 layer (163 -> 130 us, one thread).
+_finish_channel = njit(inline="always", cache=True)(finish_channel.py_func)
+
+
+@kernel(buffers=8)
+def conv2d_depthwise(x, w, b, affine, res, consts, y, scratch, a):
+    n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, rows, kind = a[:18]
+    hw, ohw, taps = h * wd, oh * ow, kh * kw
+    plane, slack = sh * sw * hq * wq, (kw - 1) * dw // sw
+    slot = plane + slack + rows * wq
+    shifts = phases.taps(kh, kw, dh, dw, sh, sw, hq, wq)
+    fresh = np.ones(scratch.shape[0] // slot, np.bool_)
+    # the activation's constants, never an empty buffer: Numba hoists the inlined epilogue's
+    # consts[0..2] out of the parallel loop, and without an activation consts is a null
+    # pointer (a segfault)
+    activation = np.zeros(3, y.dtype)
+    activation[: consts.shape[0]] = consts
+    for p in prange(n * c):
+        o, tid = p % c, get_thread_id()
+        at = tid * slot
+        if fresh[tid]:  # zero the thread's phase planes once: place writes only the input
+            scratch[at : at + plane + slack] = 0
+            fresh[tid] = False
+        phases.place(x, p * hw, h, wd, scratch, at, pt, pl, sh, sw, hq, wq)
+        acc = scratch[at + plane + slack : at + slot]
+        for oy0 in range(0, oh, rows):
+            count = min(rows, oh - oy0)
+            block = acc[: count * wq]
+            if taps == 9:
+                _nine_taps(block, scratch, at + oy0 * wq, shifts, w, o * 9)
+            else:
+                _taps(block, scratch, at + oy0 * wq, shifts, w, o * taps, taps)
+            out = p * ohw + oy0 * ow
+            run = y[out : out + count * ow]
+            phases.unwiden(run, block, count, ow, wq)
+            _finish_channel(run, o, b, affine, res[out : out + count * ow], kind, activation)
+    return 0
+
+
+@njit(inline="always", cache=True)
+def _nine_taps(block, src, at, shifts, w, first):
+    """block[j] = sum of the nine taps t of w[first + t] * src[at + shifts[t] + j], added in
+    tap order: one pass, each output stored once. Unsigned indices: no wraparound branch."""
+    w0, w1, w2 = w[first], w[first + 1], w[first + 2]
+    w3, w4, w5 = w[first + 3], w[first + 4], w[first + 5]
+    w6, w7, w8 = w[first + 6], w[first + 7], w[first + 8]
+    s0, s1, s2 = at + shifts[0], at + shifts[1], at + shifts[2]
+    s3, s4, s5 = at + shifts[3], at + shifts[4], at + shifts[5]
+    s6, s7, s8 = at + shifts[6], at + shifts[7], at + shifts[8]
+    for j in range(block.shape[0]):
+        v = w0 * src[np.uint64(s0 + j)] + w1 * src[np.uint64(s1 + j)]
+        v += w2 * src[np.uint64(s2 + j)]
+        v += w3 * src[np.uint64(s3 + j)]
+        v += w4 * src[np.uint64(s4 + j)]
+        v += w5 * src[np.uint64(s5 + j)]
+        v += w6 * src[np.uint64(s6 + j)]
+        v += w7 * src[np.uint64(s7 + j)]
+        block[j] = v + w8 * src[np.uint64(s8 + j)]
+
+
+@njit(inline="always", cache=True)
+def _taps(block, src, at, shifts, w, first, taps):
+    """Any other kernel size: block = the sum of its taps, three taps a pass, then one."""
+    block[:] = 0
+    for t in range(0, taps - 2, 3):
+        s0, s1, s2 = at + shifts[t], at + shifts[t + 1], at + shifts[t + 2]
+        axpy3(block, src, s0, s1, s2, w[first + t], w[first + t + 1], w[first + t + 2])
+    for t in range(taps - taps % 3, taps):
+        start = at + shifts[t]
+        axpy(block, src[start : start + block.shape[0]], w[first + t])
+
+
+def is_depthwise(node: Node) -> bool:
+    """A conv with one input and one output channel per group: groups == C == OC."""
+    c, (oc, cg) = node.inputs[0].shape[1], node.inputs[1].shape[:2]
+    return cg == 1 and oc == c == node.attrs["groups"]
+
+
+def is_parallel(node: Node) -> bool:
+    """Whether the layer runs the parallel variant (see PARALLEL_MIN_MACS)."""
+    kh, kw = node.inputs[1].shape[2:]
+    return node.outputs[0].type.numel * kh * kw >= PARALLEL_MIN_MACS
+
+
+def geometry(node: Node) -> tuple[int, int, int]:
+    """(HQ, WQ, accumulator block rows) of a conv node's phase planes (``conv2d_direct``'s
+    too)."""
+    (_, _, h, wd), (_, _, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
+    (pt, _, pl, _), out = node.attrs["padding"], node.outputs[0].shape[2:]
+    hq, wq, _ = phases.geometry(
+        h, wd, out, (kh, kw), node.attrs["stride"], (pt, pl), node.attrs["dilation"]
+    )
+    return hq, wq, phases.block_rows(out[0], wq, node.outputs[0].type.itemsize)
+
+
+def scratch_numel(node: Node) -> int:
+    """One slot per thread: phase planes, the taps' slack and an accumulator block."""
+    (sh, sw), kw, dw = node.attrs["stride"], node.inputs[1].shape[3], node.attrs["dilation"][1]
+    hq, wq, rows = geometry(node)
+    slot = sh * sw * hq * wq + (kw - 1) * dw // sw + rows * wq
+    return numba.config.NUMBA_NUM_THREADS * slot
+
+
+def attrs(node: Node) -> list[int]:
+    """conv2d_depthwise's attrs, without the activation kind."""
+    (n, c, h, wd), (_, _, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
+    _, _, oh, ow = node.outputs[0].shape
+    (sh, sw), (pt, _, pl, _) = node.attrs["stride"], node.attrs["padding"]
+    dh, dw = node.attrs["dilation"]
+    return [n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, *geometry(node)]

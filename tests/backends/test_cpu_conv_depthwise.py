@@ -1,0 +1,188 @@
+"""The depthwise conv kernel (``backends/cpu/conv_depthwise.py``) against
+``torch.nn.functional.conv2d(groups=C)``, and the lowering's rule for choosing it.
+
+Cases cover strides 1, 2 and 3 (the contiguous, deinterleaved and general phase copies),
+3x3 (the unrolled nine-tap pass) and other kernel sizes (three taps a pass), rectangular
+kernels, dilation, symmetric, pair, asymmetric and wider-than-kernel padding, batch 1 and 3,
+maps of one and of several accumulator blocks, and layers big enough for the parallel variant.
+Weights and inputs are fresh random data in the tested dtype, outputs NaN-poisoned. The fused
+epilogue (folded eval BatchNorm, ReLU6, residual add) is checked bit for bit against the same
+model compiled without the passes, and against torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import engine
+import graph.functional as F
+import graph.nn as nn
+from backends.cpu import conv_depthwise
+from graph.passes import inference
+from tests.helpers import DTYPES, OP_TOLERANCE, Net, record_steps, rel_error
+
+# (channels, kernel, input HxW, Conv2d kwargs and the batch (default 2))
+CASES = {
+    "s1_3x3": (5, 3, (7, 9), dict(padding=1)),
+    "s1_3x3_batch1_bias": (3, 3, (8, 8), dict(batch=1, padding=1, bias=True)),
+    "s2_3x3_batch3": (4, 3, (9, 8), dict(batch=3, stride=2, padding=1)),
+    "s2_odd_left_pad": (2, 3, (9, 11), dict(stride=2, padding=(0, 3))),
+    "s1_5x5": (3, 5, (9, 11), dict(padding=2)),
+    "s2_5x5": (3, 5, (12, 13), dict(stride=2, padding=2)),
+    "s1_dilation2": (3, 3, (11, 10), dict(padding=2, dilation=2)),
+    "s2_dilation2_batch3": (3, 3, (13, 12), dict(batch=3, stride=2, padding=1, dilation=2)),
+    "s3_rect_3x5": (2, (3, 5), (13, 14), dict(stride=(3, 2), padding=(2, 1))),
+    "s1_2x1_stride_1x3": (3, (2, 1), (7, 10), dict(stride=(1, 3))),
+    "even_same_asymmetric": (4, 4, (7, 9), dict(padding="same")),
+    "valid": (3, 3, (6, 7), {}),
+    "padding_wider_than_kernel": (3, 3, (4, 5), dict(padding=(4, 3))),
+    "several_blocks": (2, 3, (70, 150), dict(batch=1, padding=1)),
+    "several_blocks_s2": (2, 3, (71, 141), dict(stride=2, padding=1)),
+    "parallel_s1": (32, 3, (32, 32), dict(batch=1, padding=1)),
+    "parallel_s2_batch3": (24, 3, (41, 40), dict(batch=3, stride=2, padding=1)),
+}
+
+
+def run_depthwise(rng, dtype, channels, kernel, input_hw, batch=2, bias=False, **kwargs):
+    """``nn.Conv2d(C, C, kernel, groups=C, **kwargs)`` on fresh random data and weights,
+    NaN-poisoned: the input, our output and the parameters as torch tensors."""
+    x = rng.standard_normal((batch, channels, *input_hw)).astype(dtype)
+    model = Net(nn.Conv2d(channels, channels, kernel, groups=channels, bias=bias, **kwargs))
+    exe = engine.compile(model, x.shape[1:], batch=batch, dtype=dtype)
+    params = {}
+    for name, array in exe.params.items():
+        array[...] = rng.standard_normal(array.shape)
+        params[name] = torch.from_numpy(array.copy())
+    exe.poison_buffers()
+    return torch.from_numpy(x), exe.run(x), params
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_matches_torch(case, dtype, rng, monkeypatch):
+    used = record_steps(monkeypatch, [conv_depthwise.conv2d_depthwise])
+    channels, kernel, input_hw, kwargs = CASES[case]
+    x, out, p = run_depthwise(rng, dtype, channels, kernel, input_hw, **kwargs)
+    kwargs.pop("batch", None)
+    kwargs.pop("bias", None)
+    ref = TF.conv2d(x, p["layer.weight"], p.get("layer.bias"), groups=channels, **kwargs)
+    err = rel_error(out, ref.numpy())
+    assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
+    assert [name for name, _ in used] == ["conv2d_depthwise"]
+
+
+@pytest.mark.parametrize("pads", [(0, 2, 3, 1), (2, 0, 0, 1)])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_asymmetric_padding(pads, stride, dtype, rng, monkeypatch):
+    """(top, bottom, left, right) all different, which no Conv2d argument spells: the
+    graph's padding resolution is patched; torch pads explicitly."""
+    monkeypatch.setattr(F, "conv_padding", lambda *args: pads)
+    used = record_steps(monkeypatch, [conv_depthwise.conv2d_depthwise])
+    x, out, p = run_depthwise(rng, dtype, 3, 3, (9, 10), batch=3, stride=stride, padding=1)
+    top, bottom, left, right = pads
+    padded = TF.pad(x, (left, right, top, bottom))
+    ref = TF.conv2d(padded, p["layer.weight"], stride=stride, groups=3).numpy()
+    err = rel_error(out, ref)
+    assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
+    assert [name for name, _ in used] == ["conv2d_depthwise"]
+
+
+# **** the fused epilogue: folded BatchNorm, ReLU6, residual add ****
+
+
+class DepthwiseBlock(nn.Module):
+    """depthwise conv -> eval BatchNorm -> (+ x) -> ReLU6: one conv2d_fused node after the
+    passes (MobileNet v2's depthwise layer; the residual only where the stride is 1)."""
+
+    def __init__(self, channels: int, stride: int, residual: bool, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=bias)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = nn.ReLU6()
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(F.add(y, x) if self.residual else y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "channels,side,stride,residual,bias,batch",
+    [
+        (8, 7, 1, False, False, 1),
+        (8, 7, 1, True, True, 3),
+        (6, 13, 2, False, True, 3),
+        (48, 28, 1, True, False, 1),  # parallel
+        (40, 30, 2, False, False, 1),  # parallel
+    ],
+)
+def test_fused_epilogue_matches_unfused(
+    channels, side, stride, residual, bias, batch, dtype, rng, monkeypatch
+):
+    """The optimised plan (one conv2d_fused node on conv2d_depthwise) equals, bit for bit,
+    the plan with the BatchNorm folded but the add and ReLU6 left to their own kernels (the
+    epilogue's arithmetic is theirs), and within the op tolerance the plan without passes
+    (its batch_norm kernel has its own arithmetic) and torch."""
+    used = record_steps(monkeypatch, [conv_depthwise.conv2d_depthwise])
+    model = DepthwiseBlock(channels, stride, residual, bias)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("running_var"):
+            state[key] = rng.uniform(0.3, 3.0, value.shape)
+        else:
+            state[key] = 2.0 * rng.standard_normal(value.shape)
+    model.load_state_dict({k: np.asarray(v, dtype) for k, v in state.items()})
+    x = rng.standard_normal((batch, channels, side, side)).astype(dtype)
+
+    def run(optimize=True):
+        exe = engine.compile(model, x.shape[1:], batch=batch, dtype=dtype, optimize=optimize)
+        exe.poison_buffers()
+        return exe.run(x), [node.op for node in exe.graph.nodes]
+
+    fused, ops = run()
+    assert ops[-1] == "conv2d_fused"
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "fuse_epilogues", lambda graph: graph)
+        folded, folded_ops = run()
+    assert folded_ops[-1] == "hardtanh"
+    np.testing.assert_array_equal(fused, folded)
+    unoptimized, _ = run(optimize=False)
+    assert rel_error(fused, unoptimized) < OP_TOLERANCE[dtype]
+    assert [name for name, _ in used] == ["conv2d_depthwise"] * 3
+    t = {k: torch.from_numpy(np.asarray(v, dtype)) for k, v in model.state_dict().items()}
+    ref = TF.conv2d(
+        torch.from_numpy(x), t["conv.weight"], t.get("conv.bias"), stride, 1, groups=channels
+    )
+    ref = TF.batch_norm(
+        ref, t["bn.running_mean"], t["bn.running_var"], t["bn.weight"], t["bn.bias"]
+    )
+    ref = TF.relu6(ref + torch.from_numpy(x) if residual else ref).numpy()
+    err = rel_error(fused, ref)
+    assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
+
+
+# **** the lowering's choice ****
+
+
+@pytest.mark.parametrize(
+    "cin,cout,groups,expected",
+    [
+        (8, 8, 8, True),  # depthwise
+        (8, 16, 8, False),  # a channel multiplier: conv2d_direct
+        (8, 8, 4, False),  # grouped, 2 channels a group
+        (8, 8, 1, False),  # dense
+    ],
+)
+def test_lowering_takes_conv2d_depthwise_only_for_depthwise(
+    cin, cout, groups, expected, monkeypatch
+):
+    used = record_steps(monkeypatch, [conv_depthwise.conv2d_depthwise])
+    model = Net(nn.Conv2d(cin, cout, 3, padding=1, groups=groups))
+    engine.compile(model, (cin, 9, 9), batch=1)
+    assert bool(used) == expected
