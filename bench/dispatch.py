@@ -18,6 +18,7 @@ import torch
 from numba import cfunc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from backends.cpu._runtime import Runner  # noqa: E402
 from common import environment_line, median_time, print_table  # noqa: E402
 

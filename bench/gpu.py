@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import median_time, print_table  # noqa: E402
 from torch_graph import TorchGraph  # noqa: E402
 
