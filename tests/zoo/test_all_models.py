@@ -23,7 +23,9 @@ REDUCED = {
 }  # fmt: skip
 # Models whose 3-step descent needs another learning rate than 1e-3 (LeCun 1998's fixed RBF
 # output has large logits; margin loss for CapsNet is trained with Adam below).
-LEARNING_RATE = {"lenet5_1998": 1e-4}
+# The plain 56-layer net is the degradation example: at 1e-3 with momentum its loss oscillates
+# within 0.03 of the first step's, so a rounding-level change (a GEMV for a GEMM) flips the test.
+LEARNING_RATE = {"lenet5_1998": 1e-4, "resnet56_plain_cifar": 3e-4}
 
 
 def _input(name: str) -> tuple[int, int, int]:
