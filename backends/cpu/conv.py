@@ -14,10 +14,10 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
 
 - ``conv2d_shifted`` (stride 1, not pointwise, maps of SHIFTED_MIN_PIXELS pixels or more): no
   im2col. The image is copied once into a zero-bordered buffer of row length Wp = W + PL + PR;
-  on the "wide" output grid OH x Wp, tap
-  (ki, kj) reads the padded image shifted by ``ki*DH*Wp + kj*DW`` elements, so the conv is a sum
-  of KH*KW GEMMs ``W[:, :, ki, kj] [OC/g, C/g] @ shifted image [C/g, band of wide pixels]``
-  whose B operand is a strided view of the padded image (leading dimension: the padded plane).
+  on the "wide" output grid OH x Wp, tap (ki, kj) reads the padded image shifted by
+  ``ki*DH*Wp + kj*DW`` elements, so the conv is a sum of KH*KW GEMMs
+  ``W[:, :, ki, kj] [OC/g, C/g] @ shifted image [C/g, band of wide pixels]`` whose B operand
+  is a strided view of the padded image (leading dimension: the padded plane).
   Columns ox >= OW of the wide grid are garbage and dropped when the band is copied out (with
   the bias). Each task is one band of output rows of one group.
 - ``conv2d_gemm`` (strided, or small feature maps): the output pixels of each (image, group)
@@ -53,10 +53,10 @@ Buffers: conv2d_small/conv2d_shifted/conv2d_gemm/conv2d_direct/conv2d_depthwise(
 affine, residual, consts, y, scratch), linear(x, w, bias, affine, residual, consts, y): absent
 epilogue parts are empty.
 Attrs: [N, C, H, W, OC, OH, OW, KH, KW] then shifted [PT, PB, PL, PR, DH, DW, groups, band],
-gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block, images, threads], direct [SH, SW, PT,
-PL, DH, DW, groups, HQ, WQ, block rows], small [PT, PB, PL, PR, DH, DW, groups, band]; linear [N,
-in_features, out_features, block]; each then the epilogue's activation kind (depthwise: its
-own, ``conv_depthwise.py``).
+gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block, images, threads, part rows], direct
+[SH, SW, PT, PL, DH, DW, groups, HQ, WQ, block rows], small [PT, PB, PL, PR, DH, DW, groups,
+band]; linear [N, in_features, out_features, block]; each then the epilogue's activation kind
+(depthwise: its own, ``conv_depthwise.py``).
 """
 
 from __future__ import annotations
@@ -450,11 +450,18 @@ def rows_and_block(node: Node) -> tuple[int, int]:
     rows, ohw, threads = cg * kh * kw, oh * ow, numba.config.NUMBA_NUM_THREADS
     if images_per_task(node) > 1:
         return rows, ohw
-    target = max(MIN_GEMM_COLUMNS, BLOCK_BYTES // (rows * node.outputs[0].type.itemsize))
-    blocks = -(-ohw // target)
+    blocks = _pixel_blocks(node)
     blocks = -(-blocks // threads) * threads if blocks > 1 or node.inputs[0].shape[0] == 1 else 1
-    block = -(-ohw // blocks)
-    return rows, min(ohw, -(-block // 16) * 16)
+    return rows, min(ohw, _round_up(-(-ohw // blocks), 16))
+
+
+def _pixel_blocks(node: Node) -> int:
+    """The fewest blocks of an image's output pixels whose im2col columns stay within
+    BLOCK_BYTES, none narrower than MIN_GEMM_COLUMNS."""
+    _, cg, kh, kw = node.inputs[1].shape
+    _, _, oh, ow = node.outputs[0].shape
+    itemsize = node.outputs[0].type.itemsize
+    return -(-oh * ow // max(MIN_GEMM_COLUMNS, BLOCK_BYTES // (cg * kh * kw * itemsize)))
 
 
 def gemm_split(node: Node) -> tuple[int, int]:
@@ -464,15 +471,13 @@ def gemm_split(node: Node) -> tuple[int, int]:
     two threads); where the tasks do not split evenly over the threads and such blocks would be
     narrower than MIN_GEMM_COLUMNS, the output channels are cut in parts instead (two halves of
     512 rows: 510 us), each part's GEMM reading the block's im2col columns, made once."""
-    _, cg, kh, kw = node.inputs[1].shape
     n, oc, oh, ow = node.outputs[0].shape
     groups, threads = node.attrs["groups"], numba.config.NUMBA_NUM_THREADS
-    ocg, ohw, rows = oc // groups, oh * ow, cg * kh * kw
+    ocg, ohw = oc // groups, oh * ow
     _, block = rows_and_block(node)
     if images_per_task(node) > 1:
         return block, ocg
-    target = max(MIN_GEMM_COLUMNS, BLOCK_BYTES // (rows * node.outputs[0].type.itemsize))
-    blocks = -(-ohw // target)
+    blocks = _pixel_blocks(node)
     tasks, balanced = n * groups * blocks, -(-blocks // threads) * threads
     parts = threads // math.gcd(tasks, threads)
     part_rows = _round_up(-(-ocg // parts), 16)

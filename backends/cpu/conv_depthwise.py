@@ -45,7 +45,8 @@ from graph.ir import Node
 PARALLEL_MIN_MACS = 1 << 16
 
 # ``finish_channel`` itself (the same function, so the same arithmetic), inlined: as a call it
-# cost a fifth of a 960-channel 7x7 layer (163 -> 130 us, one thread).
+# cost a fifth of a 960-channel 7x7 layer (163 -> 130 us, one thread). Its constants are
+# never an empty buffer (``epilogue_buffers``): inlined, their reads are hoisted.
 _finish_channel = njit(inline="always", cache=True)(finish_channel.py_func)
 
 
@@ -57,11 +58,6 @@ def conv2d_depthwise(x, w, b, affine, res, consts, y, scratch, a):
     slot = plane + slack + rows * wq
     shifts = phases.taps(kh, kw, dh, dw, sh, sw, hq, wq)
     fresh = np.ones(scratch.shape[0] // slot, np.bool_)
-    # the activation's constants, never an empty buffer: Numba hoists the inlined epilogue's
-    # consts[0..2] out of the parallel loop, and without an activation consts is a null
-    # pointer (a segfault)
-    activation = np.zeros(3, y.dtype)
-    activation[: consts.shape[0]] = consts
     for p in prange(n * c):
         o, tid = p % c, get_thread_id()
         at = tid * slot
@@ -80,7 +76,7 @@ def conv2d_depthwise(x, w, b, affine, res, consts, y, scratch, a):
             out = p * ohw + oy0 * ow
             run = y[out : out + count * ow]
             phases.unwiden(run, block, count, ow, wq)
-            _finish_channel(run, o, b, affine, res[out : out + count * ow], kind, activation)
+            _finish_channel(run, o, b, affine, res[out : out + count * ow], kind, consts)
     return 0
 
 

@@ -74,6 +74,9 @@ def epilogue_buffers(node: Node, io: NodeIO) -> tuple[list[tuple[int, int]], int
     tensors = {part: io.input(2 + i) for i, part in enumerate(epilogue_inputs(epilogue))}
     activation = activation_of(epilogue)
     kind = unary_kind(activation, node.attrs) if activation else COPY
-    consts = activation_consts(node.attrs, io) if activation else io.empty()
+    # three constants even without an activation: where the epilogue is inlined into a
+    # parallel loop (conv_depthwise.py), Numba hoists its reads of consts[0..2] out of the loop
+    # and of the ``kind`` test, so an empty (null) buffer would be read
+    consts = activation_consts(node.attrs, io) if activation else io.const([0.0, 0.0, 0.0])
     parts = [tensors.get(part, io.empty()) for part in EPILOGUE_PARTS]
     return [*parts, consts], kind

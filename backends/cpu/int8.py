@@ -15,9 +15,8 @@ Algorithm, per layer:
    uint32 words, runs of OW words at stride 1, into VNNI's layout ``cols [KP/4, block, 4]``.
 4. Tiles of 8 output channels x 32 pixels: ``dot_tile`` keeps 16 zmm accumulators of 16
    int32 and for each 4 taps loads 2 x 64 bytes of columns, broadcasts 4 bytes of each
-   channel's weights and issues 16 ``vpdpbusd`` (tiles of 4 channels: ResNet-18
-   CIFAR at batch 32 in 69.3 ms, against 67.1).
-   The shift is undone exactly with the row sums:
+   channel's weights and issues 16 ``vpdpbusd`` (tiles of 4 channels: ResNet-18 CIFAR at
+   batch 32 in 69.3 ms, against 67.1). The shift is undone exactly with the row sums:
    ``sum (xq + 128) wq = acc - 128 * sum wq`` (|acc| < 2^31 while K < 66000). Then
    ``y = float32(acc) * float32(input_scale * sw[o])``: in registers (``dot_tile_scaled``)
    for whole tiles whose rows are contiguous in y (OH*OW a multiple of 32), else through an
@@ -78,7 +77,7 @@ def _splat(builder, value, vector):
 
 def _tile_sums(context, builder, signature, args) -> list:
     """The VNNI loop of one 8 x 32 tile (arguments cols, cols_at, block, wq, w_at, kp come
-    first): the 8 <16 x i32> sums, channel-major, 16 pixels each."""
+    first): the 2 * TILE_CHANNELS <16 x i32> sums, channel-major, 16 pixels each."""
     cols, cols_at, block, wq, w_at, kp = (
         _argument(context, builder, signature, args, i) for i in range(6)
     )
