@@ -241,15 +241,18 @@ def _write(pattern, opset: int, path, rng) -> None:
     b.save(pattern(b, "x"), path)
 
 
-def _assert_like_onnx_runtime(path, rng, shape=INPUT, scale: float = 3.0, oracle=None):
+def _assert_like_onnx_runtime(
+    path, rng, shape=INPUT, scale: float = 3.0, oracle=None, tolerance: float = 1e-5
+):
     """Imported and compiled for the file's batch, run on a random batch times ``scale``;
-    ONNX Runtime runs ``oracle`` (default: the file itself)."""
+    ONNX Runtime runs ``oracle`` (default: the file itself). ``tolerance`` is DESIGN's: 1e-5
+    for a few ops, 1e-4 for whole networks."""
     model = engine.import_onnx(path)
     exe = engine.compile(model, model.input_shape, batch=model.batch)
     exe.poison_buffers()
     x = (scale * rng.standard_normal((model.batch, *shape))).astype(np.float32)
     err = rel_error(exe.run(x), _onnx_runtime(oracle or path, x))
-    assert err < 1e-5, f"relative error {err:.2e} against ONNX Runtime"
+    assert err < tolerance, f"relative error {err:.2e} against ONNX Runtime"
     return model
 
 
@@ -384,10 +387,15 @@ def bvlc_googlenet(b: Builder, x: str) -> str:
     "network,side", [(bvlc_alexnet, 227), (bvlc_googlenet, 56)], ids=["alexnet", "googlenet"]
 )
 def test_classic_network_from_the_model_zoo_era(network, side, opset, tmp_path, rng):
-    """Written for a batch of 1 as the model zoo's files are, trained at a batch of 2."""
+    """Written for a batch of 1 as the model zoo's files are, trained at a batch of 2. Whole
+    networks get DESIGN's 1e-4: two float32 engines each within 1e-5 of the float64 answer can
+    differ by more than 1e-5 (GoogLeNet, seed 2282938435: ours 4.0e-6 and ONNX Runtime 6.9e-6
+    from our float64 plan, 1.09e-5 apart)."""
     b = Builder(opset, rng)
     b.save(network(b, "x"), tmp_path / "net.onnx", (3, side, side), batch=1)
-    model = _assert_like_onnx_runtime(tmp_path / "net.onnx", rng, (3, side, side), 1.0)
+    model = _assert_like_onnx_runtime(
+        tmp_path / "net.onnx", rng, (3, side, side), 1.0, tolerance=1e-4
+    )
     trainer = engine.compile(model, (3, side, side), batch=2, train=True, optimizer=SGD(0.01))
     x = rng.standard_normal((2, 3, side, side)).astype(np.float32)
     assert np.isfinite(trainer.train_step(x, np.array([1, 7])))
