@@ -89,6 +89,12 @@ GEMV_MAX_ROWS = 8
 # is too narrow for the shifted GEMMs, and im2col's one GEMM can be cut by output channels
 # (``gemm_split``; 512 -> 512 3x3 on 7x7 at batch 1: 5.6 ms shifted, 1.9 ms im2col).
 SHIFTED_MIN_PIXELS = MIN_GEMM_COLUMNS
+# Fewest input channels per group for the shifted GEMM: each tap's GEMM has K = C/g, and with
+# fewer its KH*KW passes over the output cost more than im2col's one GEMM of K = C/g*KH*KW
+# (kernel times, 2 threads, shifted against im2col: a CIFAR ResNet's 3->64 3x3 stem at batch
+# 64, 8.7 against 2.6 ms; 8->32 3x3 on 32x32 at batch 64, 5.8 against 3.5; 12->32, 1.55
+# against 1.32; 16->32 5x5, 4.2 against 4.6; 64->64 5x5 on 56x56 at batch 1, 3.3 against 7.7).
+SHIFTED_MIN_CHANNELS = 16
 # Fewest output channels in one part when a GEMM is cut by output channels (``gemm_split``).
 MIN_PART_ROWS = 32
 # Below this many output channels per group, a GEMM's M dimension is too thin for BLAS.
@@ -498,10 +504,12 @@ def images_per_task(node: Node) -> int:
 
 
 def _is_shifted(node: Node) -> bool:
-    """Stride-1 convs on maps of at least SHIFTED_MIN_PIXELS pixels."""
+    """Stride-1 convs on maps of at least SHIFTED_MIN_PIXELS pixels, with at least
+    SHIFTED_MIN_CHANNELS input channels per group."""
     _, _, oh, ow = node.outputs[0].shape
     stride_1 = node.attrs["stride"] == (1, 1)
-    return stride_1 and not is_pointwise(node) and oh * ow >= SHIFTED_MIN_PIXELS
+    deep = node.inputs[1].shape[1] >= SHIFTED_MIN_CHANNELS
+    return stride_1 and deep and not is_pointwise(node) and oh * ow >= SHIFTED_MIN_PIXELS
 
 
 def _band(node: Node) -> int:

@@ -131,6 +131,7 @@ def conv_algorithm(request, monkeypatch):
     gemm = request.param != "direct"
     shifted_min_pixels = 0 if request.param == "shifted" else 1 << 62
     monkeypatch.setattr(cpu_conv, "SHIFTED_MIN_PIXELS", shifted_min_pixels)
+    monkeypatch.setattr(cpu_conv, "SHIFTED_MIN_CHANNELS", 0 if request.param == "shifted" else 1)
     monkeypatch.setattr(cpu_conv, "SMALL_MAX_MACS", 0)
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_CHANNELS", 0 if gemm else 1 << 30)
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0 if gemm else 1 << 62)
