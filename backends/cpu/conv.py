@@ -12,9 +12,10 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   GEMM takes: one serial pass, no parallel region and no BLAS call, on the wide grid below with
   4 output channels x 3 taps per vectorised loop (8->8 3x3 on 8x8: 1.8 us against 7.3).
 
-- ``conv2d_shifted`` (stride 1, not pointwise, maps of SHIFTED_MIN_PIXELS pixels or more): no
-  im2col. The image is copied once into a zero-bordered buffer of row length Wp = W + PL + PR;
-  on the "wide" output grid OH x Wp, tap (ki, kj) reads the padded image shifted by
+- ``conv2d_shifted`` (stride 1, not pointwise, maps of SHIFTED_MIN_PIXELS pixels or more,
+  SHIFTED_MIN_CHANNELS input channels per group or more): no im2col. The image is copied
+  once into a zero-bordered buffer of row length Wp = W + PL + PR; on the "wide" output grid
+  OH x Wp, tap (ki, kj) reads the padded image shifted by
   ``ki*DH*Wp + kj*DW`` elements, so the conv is a sum of KH*KW GEMMs
   ``W[:, :, ki, kj] [OC/g, C/g] @ shifted image [C/g, band of wide pixels]`` whose B operand
   is a strided view of the padded image (leading dimension: the padded plane).
