@@ -22,8 +22,9 @@
   lottery tickets (``engine/cli_compress.py``); ``eval`` and ``summary`` also read a ``.cfz``.
 - ``convforge landscape|consistency|features|plot|report ...`` and ``memory --plot``: pictures
   and numbers from inside a model and a run (``engine/cli_analysis.py``).
-- ``convforge warmup``: compile every CPU kernel variant into Numba's on-disk cache, so the
-  first real compile in later processes loads in a fraction of a second.
+- ``convforge warmup``: compile every CPU kernel variant (and the other Numba functions: the
+  ``.cfz`` coders, the augmentation kernels) into Numba's on-disk cache, so the first real
+  compile in later processes loads in a fraction of a second.
 
 A user's mistake (a missing dataset, an unknown model, a bad flag value, a missing or corrupt
 checkpoint, an unwritable output folder) ends the command with one line on stderr and exit

@@ -16,6 +16,11 @@ pool of worker processes, one task per variant, with a progress bar:
   between them.
 - The most expensive variants go first (parallel before serial, longest kernel source first), so
   the last tasks are short and the cores finish together.
+- Numba functions outside the plans' kernels (the ``.cfz`` coders of ``graph/compress`` and the
+  augmentation kernels of ``engine/augment.py``, ``HELPERS_VARIANT``) are compiled by running
+  their public paths once on tiny inputs: those paths convert every argument to fixed types, so
+  the signatures compiled are the ones a real ``convforge compress`` or ``train --augment``
+  asks for (each took 2-20 s on first use before).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from tqdm import tqdm
 Variant = tuple[int, str, bool, tuple[int, ...] | None]  # (kernel index, dtype, parallel, sources)
 # The int8 conv/linear step (backends/cpu/int8.py: mixed dtypes, so not a ``Kernel``).
 INT8_VARIANT: Variant = (-1, "float32", True, None)
+# The Numba functions outside the kernels (``compile_helpers``).
+HELPERS_VARIANT: Variant = (-2, "float32", True, None)
 
 
 def variants() -> list[Variant]:
@@ -51,7 +58,7 @@ def variants() -> list[Variant]:
                     found.append((index, dtype, False, sources))
     size = [len(inspect.getsource(k.func)) for k in KERNELS]
     found = sorted(found, key=lambda v: (not v[2], -size[v[0]]))  # stable: dtypes stay in order
-    return [INT8_VARIANT, *found]
+    return [INT8_VARIANT, HELPERS_VARIANT, *found]
 
 
 def compile_variant(variant: Variant) -> None:
@@ -63,8 +70,30 @@ def compile_variant(variant: Variant) -> None:
 
         int8.step_function()
         return
+    if variant == HELPERS_VARIANT:
+        compile_helpers()
+        return
     index, dtype, parallel, sources = variant
     KERNELS[index].shim(dtype, parallel, sources)
+
+
+def compile_helpers() -> None:
+    """Round-trip one tiny pruned, shared layer through a Huffman-coded ``.cfz`` and augment a
+    tiny batch with every transform on."""
+    import numpy as np
+
+    from engine.augment import Augment
+    from graph.compress import cfz
+    from graph.compress.kmeans import SharedWeights
+
+    mask = np.array([[True, False], [True, True]])
+    layer = SharedWeights((2, 2), mask, np.array([1, 2, 1]), np.array([0.0, 0.5, -0.5, 1.0]), 2)
+    cfz.unpack(cfz.pack({"w": layer}, {}, {}, {"w": 2})[0])
+    every = Augment(
+        crop=1, flip=True, rotate=10.0, scale=(0.9, 1.1), translate=0.1, elastic=(1.0, 2.0),
+        jitter=(0.1, 0.1, 0.1),
+    )  # fmt: skip
+    every(np.zeros((2, 3, 8, 8), np.float32))
 
 
 def warmup(jobs: int | None = None, progress: bool = True) -> tuple[int, float]:

@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 from backends.cpu.kernels import KERNELS
-from engine.warmup import INT8_VARIANT, variants
+from engine.warmup import HELPERS_VARIANT, INT8_VARIANT, variants
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -22,12 +22,48 @@ def test_variants_cover_every_kernel_once_parallel_first():
     found = variants()
     assert len(set(found)) == len(found)
     assert INT8_VARIANT in found  # backends/cpu/int8.py's step
+    assert HELPERS_VARIANT in found  # compression's coders, augmentation
     for index in range(len(KERNELS)):
         for dtype in ("float32", "float64"):
             for parallel in (False, True):
                 assert (index, dtype, parallel, None) in found
     parallel = [v[2] for v in found]
     assert parallel == sorted(parallel, reverse=True)  # the expensive ones are handed out first
+
+
+def test_helpers_variant_compiles_every_numba_function_outside_the_kernels():
+    """In a fresh process: after the helpers variant, every Numba function of ``engine`` and
+    ``graph`` (but those always inlined into their callers) has a compiled signature, so a new
+    one that warmup does not reach fails here."""
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil
+        import engine, graph
+        from numba.core.registry import CPUDispatcher
+        from engine.warmup import HELPERS_VARIANT, compile_variant
+
+        compile_variant(HELPERS_VARIANT)
+        found, cold = 0, []
+        for package in (engine, graph):
+            for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+                module = importlib.import_module(info.name)
+                for name, value in vars(module).items():
+                    if not isinstance(value, CPUDispatcher) or value.__module__ != info.name:
+                        continue
+                    if value.targetoptions.get("inline") == "always":
+                        continue
+                    found += 1
+                    if not value.signatures:
+                        cold.append(info.name + "." + name)
+        print(found, cold)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    found, cold = result.stdout.strip().split(" ", 1)
+    assert int(found) >= 8 and cold == "[]", result.stdout
 
 
 def test_worker_cache_loads_and_saves_hold_the_lock(tmp_path):
