@@ -14,13 +14,15 @@ its own ``load_state_dict`` re-packs them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from backends import get_backend
-from engine.compiler import plan_graph
+from engine.compiler import CompileOptions, plan_graph
 from engine.executable import Executable, build_plan
 from graph.compress.quantize import activation_scale, quantizable_inputs, quantize_graph
+from graph.ir import Graph
 
 
 def calibrate(exe: Executable, batches: Iterable[np.ndarray]) -> dict[str, float]:
@@ -63,6 +65,42 @@ def quantize(
     Returns:
         An inference-only ``Executable`` running conv and linear layers with int8 kernels.
     """
+    _check_float_cpu(exe)
+    unknown = sorted(set(skip) - set(quantizable_inputs(exe.graph)))
+    if unknown:
+        raise ValueError(f"quantize skip names {unknown}, which are not conv or linear layers")
+    scales = {k: v for k, v in calibrate(exe, calibration).items() if k not in skip}
+    return quantize_with_scales(exe, scales)
+
+
+def quantize_with_scales(exe: Executable, scales: Mapping[str, float]) -> QuantizedExecutable:
+    """``exe``'s int8 executable for activation scales already calibrated (layer name ->
+    scale of its input; layers left out stay float32): what ``quantize`` builds after
+    calibrating, and what ``engine.load`` rebuilds a saved int8 model with.
+
+    Raises:
+        ValueError: a scale names no conv or linear layer, or is not positive and finite.
+    """
+    _check_float_cpu(exe)
+    unknown = sorted(set(scales) - set(quantizable_inputs(exe.graph)))
+    if unknown:
+        raise ValueError(f"int8 scales name {unknown}, which are not conv or linear layers")
+    bad = sorted(name for name, scale in scales.items() if not 0 < float(scale) < np.inf)
+    if bad:
+        raise ValueError(f"int8 scales of {bad} are not positive and finite")
+    graph = quantize_graph(exe.graph, dict(scales))
+    device = get_backend("cpu")
+    params = exe.params
+    storage = {v.name: device.from_host(params[v.name]) for v in graph.params}
+    for value in graph.inputs + graph.outputs:
+        storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
+    plan = build_plan(graph, device, storage, plan_graph(graph, device))
+    extra_state = {k: v.copy() for k, v in exe.extra_state.items()}
+    source = Calibrated(exe.traced_graph, exe.options.for_inference(), dict(scales))
+    return QuantizedExecutable(plan, None, storage, extra_state, None, source=source)
+
+
+def _check_float_cpu(exe: Executable) -> None:
     backend = exe.options.backend if exe.options is not None else None
     if backend != "cpu":
         raise ValueError(
@@ -71,25 +109,38 @@ def quantize(
         )
     if exe.dtype != np.float32:
         raise ValueError(f"quantize needs a float32 executable, but got {exe.dtype}")
-    unknown = sorted(set(skip) - set(quantizable_inputs(exe.graph)))
-    if unknown:
-        raise ValueError(f"quantize skip names {unknown}, which are not conv or linear layers")
-    scales = {k: v for k, v in calibrate(exe, calibration).items() if k not in skip}
-    graph = quantize_graph(exe.graph, scales)
-    device = get_backend("cpu")
-    params = exe.params
-    storage = {v.name: device.from_host(params[v.name]) for v in graph.params}
-    for value in graph.inputs + graph.outputs:
-        storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
-    plan = build_plan(graph, device, storage, plan_graph(graph, device))
-    extra_state = {k: v.copy() for k, v in exe.extra_state.items()}
-    return QuantizedExecutable(plan, None, storage, extra_state, None)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What an int8 executable was built from, so that ``engine.save`` can store it and
+    ``engine.load`` rebuild it: the float model's traced graph and inference options, and the
+    activation scales."""
+
+    traced_graph: Graph | None
+    options: CompileOptions
+    scales: dict[str, float]
 
 
 class QuantizedExecutable(Executable):
     """An int8 inference executable: its kernels pack the int8 weights once, on the plan's
     first run (``backends/cpu/int8.py``), so new weights get a freshly lowered plan. Load
-    weights with ``load_state_dict``: writing into ``params`` does not re-pack them."""
+    weights with ``load_state_dict``: writing into ``params`` does not re-pack them.
+    ``engine.save`` stores it (the float graph, weights and scales) and ``clone`` copies it."""
+
+    def __init__(self, *args, source: Calibrated, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = source
+
+    def clone(self) -> QuantizedExecutable:
+        """Another int8 executable sharing this one's weights, with its own buffers, lock and
+        plan (which packs its own int8 weights on its first run), as ``Executable.clone``."""
+        device = get_backend("cpu")
+        storage = {v.name: self._storage[v.name] for v in self.graph.params}
+        for value in self.graph.inputs + self.graph.outputs:
+            storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
+        plan = build_plan(self.graph, device, storage, self._inference.memory)
+        return QuantizedExecutable(plan, None, storage, self._extra_state, None, source=self.source)
 
     def set_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
         super().set_tensors(tensors)

@@ -7,7 +7,9 @@ naming the file and the fault. Its tensors are ``state_dict()`` (parameters, sta
 ``num_batches_tracked``), the optimizer slots (``optimizer.<param>.<slot>``) and the dropout
 ``[seed, step]`` vector. Its metadata holds one entry, ``"saved_model"``:
 
-- ``version``: ``FORMAT_VERSION``; a file from a newer ConvForge is refused by name;
+- ``version``: the oldest format that reads the file: 1, or 2 for an int8 model (``int8``
+  below), so that a ConvForge that cannot rebuild it refuses it by name instead of loading the
+  float model; a file from a newer ConvForge is refused by name;
 - ``graph``: the traced forward graph (``graph_to_json``): values no node produces, in graph
   order, as ``[name, shape, dtype, role]`` (the roles give ``graph.inputs`` and
   ``graph.params`` back in order, as ``Graph.add_value`` builds them); nodes in order as
@@ -16,7 +18,10 @@ naming the file and the fault. Its tensors are ``state_dict()`` (parameters, sta
 - ``optimizer``: null, or its class in ``engine.optim``, its constructor arguments and its
   ``state_dict()`` (learning rate, step count);
 - ``training``: whether the executable was in training mode;
-- ``extra_state``: the names of the non-float buffers, in ``state_dict()`` order.
+- ``extra_state``: the names of the non-float buffers, in ``state_dict()`` order;
+- ``int8`` (an executable of ``engine.quantize``): the activation scales by layer. The graph
+  and options are then those of the float model it was quantised from, and ``load`` compiles
+  that model and quantises it again with the same scales: the same int8 executable.
 
 ``load`` rebuilds the executable with ``compile_graph`` from that graph, those weights and those
 options, so its plans, outputs (bit for bit), ``graph`` listing and ``train_step`` continue
@@ -46,7 +51,8 @@ from graph.autodiff import DROPOUT_RNG
 from graph.ir import Graph, TensorType
 from graph.ops import OPS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INT8_FORMAT_VERSION = 2  # files with int8 scales; float models are still written as version 1
 _ATTR_TYPES = (bool, int, float, str, type(None))
 
 # **** Save ****
@@ -60,16 +66,21 @@ def save(exe: Executable, path: str | os.PathLike[str]) -> None:
         ValueError: ``exe`` was not built by ``engine.compile`` (it has no traced graph).
         TypeError: a node attribute or the optimizer cannot be stored as JSON.
     """
-    if exe.traced_graph is None or exe.options is None:
+    source = getattr(exe, "source", None)  # an int8 executable: what it was quantised from
+    traced_graph = source.traced_graph if source is not None else exe.traced_graph
+    options = source.options if source is not None else exe.options
+    if traced_graph is None or options is None:
         raise ValueError("engine.save needs an executable built by engine.compile")
     saved = {
-        "version": FORMAT_VERSION,
-        "graph": graph_to_json(exe.traced_graph),
-        "options": dataclasses.asdict(exe.options),
+        "version": 1 if source is None else INT8_FORMAT_VERSION,
+        "graph": graph_to_json(traced_graph),
+        "options": dataclasses.asdict(options),
         "optimizer": _optimizer_to_json(exe.optimizer),
         "training": exe.training,
         "extra_state": list(exe.extra_state),
     }
+    if source is not None:
+        saved["int8"] = {name: float(scale) for name, scale in source.scales.items()}
     tensors = {**exe.state_dict(), **exe.optimizer_state, **exe.rng_state}
     save_checkpoint(path, tensors, {"saved_model": saved})
 
@@ -183,6 +194,8 @@ def _load_saved(
         exe = compile_graph(graph, weights, options, optimizer)
     except ValueError as error:
         raise ValueError(f"{path}: the saved weights do not fit the saved graph: {error}") from None
+    if "int8" in saved:
+        return _quantized(path, exe, saved["int8"])
     expected = {**exe.optimizer_state, **exe.rng_state}
     wrong = sorted(
         name
@@ -195,6 +208,20 @@ def _load_saved(
     if optimizer is not None:
         optimizer.load_state_dict(saved["optimizer"]["state"])
     return exe.train(training)
+
+
+def _quantized(path: str | os.PathLike[str], exe: Executable, scales: Any) -> Executable:
+    """The int8 executable of the float ``exe`` with the saved activation scales."""
+    from engine.quantize import quantize_with_scales
+
+    if not isinstance(scales, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales.values()
+    ):
+        raise ValueError(f"{path}: invalid saved model: int8 scales must map layers to numbers")
+    try:
+        return quantize_with_scales(exe, scales)
+    except ValueError as error:
+        raise ValueError(f"{path}: invalid saved int8 model: {error}") from None
 
 
 def _split_tensors(

@@ -16,6 +16,7 @@ import pytest
 
 import engine
 from backends.cpu import int8
+from engine.checkpoint import load_checkpoint, save_checkpoint
 from graph import nn
 from graph.compress.quantize import activation_scale, quantize_graph
 from tests.helpers import rel_error
@@ -238,6 +239,49 @@ def test_quantized_model_is_close_to_float_and_owns_its_weights():
     np.testing.assert_array_equal(q.run(x), before)
     q.load_state_dict(state)
     assert rel_error(q.run(x), exe.run(x)) < 3e-2
+
+
+def test_int8_model_saves_loads_and_clones_to_the_same_outputs(tmp_path):
+    """``engine.save`` stores the float graph, the weights (here loaded after quantising) and
+    the scales; ``engine.load`` quantises again: the same int8 executable, bit for bit, in a
+    file an older ConvForge refuses (format version 2). A clone runs the same."""
+    rng = np.random.default_rng(5)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 5),
+    )  # fmt: skip
+    exe = engine.compile(model, (3, 6, 6), batch=4)
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    q = engine.quantize(exe, [x], skip=["4"])
+    state = q.state_dict()
+    state["0.weight"] = rng.standard_normal(state["0.weight"].shape).astype(np.float32)
+    q.load_state_dict(state)
+    expected = q.run(x)
+    engine.save(q, tmp_path / "int8.cfx")
+    loaded = engine.load(tmp_path / "int8.cfx")
+    assert isinstance(loaded, type(q)) and loaded.source.scales == q.source.scales
+    assert {n.op for n in loaded.graph.nodes} == {n.op for n in q.graph.nodes}
+    loaded.poison_buffers()
+    np.testing.assert_array_equal(loaded.run(x), expected)
+    assert load_checkpoint(tmp_path / "int8.cfx")[1]["saved_model"]["version"] == 2
+    twin = q.clone()
+    twin.poison_buffers()
+    np.testing.assert_array_equal(twin.run(x), expected)
+
+
+@pytest.mark.parametrize(
+    "scales, message",
+    [({"nope": 0.1}, "'nope'.* not conv or linear"), ({"0": -1.0}, "not positive and finite"),
+     ({"0": "big"}, "map layers to numbers")],
+)  # fmt: skip
+def test_saved_int8_model_with_bad_scales_is_a_clear_error(scales, message, tmp_path):
+    exe = engine.compile(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), (1, 5, 5), batch=1)
+    engine.save(engine.quantize(exe, [np.ones((1, 1, 5, 5), np.float32)]), tmp_path / "q.cfx")
+    tensors, metadata = load_checkpoint(tmp_path / "q.cfx")
+    metadata["saved_model"]["int8"] = scales
+    save_checkpoint(tmp_path / "bad.cfx", tensors, metadata)
+    with pytest.raises(ValueError, match=f"bad.cfx: invalid saved .*{message}"):
+        engine.load(tmp_path / "bad.cfx")
 
 
 # **** VNNI ****

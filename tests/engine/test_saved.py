@@ -21,7 +21,7 @@ import zoo
 from engine import checkpoint
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.optim import SGD, Adam
-from engine.saved import graph_from_json, graph_to_json
+from engine.saved import FORMAT_VERSION, graph_from_json, graph_to_json
 from engine.train import save_training_checkpoint
 from graph.trace import trace
 
@@ -257,8 +257,9 @@ def _rewrite(path: pathlib.Path, edit) -> None:
 
 def test_newer_format_version(saved):
     path, _ = saved
-    _rewrite(path, lambda model: model.update(version=2))
-    with pytest.raises(ValueError, match=r"model\.cf: saved by a newer ConvForge .*version 2"):
+    _rewrite(path, lambda model: model.update(version=FORMAT_VERSION + 1))
+    newer = rf"model\.cf: saved by a newer ConvForge .*version {FORMAT_VERSION + 1}"
+    with pytest.raises(ValueError, match=newer):
         engine.load(path)
 
 
