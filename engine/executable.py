@@ -108,6 +108,17 @@ class Plan:
         return raw.view(value.type.dtype).reshape(value.shape)
 
 
+def inference_storage(
+    graph: Graph, device: Backend, params: Mapping[str, Buffer]
+) -> dict[str, Buffer]:
+    """The persistent buffers of another inference plan of ``graph``: the parameter and state
+    buffers given in ``params`` (shared, not copied) and fresh input and output buffers."""
+    storage = {v.name: params[v.name] for v in graph.params}
+    for value in graph.inputs + graph.outputs:
+        storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
+    return storage
+
+
 def build_plan(
     graph: Graph, device: Backend, storage: dict[str, Buffer], memory: MemoryPlan
 ) -> Plan:
@@ -364,9 +375,7 @@ class Executable:
         if self.options is None:
             raise RuntimeError("clone needs an executable built by engine.compile")
         device = get_backend(self.options.backend)
-        storage = {v.name: self._storage[v.name] for v in self.graph.params}
-        for value in self.graph.inputs + self.graph.outputs:
-            storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
+        storage = inference_storage(self.graph, device, self._storage)
         plan = build_plan(self.graph, device, storage, self._inference.memory)
         return Executable(
             plan,

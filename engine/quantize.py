@@ -20,7 +20,7 @@ import numpy as np
 
 from backends import get_backend
 from engine.compiler import CompileOptions, plan_graph
-from engine.executable import Executable, build_plan
+from engine.executable import Executable, build_plan, inference_storage
 from graph.compress.quantize import activation_scale, quantizable_inputs, quantize_graph
 from graph.ir import Graph
 
@@ -90,10 +90,8 @@ def quantize_with_scales(exe: Executable, scales: Mapping[str, float]) -> Quanti
         raise ValueError(f"int8 scales of {bad} are not positive and finite")
     graph = quantize_graph(exe.graph, dict(scales))
     device = get_backend("cpu")
-    params = exe.params
-    storage = {v.name: device.from_host(params[v.name]) for v in graph.params}
-    for value in graph.inputs + graph.outputs:
-        storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
+    params = {v.name: device.from_host(exe.params[v.name]) for v in graph.params}  # copies
+    storage = inference_storage(graph, device, params)
     plan = build_plan(graph, device, storage, plan_graph(graph, device))
     extra_state = {k: v.copy() for k, v in exe.extra_state.items()}
     source = Calibrated(exe.traced_graph, exe.options.for_inference(), dict(scales))
@@ -136,9 +134,7 @@ class QuantizedExecutable(Executable):
         """Another int8 executable sharing this one's weights, with its own buffers, lock and
         plan (which packs its own int8 weights on its first run), as ``Executable.clone``."""
         device = get_backend("cpu")
-        storage = {v.name: self._storage[v.name] for v in self.graph.params}
-        for value in self.graph.inputs + self.graph.outputs:
-            storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
+        storage = inference_storage(self.graph, device, self._storage)
         plan = build_plan(self.graph, device, storage, self._inference.memory)
         return QuantizedExecutable(plan, None, storage, self._extra_state, None, source=self.source)
 
