@@ -536,7 +536,7 @@ def _conv2d_scratch_numel(node: Node) -> int:
         return conv_small.scratch_numel(node)
     if _is_direct(node):
         (sh, sw), n = node.attrs["stride"], node.inputs[0].shape[0]
-        hq, wq, rows = conv_depthwise.geometry(node)
+        hq, wq, rows = phases.conv_geometry(node)
         return n * c * sh * sw * hq * wq + (kw - 1) * dw // sw + threads * rows * wq
     if winograd.is_winograd(node):
         return winograd.scratch_numel(node)
@@ -577,7 +577,7 @@ def _lower_conv2d(node: Node, io: NodeIO):
         attrs = conv_small.attrs(node) + [kind]
         return [conv_small.conv2d_small.step(node.name, io.dtype, False, buffers, attrs)]
     if _is_direct(node):
-        attrs = shape + [sh, sw, pt, pl, dh, dw, groups, *conv_depthwise.geometry(node), kind]
+        attrs = shape + [sh, sw, pt, pl, dh, dw, groups, *phases.conv_geometry(node), kind]
         return [conv2d_direct.step(node.name, io.dtype, parallel, buffers, attrs)]
     if winograd.is_winograd(node):
         attrs = winograd.attrs(node) + [kind]

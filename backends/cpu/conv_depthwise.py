@@ -125,21 +125,10 @@ def is_parallel(node: Node) -> bool:
     return node.outputs[0].type.numel * kh * kw >= PARALLEL_MIN_MACS
 
 
-def geometry(node: Node) -> tuple[int, int, int]:
-    """(HQ, WQ, accumulator block rows) of a conv node's phase planes (``conv2d_direct``'s
-    too)."""
-    (_, _, h, wd), (_, _, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
-    (pt, _, pl, _), out = node.attrs["padding"], node.outputs[0].shape[2:]
-    hq, wq, _ = phases.geometry(
-        h, wd, out, (kh, kw), node.attrs["stride"], (pt, pl), node.attrs["dilation"]
-    )
-    return hq, wq, phases.block_rows(out[0], wq, node.outputs[0].type.itemsize)
-
-
 def scratch_numel(node: Node) -> int:
     """One slot per thread: phase planes, the taps' slack and an accumulator block."""
     (sh, sw), kw, dw = node.attrs["stride"], node.inputs[1].shape[3], node.attrs["dilation"][1]
-    hq, wq, rows = geometry(node)
+    hq, wq, rows = phases.conv_geometry(node)
     slot = sh * sw * hq * wq + (kw - 1) * dw // sw + rows * wq
     return numba.config.NUMBA_NUM_THREADS * slot
 
@@ -150,4 +139,4 @@ def attrs(node: Node) -> list[int]:
     _, _, oh, ow = node.outputs[0].shape
     (sh, sw), (pt, _, pl, _) = node.attrs["stride"], node.attrs["padding"]
     dh, dw = node.attrs["dilation"]
-    return [n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, *geometry(node)]
+    return [n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, *phases.conv_geometry(node)]

@@ -18,8 +18,13 @@ the last plane.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numba import njit
+
+if TYPE_CHECKING:
+    from graph.ir import Node
 
 # Bytes of one wide-grid accumulator block: output rows are taken this many bytes at a time so
 # that the accumulator stays in L1 while every tap passes over it (a whole 112x114 float32
@@ -41,6 +46,17 @@ def geometry(
     hq = max(-(-(h + pt) // sh), oh + (kh - 1) * dh // sh)
     wq = max(-(-(w + pl) // sw), ow + (kw - 1) * dw // sw)
     return hq, wq, (kw - 1) * dw // sw
+
+
+def conv_geometry(node: Node) -> tuple[int, int, int]:
+    """(HQ, WQ, accumulator block rows) of a conv node's phase planes, for the two conv kernels
+    that tap them (``conv2d_direct`` and ``conv2d_depthwise``)."""
+    (_, _, h, wd), (_, _, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
+    (pt, _, pl, _), out = node.attrs["padding"], node.outputs[0].shape[2:]
+    hq, wq, _ = geometry(
+        h, wd, out, (kh, kw), node.attrs["stride"], (pt, pl), node.attrs["dilation"]
+    )
+    return hq, wq, block_rows(out[0], wq, node.outputs[0].type.itemsize)
 
 
 def block_rows(oh: int, wq: int, itemsize: int) -> int:
