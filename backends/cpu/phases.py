@@ -91,10 +91,10 @@ def split(src, h, w, dst, at, pt, pl, sh, sw, hq, wq, fill):
 @njit(inline="always", cache=True)
 def place(src, plane, h, wd, dst, at, pt, pl, sh, sw, hq, wq):
     """``split`` of the H x W plane at ``src[plane:]`` into phase planes at ``at`` that already
-    hold a ``split`` of the same geometry, writing only the elements that hold input: the
-    fill sits at the same places for every plane, so a kernel splits (or fills) a thread's
-    first plane and places the rest (writing the fill row by row cost as much as the copy on
-    ResNet's 112x112 stem pool). Rows are indexed, not sliced: on small planes a slice per
+    hold the fill where a ``split`` of this geometry puts it, writing only the elements that
+    hold input: the fill sits at the same places for every plane, so a kernel fills a thread's
+    phase planes once and places every plane (writing the fill row by row cost as much as the
+    copy on ResNet's 112x112 stem pool). Rows are indexed, not sliced: on small planes a slice per
     row costs more than the taps of a depthwise conv (one thread, us: 960 channels of 7x7 138
     vs 187, 384 of 14x14 99 vs 131, 144 of 28x28 stride 2 152 vs 176)."""
     phase = hq * wq

@@ -4,8 +4,8 @@
   into its stride's phase planes (``phases.py``) in a per-thread slot of the scratch, filled
   with -inf (max) or 0 (average) where the window reads padding, so that every tap is one
   vectorised run over a block of the wide output grid (ResNet's 3x3/2 stem pool: 8x faster
-  than strided reads per output row). A thread splits its first plane and then only places
-  the input elements of the next ones (``phases.place``): the fill stays where it is, and
+  than strided reads per output row). A thread fills its phase planes once and then only
+  places the input elements of each plane (``phases.place``): the fill stays where it is, and
   writing it per row cost as much as the copy. PyTorch's rules: max propagates NaN and ignores
   padding; average divides by the window clipped to the padded input (``count_include_pad``)
   or to the input alone, where the padded window end is ``min(start + K, size + pad)``; both
@@ -71,18 +71,15 @@ def window_pool(x, y, scratch, a):
     fill = -np.inf if is_max else 0.0
     shifts = phases.taps(kh, kw, dh, dw, sh, sw, hq, wq)
     slot = plane + slack + rows * wq
-    primed = np.zeros(scratch.shape[0] // slot, np.bool_)  # slots holding the fill
+    fresh = np.ones(scratch.shape[0] // slot, np.bool_)
     for p in prange(planes):
         # this thread's slot: [phase planes | slack | accumulator block]
         thread = get_thread_id()
         at = thread * slot
-        if primed[thread]:
-            phases.place(x, p * h * w, h, w, scratch, at, ph, pw, sh, sw, hq, wq)
-        else:
-            image = x[p * h * w : (p + 1) * h * w]
-            phases.split(image, h, w, scratch, at, ph, pw, sh, sw, hq, wq, fill)
-            scratch[at + plane : at + plane + slack] = fill
-            primed[thread] = True
+        if fresh[thread]:  # fill the thread's phase planes once: place writes only the input
+            scratch[at : at + plane + slack] = fill
+            fresh[thread] = False
+        phases.place(x, p * h * w, h, w, scratch, at, ph, pw, sh, sw, hq, wq)
         acc = scratch[at + plane + slack : at + plane + slack + rows * wq]
         out = y[p * oh * ow : (p + 1) * oh * ow]
         for oy0 in range(0, oh, rows):
