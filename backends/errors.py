@@ -28,7 +28,7 @@ Read = Callable[[Value], np.ndarray]
 
 BAD_TARGET = 1
 TOO_FEW_VALUES = 2
-BLAS_FAILED = 3
+# 3 was BLAS_FAILED, retired when blas.py came to bind its library at import; never reuse it.
 
 
 @dataclass(frozen=True)
@@ -66,21 +66,11 @@ def _too_few_values(node: Node, read: Read) -> str:
     )
 
 
-def _blas_failed(node: Node, read: Read) -> str:
-    """blas.matmul: Numba's ``numba_xxgemm`` returns non-zero when it cannot find SciPy's
-    GEMM (``scipy.linalg.cython_blas``)."""
-    return (
-        f"{node.op} BLAS GEMM call failed: Numba could not find SciPy's BLAS "
-        f"(scipy.linalg.cython_blas); check that SciPy imports in this environment"
-    )
-
-
 ERRORS: dict[int, KernelError] = {
     error.code: error
     for error in (
         KernelError(BAD_TARGET, "BAD_TARGET", _bad_target),
         KernelError(TOO_FEW_VALUES, "TOO_FEW_VALUES", _too_few_values),
-        KernelError(BLAS_FAILED, "BLAS_FAILED", _blas_failed),
     )
 }
 

@@ -52,9 +52,12 @@ def interleaved_medians(
 
 
 def environment_line() -> str:
-    """What changes the numbers: BLAS core type, threads, Numba's threading layer, FTZ."""
+    """What changes the numbers: the kernels' BLAS, NumPy's BLAS core type, threads, Numba's
+    threading layer, FTZ."""
     import numba
     import torch
+
+    from backends.cpu import blas
 
     coretype = os.environ.get("OPENBLAS_CORETYPE", "unset (native AVX-512 kernels)")
     try:
@@ -63,7 +66,7 @@ def environment_line() -> str:
         layer = "not started"
     return (
         f"cpu={platform.processor() or platform.machine()} cores={os.cpu_count()} "
-        f"OPENBLAS_CORETYPE={coretype} numba={numba.__version__} "
+        f"kernels_blas={blas.BLAS} OPENBLAS_CORETYPE={coretype} numba={numba.__version__} "
         f"threading_layer={layer} torch={torch.__version__} "
         f"torch_threads={torch.get_num_threads()} flush-to-zero=off"
     )

@@ -9,7 +9,7 @@ kernel call alone (inputs, outputs and scratch preallocated):
   "kernel" column is ``conv.py``'s choice: Winograd, shifted GEMM, im2col GEMM, pointwise GEMM
   or direct loops), timed as ``exe._execute()``: the executor only, no input copy;
 - "NHWC": a prototype written here in Numba, the way the engine would run it (``prange``
-  tasks, each calling the same single-threaded SciPy OpenBLAS through ``blas.matmul``; no
+  tasks, each calling the same single-threaded BLAS (``blas.BLAS``) through ``blas.matmul``; no
   NumPy BLAS, no BLAS threads): a 1x1 stride-1 conv is one GEMM [N*H*W, C] @ [C, OC] cut into
   row blocks (column blocks for small maps); any other conv is an NHWC im2col (KH runs of KW*C
   contiguous inputs per output pixel) of a block of pixels into a per-thread slot, then GEMM
@@ -166,13 +166,10 @@ def gemm_nhwc(x, w, y, m, k, n, row_block, col_block):
     column block) task. A 1x1 stride-1 conv in NHWC: x is [N*H*W, C], w [C, OC]."""
     cols = (n + col_block - 1) // col_block
     tasks = (m + row_block - 1) // row_block * cols
-    status = 0
     for t in prange(tasks):
         r0, c0 = t // cols * row_block, t % cols * col_block
         rows, width = min(row_block, m - r0), min(col_block, n - c0)
-        code = matmul(rows, width, k, (x, r0 * k, k), (w, c0, n), (y, r0 * n + c0, n))
-        status = code if code != 0 else status
-    return status
+        matmul(rows, width, k, (x, r0 * k, k), (w, c0, n), (y, r0 * n + c0, n))
 
 
 @njit(inline="always")
@@ -212,15 +209,12 @@ def conv_nhwc_blocks(x, w, y, scratch, geometry, oc, block):
     into the thread's slot of ``scratch``, then y[block, OC] = cols @ w[KH*KW*C, OC]."""
     n, h, wd, c, oh, ow, kh, kw = geometry[:8]
     kdim, pixels = kh * kw * c, n * oh * ow
-    status = 0
     for t in prange((pixels + block - 1) // block):
         p0 = t * block
         count, slot = min(block, pixels - p0), get_thread_id() * block * kdim
         for j in range(count):
             _im2col_pixel(x, p0 + j, geometry, scratch, slot + j * kdim)
-        code = matmul(count, oc, kdim, (scratch, slot, kdim), (w, 0, oc), (y, p0 * oc, oc))
-        status = code if code != 0 else status
-    return status
+        matmul(count, oc, kdim, (scratch, slot, kdim), (w, 0, oc), (y, p0 * oc, oc))
 
 
 @njit(parallel=True, error_model="numpy")
@@ -231,13 +225,10 @@ def conv_nhwc_wide(x, w, y, scratch, geometry, oc, col_block):
     kdim, pixels = kh * kw * c, n * oh * ow
     for p in prange(pixels):
         _im2col_pixel(x, p, geometry, scratch, p * kdim)
-    status = 0
     for t in prange((oc + col_block - 1) // col_block):
         c0 = t * col_block
         width = min(col_block, oc - c0)
-        code = matmul(pixels, width, kdim, (scratch, 0, kdim), (w, c0, oc), (y, c0, oc))
-        status = code if code != 0 else status
-    return status
+        matmul(pixels, width, kdim, (scratch, 0, kdim), (w, c0, oc), (y, c0, oc))
 
 
 @njit(parallel=True, error_model="numpy")
@@ -256,7 +247,7 @@ def winograd_nhwc(x, w, y, scratch, chunk, private):
     u = scratch[:u_numel].reshape(16, c * oc + winograd.SKEW)
     for ci in prange(c):
         _weight_tile(w[ci], u, ci * oc)
-    chunks, status = (tiles + chunk - 1) // chunk, 0
+    chunks = (tiles + chunk - 1) // chunk
     if private:
         for k in prange(chunks):
             at, t0 = u_numel + get_thread_id() * (vm + 16 * c), k * chunk
@@ -264,29 +255,26 @@ def winograd_nhwc(x, w, y, scratch, chunk, private):
             for t in range(count):
                 _input_at(x, t0 + t, th, tw, patch, scratch, at + t * 16 * c)
             for p in range(16):
-                code = _tile_gemm(scratch, at, chunk, count, c, oc, p)
-                status = code if code != 0 else status
+                _tile_gemm(scratch, at, chunk, count, c, oc, p)
             for t in range(count):
                 _output_at(scratch, at + chunk * 16 * c + t * 16 * oc, y, t0 + t, th, tw)
-        return status
+        return
     for t0 in range(0, tiles, chunk):
         count = min(chunk, tiles - t0)
         for t in prange(count):
             patch = scratch[u_numel + vm + get_thread_id() * 16 * c :][: 16 * c]
             _input_at(x, t0 + t, th, tw, patch, scratch, u_numel + t * 16 * c)
         for p in prange(16):
-            code = _tile_gemm(scratch, u_numel, chunk, count, c, oc, p)
-            status = code if code != 0 else status
+            _tile_gemm(scratch, u_numel, chunk, count, c, oc, p)
         for t in prange(count):
             _output_at(scratch, u_numel + chunk * 16 * c + t * 16 * oc, y, t0 + t, th, tw)
-    return status
 
 
 @njit(inline="always")
 def _tile_gemm(scratch, at, chunk, count, c, oc, p):
     """M_p [count, OC] = V_p [count, C] @ U_p [C, OC], V and M of the chunk at ``at``."""
     v, m = (scratch, at + p * c, 16 * c), (scratch, at + chunk * 16 * c + p * oc, 16 * oc)
-    return matmul(count, oc, c, v, (scratch, p * (c * oc + winograd.SKEW), oc), m)
+    matmul(count, oc, c, v, (scratch, p * (c * oc + winograd.SKEW), oc), m)
 
 
 @njit(inline="always")
@@ -443,7 +431,6 @@ def depthwise3x3(x, w, y, stride):
                         src, tap = x[g, iy + ki, ix + kj], wk[ki * 3 + kj, :lanes]
                         for j in range(lanes):
                             px[j] += src[j] * tap[j]
-    return 0
 
 
 @njit(inline="always")
@@ -479,7 +466,6 @@ def maxpool3x3(x, y, stride):
                         src = x[g, iy + ki, ix + kj]
                         for j in range(lanes):
                             out[j] = _max(out[j], src[j])
-    return 0
 
 
 @njit(parallel=True, error_model="numpy")
@@ -492,7 +478,6 @@ def nchw_to_nhwc(x, y):
             src = x[b, ci, i]
             for j in range(wd):
                 y[b, i, j, ci] = src[j]
-    return 0
 
 
 @njit(parallel=True, error_model="numpy")
@@ -507,7 +492,6 @@ def nhwc_to_nchw(x, y):
                 src = x[b, i, j]
                 for ci in range(c0, min(c, c0 + BLOCK)):
                     y[b, ci, i, j] = src[ci]
-    return 0
 
 
 @njit(parallel=True, error_model="numpy")
@@ -518,7 +502,6 @@ def copy_flat(x, y):
     for t in prange(THREADS):
         lo, hi = t * part, min(size, (t + 1) * part)
         y[lo:hi] = x[lo:hi]
-    return 0
 
 
 # **** Running each layer four ways ****

@@ -1,7 +1,7 @@
 """Packaging: the Numba pin, its import-time check, and what the source distribution holds.
 
 ``backends/cpu`` uses Numba-private APIs (``numba_setup.py``'s thread-pool launch, ``blas.py``'s
-BLAS hooks), so ``setup.py`` pins the minor release they were tested on and ``numba_setup``
+BLAS intrinsics), so ``setup.py`` pins the minor release they were tested on and ``numba_setup``
 refuses any other at import, in one line. The sdist must carry ``backends/cpu/_runtime.pyx``: the
 wheel built from it compiles the executor from that source (CI installs that wheel in a fresh
 virtual environment and runs ``convforge demo``).

@@ -224,7 +224,6 @@ def conv2d_gemm(x, w, b, affine, res, consts, y, scratch, a):
             width = min(block, ohw - start)
             at = task * rows * block
             im2col_images(x, first, 1, c, g * cg, geometry, rows, start, width, scratch, at)
-    status = 0
     for task in prange(sets * groups * blocks * parts):
         part, task_cols = task % parts, task // parts
         first, g = task_cols // (groups * blocks) * images, (task_cols // blocks) % groups
@@ -235,17 +234,17 @@ def conv2d_gemm(x, w, b, affine, res, consts, y, scratch, a):
         dst = (first * oc + g * ocg + first_row) * ohw + start
         if pointwise and images == 1:
             src = (first * c + g * cg) * hw + start
-            code = matmul(m, width, rows, weights, (x, src, hw), (y, dst, ohw))
+            matmul(m, width, rows, weights, (x, src, hw), (y, dst, ohw))
         elif shared_cols:
             columns = (scratch, task_cols * rows * block, width)
-            code = matmul(m, width, rows, weights, columns, (y, dst, ohw))
+            matmul(m, width, rows, weights, columns, (y, dst, ohw))
         else:
             slot = tid * rows * span
             im2col_images(x, first, count, c, g * cg, geometry, rows, start, width, cols, slot)
             if images == 1:
-                code = matmul(m, width, rows, weights, (cols, slot, width), (y, dst, ohw))
+                matmul(m, width, rows, weights, (cols, slot, width), (y, dst, ohw))
             else:
-                code = _gemm_staged(
+                _gemm_staged(
                     ocg, count * width, rows, weights, cols, slot, staged, tid * ocg * span
                 )
                 for i in range(count):
@@ -254,14 +253,13 @@ def conv2d_gemm(x, w, b, affine, res, consts, y, scratch, a):
                         _unstage(
                             staged, tid * ocg * span, ocg, count * width, o, i * width, y, at, width
                         )
-        status = code if code != 0 else status
         for i in range(count):
             for o in range(first_row, first_row + m):
                 at = ((first + i) * oc + g * ocg + o) * ohw + start
                 finish_channel(
                     y[at : at + width], g * ocg + o, b, affine, res[at : at + width], kind, consts
                 )
-    return status
+    return 0
 
 
 @njit(inline="always", cache=True)
@@ -270,10 +268,9 @@ def _gemm_staged(ocg, columns, rows, weights, cols, slot, staged, out):
     OC/g is the smaller side: OpenBLAS's Haswell kernels run a row-major [M, N] product about
     twice as fast with the smaller dimension as N (LeNet features.3: [16, 300, 150])."""
     if ocg < columns:
-        return matmul(
-            columns, ocg, rows, (cols, slot, columns), weights, (staged, out, ocg), 0.0, 1, 1
-        )
-    return matmul(ocg, columns, rows, weights, (cols, slot, columns), (staged, out, columns))
+        matmul(columns, ocg, rows, (cols, slot, columns), weights, (staged, out, ocg), 0.0, 1, 1)
+    else:
+        matmul(ocg, columns, rows, weights, (cols, slot, columns), (staged, out, columns))
 
 
 @njit(inline="always", cache=True)
@@ -304,7 +301,7 @@ def conv2d_shifted(x, w, b, affine, res, consts, y, scratch, a):
                 tapped[((o // ocg * taps + t) * ocg + o % ocg) * cg + ci] = w[
                     (o * cg + ci) * taps + t
                 ]
-    bands, status = (oh + band - 1) // band, 0
+    bands = (oh + band - 1) // band
     for i in range(n):
         for ci in prange(c):
             pad_plane(
@@ -326,10 +323,9 @@ def conv2d_shifted(x, w, b, affine, res, consts, y, scratch, a):
                 shift = (oy0 + t // kw * dh) * wp + t % kw * dw
                 tap_weights = (tapped, (g * taps + t) * ocg * cg, cg)
                 image = (padded, g * cg * plane + shift, plane)
-                code = matmul(
+                matmul(
                     ocg, width, cg, tap_weights, image, (slots, slot, width), 0.0 if t == 0 else 1.0
                 )
-                status = code if code != 0 else status
             for o in range(ocg):
                 channel = g * ocg + o
                 for r in range(width // wp):
@@ -337,7 +333,7 @@ def conv2d_shifted(x, w, b, affine, res, consts, y, scratch, a):
                     _unwiden(y[out : out + ow], slots[slot + o * width + r * wp :])
                     out_row = y[out : out + ow]
                     finish_channel(out_row, channel, b, affine, res[out : out + ow], kind, consts)
-    return status
+    return 0
 
 
 @njit(inline="always", cache=True)
@@ -394,7 +390,6 @@ def conv2d_direct(x, w, b, affine, res, consts, y, scratch, a):
 @kernel(buffers=7)
 def linear(x, w, b, affine, res, consts, y, a):
     n, in_features, out_features, block, kind = a[0], a[1], a[2], a[3], a[4]
-    status = 0
     for task in prange((out_features + block - 1) // block):
         start = task * block
         width = min(block, out_features - start)
@@ -402,17 +397,15 @@ def linear(x, w, b, affine, res, consts, y, a):
         if n <= GEMV_MAX_ROWS:
             for i in range(n):
                 sample, out = (x, i * in_features), (y, i * out_features + start)
-                code = matvec(width, in_features, weights, sample, out)
-                status = code if code != 0 else status
+                matvec(width, in_features, weights, sample, out)
         else:
             out = (y, start, out_features)
-            code = matmul(n, width, in_features, (x, 0, in_features), weights, out, trans_b=1)
-            status = code if code != 0 else status
+            matmul(n, width, in_features, (x, 0, in_features), weights, out, trans_b=1)
         for i in range(n):
             at = i * out_features + start
             row, residual = y[at : at + width], res[at : at + width]
             finish_features(row, start, b, affine, residual, kind, consts)
-    return status
+    return 0
 
 
 def _is_direct(node: Node) -> bool:

@@ -79,7 +79,6 @@ def conv2d_grad_input(gy, w, gx, scratch, a):
         scratch[: threads * chunk * taps * span],
         scratch[threads * chunk * taps * span :],
     )
-    status = 0
     for task in prange(sets * groups * chunks):
         first, g = task // (groups * chunks) * images, (task // chunks) % groups
         start_channel = (task % chunks) * chunk
@@ -92,10 +91,7 @@ def conv2d_grad_input(gy, w, gx, scratch, a):
         else:
             _stage_grads(gy, first, count, g, oc, ocg, ohw, 0, ohw, staged, tid * ocg * span)
             grads = (staged, tid * ocg * span, columns)
-        code = gemm_block(
-            channels * taps, columns, ocg, weights, grads, (cols, slot, columns), trans_a=1
-        )
-        status = code if code != 0 else status
+        gemm_block(channels * taps, columns, ocg, weights, grads, (cols, slot, columns), trans_a=1)
         for m in range(count):
             for cc in range(channels):
                 plane = ((first + m) * c + g * cg + start_channel + cc) * h * wd
@@ -117,7 +113,7 @@ def conv2d_grad_input(gy, w, gx, scratch, a):
                         t // kw * dh,
                         t % kw * dw,
                     )
-    return status
+    return 0
 
 
 @njit(inline="always", cache=True)
@@ -149,7 +145,6 @@ def conv2d_grad_weight(x, gy, gw, scratch, a):
     cols = scratch[threads * size : threads * (size + rows * span)]
     staged = scratch[threads * (size + rows * span) :]
     partial[:] = 0
-    status = 0
     for task in prange(sets * groups * blocks):
         first, g = task // (groups * blocks) * images, (task // blocks) % groups
         start = (task % blocks) * block
@@ -170,11 +165,10 @@ def conv2d_grad_weight(x, gy, gw, scratch, a):
             grads = (staged, tid * ocg * span, columns)
         if transposed:  # partial of group g is [rows, OC/g]
             target = (partial, tid * size + g * ocg * rows, ocg)
-            code = gemm_block(rows, ocg, columns, patches, grads, target, beta=1.0, trans_b=1)
+            gemm_block(rows, ocg, columns, patches, grads, target, beta=1.0, trans_b=1)
         else:
             target = (partial, tid * size + g * ocg * rows, rows)
-            code = gemm_block(ocg, rows, columns, grads, patches, target, beta=1.0, trans_b=1)
-        status = code if code != 0 else status
+            gemm_block(ocg, rows, columns, grads, patches, target, beta=1.0, trans_b=1)
     for e in prange(size):  # e indexes gw [OC, C/g, KH, KW]
         at = np.int64(e)
         if transposed:  # element (g, o, r) of gW sits at (g*rows + r)*OC/g + o
@@ -183,7 +177,7 @@ def conv2d_grad_weight(x, gy, gw, scratch, a):
         for t in range(1, threads):
             total += partial[t * size + at]
         gw[e] = total
-    return status
+    return 0
 
 
 @kernel(buffers=4)
@@ -193,7 +187,7 @@ def conv2d_grad_weight_shifted(x, gy, gw, scratch, a):
     cg, ocg, taps, size = c // groups, oc // groups, kh * kw, oc * (c // groups) * kh * kw
     wp, hp = wd + pl + pr, h + pt + pb
     span, slack = images * hp * wp, (kh - 1) * dh * wp + (kw - 1) * dw
-    sets, status = (n + images - 1) // images, 0
+    sets = (n + images - 1) // images
     # scratch per thread: [partial gradient, tap-major | padded images | output gradient, wide]
     per_thread = size + cg * (span + slack) + ocg * span
     for k in range(threads):
@@ -217,7 +211,7 @@ def conv2d_grad_weight_shifted(x, gy, gw, scratch, a):
         for t in range(taps):
             shift = t // kw * dh * wp + t % kw * dw
             target = (scratch, base + (g * taps + t) * ocg * cg, cg)
-            code = gemm_block(
+            gemm_block(
                 ocg,
                 cg,
                 span,
@@ -227,7 +221,6 @@ def conv2d_grad_weight_shifted(x, gy, gw, scratch, a):
                 beta=1.0,
                 trans_b=1,
             )
-            status = code if code != 0 else status
     for e in prange(size):  # e indexes gw [OC, C/g, KH, KW]; partials are [g, tap, OC/g, C/g]
         o, rest = e // (cg * taps), e % (cg * taps)
         ci, t = rest // taps, rest % taps
@@ -236,7 +229,7 @@ def conv2d_grad_weight_shifted(x, gy, gw, scratch, a):
         for k in range(1, threads):
             total += scratch[k * per_thread + at]
         gw[e] = total
-    return status
+    return 0
 
 
 @kernel(buffers=2)
@@ -270,14 +263,12 @@ def channel_sum(gy, out, a):
 @kernel(buffers=3)
 def matmul(p, q, out, a):
     m, n, k, trans_a, trans_b, lda, ldb, block = a[:8]
-    status = 0
     for task in prange((n + block - 1) // block):
         start = task * block
         width = min(block, n - start)
         right = (q, start * ldb if trans_b else start, ldb)
-        code = gemm_block(m, width, k, (p, 0, lda), right, (out, start, n), 0.0, trans_a, trans_b)
-        status = code if code != 0 else status
-    return status
+        gemm_block(m, width, k, (p, 0, lda), right, (out, start, n), 0.0, trans_a, trans_b)
+    return 0
 
 
 def _conv_attrs(node: Node, x_shape, w_shape, y_shape) -> list[int]:

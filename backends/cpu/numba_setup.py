@@ -10,14 +10,14 @@
 - The thread pool is launched before the first cached cfunc loads: a cached cfunc whose callee
   is parallel otherwise aborts the process (``LLVM ERROR: Symbol not found: allocate_sched``).
 - The Numba version is checked first. The pool launch (``numba.np.ufunc.parallel``), the
-  BLAS calls (``blas.py``: ``numba.np.linalg.ensure_blas/get_blas_kind/make_constant_slot``)
-  and ``convforge warmup``'s cache lock (``engine/warmup.py``:
-  ``numba.core.caching.IndexDataCacheFile``) use Numba's private APIs, which change between
-  minor releases without notice; they were tested on the minor releases in
-  ``NUMBA_MIN``..``NUMBA_BELOW``. ``setup.py`` pins the same range (``tests/test_packaging.py``
-  keeps the two equal). The backend imports this module before ``blas.py``
-  (``backends/cpu/__init__.py`` -> ``capsule`` -> ``kernels``; a test checks the order), so a
-  version outside the range fails here, in one line, before any private API is touched.
+  BLAS intrinsics (``blas.py``: ``numba.core.cgutils``) and ``convforge warmup``'s cache
+  lock (``engine/warmup.py``: ``numba.core.caching.IndexDataCacheFile``) use Numba's private
+  APIs, which change between minor releases without notice; they were tested on the minor
+  releases in ``NUMBA_MIN``..``NUMBA_BELOW``. ``setup.py`` pins the same range
+  (``tests/test_packaging.py`` keeps the two equal). The backend imports this module before
+  ``blas.py`` (``backends/cpu/__init__.py`` -> ``capsule`` -> ``kernels``; a test checks the
+  order), so a version outside the range fails here, in one line, before any private API is
+  touched.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def check_numba_version(version: str) -> None:
     match = re.match(r"(\d+)\.(\d+)", version)
     if match is None or not NUMBA_MIN <= tuple(map(int, match.groups())) < NUMBA_BELOW:
         raise ImportError(
-            f"ConvForge's CPU backend supports {NUMBA_REQUIREMENT} (it uses Numba-private BLAS "
-            f"and threading hooks), but numba {version} is installed; "
+            f"ConvForge's CPU backend supports {NUMBA_REQUIREMENT} (it uses Numba-private "
+            f"threading and caching hooks), but numba {version} is installed; "
             f"fix: pip install '{NUMBA_REQUIREMENT}'"
         )
 
