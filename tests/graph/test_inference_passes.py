@@ -13,6 +13,7 @@ import engine
 import graph.functional as F
 from backends import get_backend
 from graph import nn
+from graph.passes import inference
 from graph.passes.fusion import fold_batch_norm, fuse_epilogues
 from graph.passes.inference import (
     eliminate_dead_code,
@@ -203,6 +204,53 @@ def test_fused_block_matches_torch_and_the_unfused_plan(dtype, act, residual):
     out = fused.run(x)
     assert rel_error(out, expected) < OP_TOLERANCE[dtype]
     assert rel_error(out, plain.run(x)) < OP_TOLERANCE[dtype]
+
+
+class WideBlock(nn.Module):
+    """Block with C channels, so the conv takes the lowering's GEMM, Winograd or small paths."""
+
+    def __init__(self, channels: int, act: nn.Module, residual: bool, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = act
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(F.add(y, x) if self.residual else y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.Identity])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels,side", [(4, 5), (32, 12)])
+def test_fused_epilogue_gives_the_bits_of_separate_kernels(
+    channels, side, bias, residual, act, dtype, monkeypatch
+):
+    """The conv epilogue's one pass over a row (bias, folded BatchNorm, residual, ReLU or
+    hardtanh or nothing) does each element's operations in the order of the separate add and
+    activation kernels, so the fused plan equals the plan with BatchNorm folded but nothing
+    else fused, bit for bit."""
+    rng = np.random.default_rng(channels + 2 * bias + residual)
+    model = WideBlock(channels, act(), residual, bias)
+    _randomise_statistics(model, rng)
+    x = rng.standard_normal((2, channels, side, side)).astype(dtype)
+
+    def run():
+        exe = engine.compile(model, x.shape[1:], batch=2, dtype=dtype)
+        exe.poison_buffers()
+        return exe.run(x), _ops(exe.graph)
+
+    fused, ops = run()
+    assert ops.count("conv2d_fused") == 1 and "add" not in ops
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "fuse_epilogues", lambda graph: graph)
+        folded, folded_ops = run()
+    assert residual == ("add" in folded_ops)
+    assert not np.isnan(fused).any()
+    np.testing.assert_array_equal(fused, folded)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
