@@ -33,7 +33,8 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   (``gemm_split``), every part reading one im2col of its block.
 - ``conv2d_depthwise`` (``conv_depthwise.py``): depthwise convs (groups == C == OC), each
   plane copied, tapped and finished in one task while it is in L1 (MobileNet v2's depthwise
-  layers at batch 1 on two threads: 2-3x faster than ``conv2d_direct`` below).
+  layers at batch 1 on two threads: 2-3x faster than ``conv2d_direct`` below); input planes of
+  8x8 and smaller take ``conv2d_depthwise_lanes``, which computes 64 channels side by side.
 - ``conv2d_direct``: direct loops, parallel over (image, output channel) planes, for channel
   multipliers (one input channel a group) and convs too thin or too small for a GEMM to pay
   off. Each input plane is split once
@@ -524,6 +525,8 @@ def _conv2d_scratch_numel(node: Node) -> int:
     pt, pb, pl, pr = node.attrs["padding"]
     wp, dw = wd + pl + pr, node.attrs["dilation"][1]
     if conv_depthwise.is_depthwise(node):
+        if conv_depthwise.is_lanes(node):
+            return conv_depthwise.lanes_scratch_numel(node)
         return conv_depthwise.scratch_numel(node)
     if _is_small(node):
         return conv_small.scratch_numel(node)
@@ -563,8 +566,12 @@ def _lower_conv2d(node: Node, io: NodeIO):
     buffers = [io.input(0), io.input(1), *epilogue, io.output(), scratch]
     shape = [n, c, h, wd, oc, oh, ow, kh, kw]
     if conv_depthwise.is_depthwise(node):
-        attrs = conv_depthwise.attrs(node) + [kind]
-        kernel, parallel = conv_depthwise.conv2d_depthwise, conv_depthwise.is_parallel(node)
+        parallel = conv_depthwise.is_parallel(node)
+        if conv_depthwise.is_lanes(node):
+            attrs, kernel = conv_depthwise.lanes_attrs(node), conv_depthwise.conv2d_depthwise_lanes
+        else:
+            attrs, kernel = conv_depthwise.attrs(node), conv_depthwise.conv2d_depthwise
+        attrs += [kind]
         return [kernel.step(node.name, io.dtype, parallel, buffers, attrs)]
     if _is_small(node):
         attrs = conv_small.attrs(node) + [kind]

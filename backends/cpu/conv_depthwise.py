@@ -21,9 +21,21 @@ of three runs, against ``conv2d_direct``): 960 channels of 7x7 66 vs 213, 384 of
 133, 192 of 28x28 60 vs 143, 32 of 112x112 119 vs 175; stride 2: 576 of 7x7 85 vs 223, 96 of
 56x56 166 vs 243. Batch 32 of 32 channels of 112x112: 5.3 vs 9.4 ms.
 
-Buffers: (x, w, bias, affine, residual, consts, y, scratch), absent epilogue parts empty.
-Attrs: [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HQ, WQ, block rows, kind].
-Scratch: one slot per thread: [phase planes | slack | accumulator block].
+On planes of 8x8 and smaller a plane's loops are too short to vectorise (a 7x7 plane's wide
+grid is 63 elements: three vectors and a scalar remainder per tap), and what is left is per
+plane. ``conv2d_depthwise_lanes`` turns the layout around for them: a task copies LANES
+channels of one image into a zero-bordered [HP, WP, LANES] block (channels last), so each
+tap is one multiply-add over LANES contiguous channels per output pixel, with the channels'
+weights as a vector, and copies the [OH*OW, LANES] result back out to the planes before the
+epilogue (``LANES_MAX_INPUT_PIXELS`` has the measurements). Taps add in the same order as
+``_nine_taps``, so both kernels give the same bits.
+
+Buffers (both kernels): (x, w, bias, affine, residual, consts, y, scratch), absent epilogue
+parts empty.
+Attrs: [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HQ, WQ, block rows, kind];
+the lanes kernel [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HP, WP, kind].
+Scratch: one slot per thread: [phase planes | slack | accumulator block]; the lanes kernel's
+[padded block | weights | outputs].
 """
 
 from __future__ import annotations
@@ -43,6 +55,18 @@ from graph.ir import Node
 # (float32, us, serial vs parallel, two busy cores: 160 channels of 7x7 21.5 vs 20.8, 576 of
 # 7x7 stride 2 151 vs 124; 64 of 8x8 6.7 vs 12.2).
 PARALLEL_MIN_MACS = 1 << 16
+
+# Channels a task of conv2d_depthwise_lanes computes side by side: its tap loops run over them,
+# 64 long, so LLVM's vector loop (4 AVX-512 registers of float32) repays its overlap check
+# (960 channels of 7x7, us: 16 lanes 142, 32 112, 64 67, 128 66; planes 105).
+LANES = 64
+# Largest input plane (H x W) for conv2d_depthwise_lanes. Measured (float32, batch 1, two
+# threads, us, with the scattered copies in and out of the lanes layout): planes of 2x2 to 8x8
+# 1.2-1.6x faster than conv2d_depthwise (960 channels of 7x7 with folded BatchNorm and ReLU6:
+# 88 vs 140; 256 of 2x2 20 vs 28; 240 of 8x8 41 vs 51; 32 of 7x7 even); from 14x14 slower
+# (384 of 14x14 170 vs 108; 576 of 14x14 stride 2 142 vs 138; 192 of 28x28 0.3x), where the
+# per-plane loops of conv2d_depthwise vectorise and the copies' strided accesses leave L1.
+LANES_MAX_INPUT_PIXELS = 64
 
 # ``finish_channel`` itself (the same function, so the same arithmetic), inlined: as a call it
 # cost a fifth of a 960-channel 7x7 layer (163 -> 130 us, one thread). Its constants are
@@ -78,6 +102,74 @@ def conv2d_depthwise(x, w, b, affine, res, consts, y, scratch, a):
             phases.unwiden(run, block, count, ow, wq)
             _finish_channel(run, o, b, affine, res[out : out + count * ow], kind, consts)
     return 0
+
+
+@kernel(buffers=8)
+def conv2d_depthwise_lanes(x, w, b, affine, res, consts, y, scratch, a):
+    n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, hp, wp, kind = a[:17]
+    hw, ohw, taps, blocks = h * wd, oh * ow, kh * kw, (c + LANES - 1) // LANES
+    padded, weights = hp * wp * LANES, taps * LANES
+    slot = padded + weights + ohw * LANES
+    fresh = np.ones(scratch.shape[0] // slot, np.bool_)
+    for task in prange(n * blocks):
+        i, first, tid = task // blocks, task % blocks * LANES, get_thread_id()
+        lanes, at = min(LANES, c - first), tid * slot
+        if fresh[tid]:  # zero the padded block once: only the input positions are written
+            scratch[at : at + padded] = 0
+            fresh[tid] = False
+        wat, acc = at + padded, at + padded + weights
+        for t in range(taps):  # lanes past the last channel get weight 0
+            for k in range(LANES):
+                scratch[wat + t * LANES + k] = w[(first + k) * taps + t] if k < lanes else 0.0
+        for k in range(lanes):
+            _place_lane(x, (i * c + first + k) * hw, h, wd, scratch, at + k, pt, pl, hp, wp)
+        _lane_taps(scratch, at, wat, acc, oh, ow, kh, kw, sh, sw, dh, dw, wp)
+        for k in range(lanes):
+            o = first + k
+            out = (i * c + o) * ohw
+            run = y[out : out + ohw]
+            for j in range(ohw):
+                run[j] = scratch[np.uint64(acc + j * LANES + k)]
+            _finish_channel(run, o, b, affine, res[out : out + ohw], kind, consts)
+    return 0
+
+
+@njit(inline="always", cache=True)
+def _place_lane(src, plane, h, wd, dst, at, pt, pl, hp, wp):
+    """Channel plane ``src[plane:]`` into lane ``at`` of the zero-bordered [HP, WP, LANES]
+    block: rows and columns past HP x WP are never read by a tap, so they are skipped."""
+    for iy in range(min(h, hp - pt)):
+        row, line = at + ((iy + pt) * wp + pl) * LANES, plane + iy * wd
+        for ix in range(min(wd, wp - pl)):
+            dst[np.uint64(row + ix * LANES)] = src[np.uint64(line + ix)]
+
+
+@njit(inline="always", cache=True)
+def _lane_taps(scratch, at, wat, acc, oh, ow, kh, kw, sh, sw, dh, dw, wp):
+    """acc[(oy*OW + ox)*LANES + k] = the sum over taps t, in tap order, of weight t of lane k
+    times the padded input under it: one pass per tap over the block's outputs, LANES
+    channels per vector (the first tap stores, the rest add: the rounding of ``_nine_taps``)."""
+    geometry = (oh, ow, sh, sw, wp)
+    _lane_tap(scratch, at, wat, acc, geometry, False)
+    for t in range(1, kh * kw):
+        shift = ((t // kw) * dh * wp + (t % kw) * dw) * LANES
+        _lane_tap(scratch, at + shift, wat + t * LANES, acc, geometry, True)
+
+
+@njit(inline="always", cache=True)
+def _lane_tap(scratch, src, wt, acc, geometry, add):
+    """One tap over every output of the block: acc (+)= weights at ``wt`` x input at ``src``
+    (the tap's window for output (0, 0)), LANES lanes a pixel."""
+    oh, ow, sh, sw, wp = geometry
+    for oy in range(oh):
+        for ox in range(ow):
+            x_at = src + (oy * sh * wp + ox * sw) * LANES
+            out = acc + (oy * ow + ox) * LANES
+            for k in range(LANES):
+                v = scratch[np.uint64(wt + k)] * scratch[np.uint64(x_at + k)]
+                if add:
+                    v = scratch[np.uint64(out + k)] + v
+                scratch[np.uint64(out + k)] = v
 
 
 @njit(inline="always", cache=True)
@@ -140,3 +232,27 @@ def attrs(node: Node) -> list[int]:
     (sh, sw), (pt, _, pl, _) = node.attrs["stride"], node.attrs["padding"]
     dh, dw = node.attrs["dilation"]
     return [n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, *phases.conv_geometry(node)]
+
+
+def lanes_attrs(node: Node) -> list[int]:
+    """conv2d_depthwise_lanes's attrs, without the activation kind: the padded block's HP x WP
+    is what the taps read, (O - 1) * S + (K - 1) * D + 1 each side."""
+    (n, c, h, wd), (_, _, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
+    _, _, oh, ow = node.outputs[0].shape
+    (sh, sw), (pt, _, pl, _) = node.attrs["stride"], node.attrs["padding"]
+    dh, dw = node.attrs["dilation"]
+    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    return [n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, hp, wp]
+
+
+def lanes_scratch_numel(node: Node) -> int:
+    """One slot per thread: the padded [HP, WP, LANES] block, the weights, the outputs."""
+    kh, kw = node.inputs[1].shape[2:]
+    hp, wp = lanes_attrs(node)[14:16]
+    oh, ow = node.outputs[0].shape[2:]
+    return numba.config.NUMBA_NUM_THREADS * LANES * (hp * wp + kh * kw + oh * ow)
+
+
+def is_lanes(node: Node) -> bool:
+    """Whether a depthwise conv runs conv2d_depthwise_lanes (see LANES_MAX_INPUT_PIXELS)."""
+    return node.inputs[0].shape[2] * node.inputs[0].shape[3] <= LANES_MAX_INPUT_PIXELS

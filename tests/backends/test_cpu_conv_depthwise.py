@@ -1,5 +1,7 @@
-"""The depthwise conv kernel (``backends/cpu/conv_depthwise.py``) against
-``torch.nn.functional.conv2d(groups=C)``, and the lowering's rule for choosing it.
+"""The depthwise conv kernels (``backends/cpu/conv_depthwise.py``: per plane, and with
+channels in lanes) against ``torch.nn.functional.conv2d(groups=C)``, and the lowering's rules
+for choosing them. Every case runs on both kernels (the ``depthwise_kernel`` fixture), which
+give the same bits where they add the taps in the same order.
 
 Cases cover strides 1, 2 and 3 (the contiguous, deinterleaved and general phase copies),
 3x3 (the unrolled nine-tap pass) and other kernel sizes (three taps a pass), rectangular
@@ -43,7 +45,25 @@ CASES = {
     "several_blocks_s2": (2, 3, (71, 141), dict(stride=2, padding=1)),
     "parallel_s1": (32, 3, (32, 32), dict(batch=1, padding=1)),
     "parallel_s2_batch3": (24, 3, (41, 40), dict(batch=3, stride=2, padding=1)),
+    "lanes_and_a_partial_block": (70, 3, (7, 7), dict(batch=3, padding=1, bias=True)),
 }
+
+KERNELS = {
+    "planes": conv_depthwise.conv2d_depthwise,
+    "lanes": conv_depthwise.conv2d_depthwise_lanes,
+}
+
+
+@pytest.fixture(params=list(KERNELS))
+def depthwise_kernel(request, monkeypatch):
+    """Which depthwise kernel the lowering picks, whatever the plane size: its name."""
+    limit = 0 if request.param == "planes" else 1 << 30
+    monkeypatch.setattr(conv_depthwise, "LANES_MAX_INPUT_PIXELS", limit)
+    return KERNELS[request.param].name
+
+
+def record_depthwise(monkeypatch):
+    return record_steps(monkeypatch, list(KERNELS.values()))
 
 
 def run_depthwise(rng, dtype, channels, kernel, input_hw, batch=2, bias=False, **kwargs):
@@ -63,8 +83,8 @@ def run_depthwise(rng, dtype, channels, kernel, input_hw, batch=2, bias=False, *
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_depthwise_matches_torch(case, dtype, rng, monkeypatch):
-    used = record_steps(monkeypatch, [conv_depthwise.conv2d_depthwise])
+def test_depthwise_matches_torch(case, dtype, depthwise_kernel, rng, monkeypatch):
+    used = record_depthwise(monkeypatch)
     channels, kernel, input_hw, kwargs = CASES[case]
     x, out, p = run_depthwise(rng, dtype, channels, kernel, input_hw, **kwargs)
     kwargs.pop("batch", None)
@@ -72,24 +92,24 @@ def test_depthwise_matches_torch(case, dtype, rng, monkeypatch):
     ref = TF.conv2d(x, p["layer.weight"], p.get("layer.bias"), groups=channels, **kwargs)
     err = rel_error(out, ref.numpy())
     assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
-    assert [name for name, _ in used] == ["conv2d_depthwise"]
+    assert [name for name, _ in used] == [depthwise_kernel]
 
 
 @pytest.mark.parametrize("pads", [(0, 2, 3, 1), (2, 0, 0, 1)])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_depthwise_asymmetric_padding(pads, stride, dtype, rng, monkeypatch):
+def test_depthwise_asymmetric_padding(pads, stride, dtype, depthwise_kernel, rng, monkeypatch):
     """(top, bottom, left, right) all different, which no Conv2d argument spells: the
     graph's padding resolution is patched; torch pads explicitly."""
     monkeypatch.setattr(F, "conv_padding", lambda *args: pads)
-    used = record_steps(monkeypatch, [conv_depthwise.conv2d_depthwise])
+    used = record_depthwise(monkeypatch)
     x, out, p = run_depthwise(rng, dtype, 3, 3, (9, 10), batch=3, stride=stride, padding=1)
     top, bottom, left, right = pads
     padded = TF.pad(x, (left, right, top, bottom))
     ref = TF.conv2d(padded, p["layer.weight"], stride=stride, groups=3).numpy()
     err = rel_error(out, ref)
     assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
-    assert [name for name, _ in used] == ["conv2d_depthwise"]
+    assert [name for name, _ in used] == [depthwise_kernel]
 
 
 # **** the fused epilogue: folded BatchNorm, ReLU6, residual add ****
@@ -123,13 +143,13 @@ class DepthwiseBlock(nn.Module):
     ],
 )
 def test_fused_epilogue_matches_unfused(
-    channels, side, stride, residual, bias, batch, dtype, rng, monkeypatch
+    channels, side, stride, residual, bias, batch, dtype, depthwise_kernel, rng, monkeypatch
 ):
     """The optimised plan (one conv2d_fused node on conv2d_depthwise) equals, bit for bit,
     the plan with the BatchNorm folded but the add and ReLU6 left to their own kernels (the
     epilogue's arithmetic is theirs), and within the op tolerance the plan without passes
     (its batch_norm kernel has its own arithmetic) and torch."""
-    used = record_steps(monkeypatch, [conv_depthwise.conv2d_depthwise])
+    used = record_depthwise(monkeypatch)
     model = DepthwiseBlock(channels, stride, residual, bias)
     state = {}
     for key, value in model.state_dict().items():
@@ -154,7 +174,7 @@ def test_fused_epilogue_matches_unfused(
     np.testing.assert_array_equal(fused, folded)
     unoptimized, _ = run(optimize=False)
     assert rel_error(fused, unoptimized) < OP_TOLERANCE[dtype]
-    assert [name for name, _ in used] == ["conv2d_depthwise"] * 3
+    assert [name for name, _ in used] == [depthwise_kernel] * 3
     t = {k: torch.from_numpy(np.asarray(v, dtype)) for k, v in model.state_dict().items()}
     ref = TF.conv2d(
         torch.from_numpy(x), t["conv.weight"], t.get("conv.bias"), stride, 1, groups=channels
@@ -182,7 +202,31 @@ def test_fused_epilogue_matches_unfused(
 def test_lowering_takes_conv2d_depthwise_only_for_depthwise(
     cin, cout, groups, expected, monkeypatch
 ):
-    used = record_steps(monkeypatch, [conv_depthwise.conv2d_depthwise])
+    used = record_depthwise(monkeypatch)
     model = Net(nn.Conv2d(cin, cout, 3, padding=1, groups=groups))
     engine.compile(model, (cin, 9, 9), batch=1)
     assert bool(used) == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels,side,stride", [(70, 7, 1), (20, 8, 2), (130, 5, 1)])
+def test_lanes_equals_planes_bit_for_bit(channels, side, stride, dtype, rng, monkeypatch):
+    """Both kernels add a 3x3 window's taps in the same order, so they give the same bits."""
+    x = rng.standard_normal((2, channels, side, side)).astype(dtype)
+    model = DepthwiseBlock(channels, stride, residual=stride == 1, bias=True)
+    outs = []
+    for limit in (0, 1 << 30):
+        monkeypatch.setattr(conv_depthwise, "LANES_MAX_INPUT_PIXELS", limit)
+        exe = engine.compile(model, x.shape[1:], batch=2, dtype=dtype)
+        exe.poison_buffers()
+        outs.append(exe.run(x))
+    assert not np.isnan(outs[0]).any()
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("side,lanes", [(8, True), (7, True), (9, False), (14, False)])
+def test_lowering_takes_the_lanes_kernel_for_small_planes(side, lanes, monkeypatch):
+    used = record_depthwise(monkeypatch)
+    engine.compile(Net(nn.Conv2d(16, 16, 3, padding=1, groups=16)), (16, side, side), batch=1)
+    expected = conv_depthwise.conv2d_depthwise_lanes if lanes else conv_depthwise.conv2d_depthwise
+    assert [name for name, _ in used] == [expected.name]
