@@ -218,13 +218,18 @@ def conv2d_gemm(x, w, b, affine, res, consts, y, scratch, a):
     # the output channels in parts, [one im2col block per (image, group, block)]
     cols, staged = scratch[: threads * rows * span], scratch[threads * rows * span :]
     shared_cols = parts > 1 and not pointwise
-    if shared_cols:  # every part of a block multiplies the same columns: im2col them once
-        for task in prange(sets * groups * blocks):
-            first, g = task // (groups * blocks), (task // blocks) % groups
-            start = (task % blocks) * block
+    if shared_cols:  # every part of a block multiplies the same columns: im2col them once,
+        # each block's input channels split over the threads (batch 1 has one or two blocks)
+        for task in prange(sets * groups * blocks * threads):
+            share, task_cols = task % threads, task // threads
+            first, g = task_cols // (groups * blocks), (task_cols // blocks) % groups
+            start = (task_cols % blocks) * block
             width = min(block, ohw - start)
-            at = task * rows * block
-            im2col_images(x, first, 1, c, g * cg, geometry, rows, start, width, scratch, at)
+            c0, c1 = share * cg // threads, (share + 1) * cg // threads
+            at, share_rows = task_cols * rows * block + c0 * kh * kw * width, (c1 - c0) * kh * kw
+            im2col_images(
+                x, first, 1, c, g * cg + c0, geometry, share_rows, start, width, scratch, at
+            )
     for task in prange(sets * groups * blocks * parts):
         part, task_cols = task % parts, task // parts
         first, g = task_cols // (groups * blocks) * images, (task_cols // blocks) % groups

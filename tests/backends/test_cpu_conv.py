@@ -157,6 +157,10 @@ SPLIT_CASES = {
     "im2col_stride2": (8, 48, 3, (33, 33), dict(batch=3, stride=2, padding=1)),
     "im2col_stride1": (12, 48, 3, (9, 9), dict(batch=1, padding=1, bias=False)),
     "groups2": (16, 96, 3, (6, 6), dict(batch=1, groups=2, padding=1)),
+    # the shared im2col splits a block's input channels over the threads: an odd count, in
+    # the parallel variant (over PARALLEL_MIN_MACS); one channel a group is conv2d_direct's
+    "im2col_3_channels": (3, 48, 3, (17, 17), dict(batch=1, padding=1)),
+    "im2col_5_channels_5x5": (5, 48, 5, (15, 15), dict(batch=1, padding=2)),
 }
 
 
