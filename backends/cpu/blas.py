@@ -90,7 +90,7 @@ def _register() -> str:
 BLAS = _register()
 
 
-def _fortran_call(context, builder, signature, routine, dtype, arguments):
+def _fortran_call(context, builder, routine, dtype, arguments):
     """Call ``convforge_<s|d><routine>`` with every argument by reference, as Fortran takes
     them: ``("char", c)``, ``("int", intp value, its argument type)``, ``("real", python
     float or value, its type or None)`` or ``("pointer", void*)``."""
@@ -155,7 +155,6 @@ def gemm(
         _fortran_call(
             context,
             builder,
-            signature,
             "gemm",
             dtype,
             [
@@ -195,7 +194,6 @@ def gemv(typingctx, rows, cols, a, a_offset, lda, x, x_offset, y, y_offset):
         _fortran_call(
             context,
             builder,
-            signature,
             "gemv",
             dtype,
             [
