@@ -164,13 +164,20 @@ class Kernel:
         buffers: Sequence[tuple[int, int]],
         attrs: Sequence[int],
     ) -> Step:
-        """A step running this kernel on ``buffers`` ((address, numel) pairs) with ``attrs``."""
+        """A step running this kernel on ``buffers`` ((address, numel) pairs) with ``attrs``.
+
+        Only the declared in-place pairs get an aliased variant, the ones ``convforge warmup``
+        compiles. Two inputs that are one memory (a conv whose residual is its own input)
+        keep the generic variant: reading one array through two pointers costs nothing, and
+        a variant per such coincidence would compile for 20 s on first use."""
         if len(buffers) != self.buffers:
             raise AssertionError(f"{self.name} takes {self.buffers} buffers, got {len(buffers)}")
         ints = (1 + len(buffers) + len(attrs), *(n for _, n in buffers), *map(int, attrs))
-        sources = tuple(
-            buffers.index(b) if b[0] else i for i, b in enumerate(buffers)
-        )  # equal (address, numel) pairs: one buffer written in place
+        sources = list(range(self.buffers))
+        for output, source in self.inplace:  # a declared pair on one memory: written in place
+            if buffers[output][0] and buffers[output] == buffers[source]:
+                sources[output] = source
+        sources = tuple(sources)
         if sources != tuple(range(self.buffers)) and not self.parallel_inplace:
             parallel = False  # see ``shim``: the aliased parallel variant is not vectorised
         function = self.shim(dtype, parallel, sources).address

@@ -12,8 +12,13 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
+import engine
 from backends.cpu.kernels import KERNELS
 from engine.warmup import HELPERS_VARIANT, INT8_VARIANT, variants
+from graph import functional as F
+from graph import nn
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -29,6 +34,36 @@ def test_variants_cover_every_kernel_once_parallel_first():
                 assert (index, dtype, parallel, None) in found
     parallel = [v[2] for v in found]
     assert parallel == sorted(parallel, reverse=True)  # the expensive ones are handed out first
+
+
+class _ConvPlusInput(nn.Module):
+    """conv -> BatchNorm -> (+ x) -> ReLU: after the passes one fused conv whose residual
+    buffer is its own input buffer."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1, groups=groups)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return F.relu(F.add(self.bn(self.conv(x)), x))
+
+
+def test_steps_use_only_the_variants_warmup_compiles():
+    """A step whose buffers coincide (here a conv's input and its residual) must not ask for a
+    variant outside the list: it would compile for 20 s on a user's first run after
+    ``convforge warmup``. Every variant compiled in this process so far is checked."""
+    for groups in (1, 8):
+        for dtype in ("float32", "float64"):
+            exe = engine.compile(_ConvPlusInput(8, groups), (8, 6, 6), batch=2, dtype=dtype)
+            exe.run(np.ones((2, 8, 6, 6), dtype))
+    listed = {
+        (index, dtype, parallel, sources or tuple(range(KERNELS[index].buffers)))
+        for index, dtype, parallel, sources in variants()
+        if index >= 0
+    }
+    compiled = {(index, *key) for index, kernel in enumerate(KERNELS) for key in kernel._shims}
+    assert compiled and compiled <= listed, sorted(compiled - listed)
 
 
 def test_helpers_variant_compiles_every_numba_function_outside_the_kernels():
