@@ -540,16 +540,16 @@ def _nhwc_conv(layer: Layer, x: np.ndarray, weight: np.ndarray) -> tuple[Callabl
 
 def _nhwc_winograd(layer: Layer, x: np.ndarray, weight: np.ndarray) -> tuple[Callable, Callable]:
     """(run, output) of the NHWC Winograd prototype of a 3x3 stride-1 conv, on
-    ``winograd._schedule``'s rule: private chunks of PRIVATE_CHUNK_BYTES of V and M where that
-    gives GEMMs of PRIVATE_MIN_TILES rows and two chunks per thread, else shared chunks of
-    CHUNK_BYTES."""
+    ``winograd._schedule``'s rule for F(2x2, 3x3) tiles: private chunks of PRIVATE_CHUNK_BYTES
+    of V and M where that gives GEMMs of PRIVATE_MIN_TILES rows and two chunks per thread,
+    else shared chunks of CHUNK_BYTES."""
     n, c, oc = layer.n, layer.c, layer.oc
     tiles = n * ((layer.h + 1) // 2) * ((layer.w + 1) // 2)
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     w = np.ascontiguousarray(weight.reshape(oc, c, 9).transpose(1, 2, 0))  # [C, 9, OC]
     y = np.empty((n, layer.oh, layer.ow, oc), np.float32)
-    chunk = winograd.PRIVATE_CHUNK_BYTES // (64 * (c + oc))
-    private = chunk >= winograd.PRIVATE_MIN_TILES and -(-tiles // chunk) >= 2 * THREADS
+    chunk = winograd.PRIVATE_CHUNK_BYTES[2] // (64 * (c + oc))
+    private = chunk >= winograd.PRIVATE_MIN_TILES[2] and -(-tiles // chunk) >= 2 * THREADS
     if not private:
         chunk = min(tiles, winograd.CHUNK_BYTES // (64 * (c + oc)))
     sets = THREADS if private else 1

@@ -134,8 +134,8 @@ def force_winograd_chunks(monkeypatch, chunks: tuple[int, int | None, int] | Non
         return
     images, rows, private = chunks
 
-    def schedule(node, allow_private):
-        all_rows = winograd._tiles(node)[0]
+    def schedule(node, allow_private, tile):
+        all_rows = winograd._tiles(node, tile)[0]
         return images, rows or all_rows, private if allow_private else 0
 
     monkeypatch.setattr(winograd, "_schedule", schedule)

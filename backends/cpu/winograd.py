@@ -1,28 +1,32 @@
-"""Winograd F(2x2, 3x3) kernels for 3x3 stride-1 convolutions: the forward pass (and with it
-the stride-1 grad_input, which runs as a forward conv of the flipped kernel) and the weight
-gradient.
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) kernels for 3x3 stride-1 convolutions: the forward
+pass (and with it the stride-1 grad_input, which runs as a forward conv of the flipped kernel)
+and the weight gradient (F(2x2, 3x3) only).
 
-Each 2x2 block of output pixels (a *tile*) of one channel pair is (Lavin & Gray, 2016)::
+Each m x m block of output pixels (a *tile*) of one channel pair is (Lavin & Gray, 2016)::
 
-    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, 4x4)
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, (m+2) x (m+2))
 
-with d the 4x4 input patch under the tile and g the 3x3 kernel. Summed over input channels,
-each of the 16 positions p of the transformed 4x4 tile is one GEMM over all tiles::
+with d the (m+2) x (m+2) input patch under the tile and g the 3x3 kernel. Summed over input
+channels, each of the (m+2)^2 positions p of the transformed tile is one GEMM over all tiles::
 
     M_p [OC, tiles] = U_p [OC, C] @ V_p [C, tiles]      U = G g G^T,  V = B^T d B
 
-16 multiplies per tile and channel pair where the direct sum needs 36: 2.25x fewer. The
+m = 2: 16 multiplies per tile and channel pair where the direct sum needs 36 (2.25x fewer);
+m = 4: 36 where it needs 144 (4x fewer), on convs with enough pixels (``tile_size``). The
 weight gradient runs the same algebra backwards: with Z = A dY A^T per output-gradient tile,
-``dU_p [OC, C] = Z_p [OC, tiles] @ V_p^T [tiles, C]`` and ``dg = G^T dU G``. The transforms'
-coefficients are 0, +-1 and 1/2, so the extra rounding is a few ulps (tested against torch).
+``dU_p [OC, C] = Z_p [OC, tiles] @ V_p^T [tiles, C]`` and ``dg = G^T dU G``. F(2x2, 3x3)'s
+coefficients are 0, +-1 and 1/2, so the extra rounding is a few ulps; F(4x4, 3x3)'s (up to
+8 and 1/24) leave float32 outputs ~2e-6 from the exact sum in norm, a direct sum ~2e-7
+(both tested against torch at 1e-5).
 
 The batch is processed in chunks of whole images or of blocks of tile rows of one image, on
 one of two schedules (``_schedule``):
 
-- shared: V and M (4x the input and output bytes) of a chunk stay near CHUNK_BYTES, and each
-  chunk is three parallel phases: the input (and, for the weight gradient, output-gradient)
-  transform over (image, channel) planes, the 16 GEMMs (one task per p, so each dU_p has one
-  writer: deterministic without partial sums), and the output transform;
+- shared: V and M ((m+2)^2 / m^2 times the input and output bytes) of a chunk stay near
+  CHUNK_BYTES, and each chunk is three parallel phases: the input (and, for the weight
+  gradient, output-gradient) transform over (image, channel) planes, the P GEMMs (one task
+  per p, so each dU_p has one writer: deterministic without partial sums), and the output
+  transform;
 - private (forward only): where the maps are large and the channels few (ResNet-18 CIFAR's
   32x32 and 16x16 layers), a task is a whole small chunk with its own V and M, which stay in
   the core's L2 instead of crossing memory twice (32x32 at batch 32: 7.2 -> 5.6 ms).
@@ -32,10 +36,10 @@ so the tile loops need no bounds checks.
 
 Buffers: conv2d_winograd(x, w, b, affine, residual, consts, y, scratch) (the epilogue's, see
 ``epilogue.py``), conv2d_grad_weight_winograd(x, gy, gw, scratch).
-Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk, private], then
-the forward's activation kind.
-Scratch: [U or dU: 16 x OC x C | V: 16 x C x T | M or Z: 16 x OC x T | padded rows per
-thread] (shared) or [U | per thread: V, M, padded rows] (private),
+Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk, private, m],
+then the forward's activation kind.
+Scratch: [U or dU: P x OC x C | V: P x C x T | M or Z: P x OC x T | padded rows per
+thread] (shared) or [U | per thread: V, M, padded rows] (private), P = (m+2)^2,
 T = images x tile rows x tiles per row of a chunk (``_strides``, ``_regions``).
 """
 
@@ -60,12 +64,17 @@ MIN_CHANNELS = 16
 # few tiles cannot repay (ResNet-50's 512 -> 512 3x3 on 7x7 at batch 1, 16 tiles: 3.1 ms,
 # against 1.9 ms as one im2col GEMM cut by output channels; at batch 2 Winograd wins).
 MIN_TILES = 32
-# Private schedule (``_schedule``): V and M bytes of one chunk (a quarter of L2), and the
-# fewest GEMM columns worth a chunk of their own.
-PRIVATE_CHUNK_BYTES = 512 << 10
-PRIVATE_MIN_TILES = 32
+# Private schedule (``_schedule``), by tile size: V and M bytes of one chunk (a quarter or
+# half of L2), and the fewest GEMM columns worth a chunk of their own. F(4x4, 3x3) has 36
+# GEMMs on a quarter of the tiles: 1 MiB and 16 columns (ResNet-18 CIFAR's 32x32 and 16x16
+# layers at batch 64: 23.0 -> 20.4 and 13.6 -> 12.8 ms against 512 KiB and 32).
+PRIVATE_CHUNK_BYTES = {2: 512 << 10, 4: 1 << 20}
+PRIVATE_MIN_TILES = {2: 32, 4: 16}
 # Elements added to each position stride of U, V and M (see ``_strides``).
 SKEW = 16
+# Forward convs with at least this many output pixels in the batch (one channel) take
+# F(4x4, 3x3) tiles, the others (and every weight gradient) F(2x2, 3x3): see ``tile_size``.
+LARGE_TILE_MIN_PIXELS = 3072
 
 
 def is_winograd(node: Node) -> bool:
@@ -73,7 +82,7 @@ def is_winograd(node: Node) -> bool:
     and MIN_TILES tiles in the batch (``node`` is a conv2d node, or the forward conv a backward
     node mirrors)."""
     oc, c, kh, kw = node.inputs[1].shape
-    rows, per_row = _tiles(node)
+    rows, per_row = _tiles(node, 2)
     return (
         (kh, kw) == (3, 3)
         and node.attrs["stride"] == (1, 1)
@@ -84,28 +93,42 @@ def is_winograd(node: Node) -> bool:
     )
 
 
-def _tiles(node: Node) -> tuple[int, int]:
-    """Tile rows and tiles per row (2x2 output tiles, the last ones partial on odd sides)."""
+def tile_size(node: Node, weight_gradient: bool = False) -> int:
+    """Output pixels a side of a tile: 4 for forward convs with LARGE_TILE_MIN_PIXELS output
+    pixels in the batch, else 2.
+
+    F(4x4, 3x3) needs 36 multiplies per tile and channel pair for 16 outputs (2.25 an
+    output, F(2x2, 3x3) 4), but transforms 36 copies of the weights (16) on every run: few
+    pixels (ResNet-50's 14x14 layers at batch 1) cannot repay them. Its transforms'
+    coefficients (4, 5, 1/6, 1/24, 8) round more: float32 outputs are ~2e-6 from the exact
+    sum in norm (F(2x2, 3x3): ~3e-7; the test tolerance is 1e-5)."""
+    n, _, oh, ow = node.outputs[0].shape
+    large = n * oh * ow >= LARGE_TILE_MIN_PIXELS
+    return 4 if large and not weight_gradient else 2
+
+
+def _tiles(node: Node, m: int) -> tuple[int, int]:
+    """Tile rows and tiles per row (m x m output tiles, the last ones partial)."""
     _, _, oh, ow = node.outputs[0].shape
-    return (oh + 1) // 2, (ow + 1) // 2
+    return -(-oh // m), -(-ow // m)
 
 
-def _schedule(node: Node, private: bool) -> tuple[int, int, int]:
+def _schedule(node: Node, private: bool, m: int) -> tuple[int, int, int]:
     """(images, tile rows, private) per chunk. Private (forward convs only: the weight
     gradient's GEMMs sum over tiles, and a small chunk makes that sum short and its partials
-    many): chunks of at most PRIVATE_CHUNK_BYTES of V and M, one task each, where that still
-    gives GEMMs of PRIVATE_MIN_TILES columns and two chunks per thread (ResNet-18 CIFAR's
+    many): chunks of at most PRIVATE_CHUNK_BYTES[m] of V and M, one task each, where that
+    still gives GEMMs of PRIVATE_MIN_TILES[m] columns and two chunks per thread (ResNet-18 CIFAR's
     32x32 and 16x16 layers). Otherwise shared: as many whole images as keep V and M near
     CHUNK_BYTES or, where one image is already larger (VGG's 224x224 layers: 102 MiB at 64
     channels), one image's tile rows in blocks of that size."""
     (n, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
-    th, tw = _tiles(node)
-    per_row = 16 * (c + oc) * tw * node.outputs[0].type.itemsize
-    rows = PRIVATE_CHUNK_BYTES // per_row
+    th, tw = _tiles(node, m)
+    per_row = (m + 2) ** 2 * (c + oc) * tw * node.outputs[0].type.itemsize
+    rows = PRIVATE_CHUNK_BYTES[m] // per_row
     images = max(1, min(n, rows // th)) if rows >= th else 1
     rows = min(rows, th)
     chunks = -(-n // images) * -(-th // max(1, rows))
-    wide = images * rows * tw >= PRIVATE_MIN_TILES
+    wide = images * rows * tw >= PRIVATE_MIN_TILES[m]
     if private and rows and wide and chunks >= 2 * _threads():
         return images, rows, 1
     if per_row * th <= CHUNK_BYTES:
@@ -123,12 +146,14 @@ def scratch_numel(node: Node, weight_gradient: bool = False) -> int:
     ``node``: U (or dU), then V and M (or Z) with their skewed strides and padded rows per
     thread, or per thread a V, an M and padded rows (``_regions``)."""
     (_, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
-    (_, tw), (images, rows, private) = _tiles(node), _schedule(node, not weight_gradient)
+    size = tile_size(node, weight_gradient)
+    (_, tw), positions = _tiles(node, size), (size + 2) ** 2
+    images, rows, private = _schedule(node, not weight_gradient, size)
     u, v, m = _strides(c, oc, images * rows * tw)
-    padded = _padded_numel(rows, tw)
+    padded = _padded_numel(rows, tw, size)
     if private:
-        return 16 * u + _threads() * (16 * (v + m) + padded)
-    return 16 * (u + v + m) + _threads() * padded
+        return positions * u + _threads() * (positions * (v + m) + padded)
+    return positions * (u + v + m) + _threads() * padded
 
 
 def attrs(node: Node, weight_gradient: bool = False) -> list[int]:
@@ -136,13 +161,21 @@ def attrs(node: Node, weight_gradient: bool = False) -> list[int]:
     ``node`` (x, w -> y)."""
     (n, c, h, wd), (_, oc, oh, ow) = node.inputs[0].shape, node.outputs[0].shape
     pt, _, pl, _ = node.attrs["padding"]
-    return [n, c, h, wd, oc, oh, ow, pt, pl, *_schedule(node, not weight_gradient)]
+    size = tile_size(node, weight_gradient)
+    return [n, c, h, wd, oc, oh, ow, pt, pl, *_schedule(node, not weight_gradient, size), size]
 
 
 @njit(inline="always", cache=True)
-def _padded_numel(rows, tw):
-    """A zero-bordered block of input rows under ``rows`` tile rows of ``tw`` tiles."""
-    return (2 * rows + 2) * (2 * tw + 2)
+def _padded_numel(rows, tw, m):
+    """A zero-bordered block of input rows under ``rows`` tile rows of ``tw`` m x m tiles."""
+    return (m * rows + 2) * (m * tw + 2)
+
+
+@njit(inline="always", cache=True)
+def _tile_counts(a):
+    """(tile size m, tile rows, tiles per row, transformed positions (m + 2)^2) of attrs a."""
+    m = a[12]
+    return m, (a[5] + m - 1) // m, (a[6] + m - 1) // m, (m + 2) * (m + 2)
 
 
 @njit(inline="always", cache=True)
@@ -156,16 +189,41 @@ def _pad_rows(src, plane, h, wd, top, pl, wp, rows, work, at):
 
 
 @njit(inline="always", cache=True)
-def _weight_transform(g, u, k, stride):
-    """U = G g G^T of one 3x3 kernel ``g``: u[k + p*stride], p = 4r + j. In float64 until
-    the store (the 1/2 is exact, the sums round once)."""
+def _weight_transform(g, u, k, stride, m):
+    """U = G g G^T of one 3x3 kernel ``g`` for m x m tiles: u[k + p*stride], p = (m+2)r + j.
+    In float64 until the store."""
+    if m == 2:
+        _weight_transform_2(g, u, k, stride)
+    else:
+        _weight_transform_4(g, u, k, stride)
+
+
+@njit(inline="always", cache=True)
+def _weight_transform_4(g, u, k, stride):
+    """F(4x4, 3x3)'s U = G g G^T: G applied down each column of g, then along each row."""
+    c0 = _g6(1.0 * g[0], 1.0 * g[3], 1.0 * g[6])
+    c1 = _g6(1.0 * g[1], 1.0 * g[4], 1.0 * g[7])
+    c2 = _g6(1.0 * g[2], 1.0 * g[5], 1.0 * g[8])
+    for r in range(6):
+        _store(u, k + 6 * r * stride, stride, _g6(c0[r], c1[r], c2[r]))
+
+
+@njit(inline="always", cache=True)
+def _g6(q0, q1, q2):
+    """G q for F(4x4, 3x3) (Lavin & Gray's points 0, +-1, +-2, infinity)."""
+    sixth = 1.0 / 6.0  # multiplies, not a division per entry
+    even, odd = (q0 + q2) * sixth, q1 * sixth
+    outer, inner = (0.25 * q0 + q2) * sixth, 0.5 * odd
+    return 0.25 * q0, -(even + odd), odd - even, outer + inner, outer - inner, q2
+
+
+@njit(inline="always", cache=True)
+def _weight_transform_2(g, u, k, stride):
+    """F(2x2, 3x3)'s U = G g G^T (the 1/2 is exact, the sums round once)."""
     for r in range(4):
         q0, q1, q2 = _times_g(g, r, 0), _times_g(g, r, 1), _times_g(g, r, 2)
         half = 0.5 * (q0 + q2)
-        u[k + 4 * r * stride] = q0
-        u[k + (4 * r + 1) * stride] = half + 0.5 * q1
-        u[k + (4 * r + 2) * stride] = half - 0.5 * q1
-        u[k + (4 * r + 3) * stride] = q2
+        _store(u, k + 4 * r * stride, stride, (q0, half + 0.5 * q1, half - 0.5 * q1, q2))
 
 
 @njit(inline="always", cache=True)
@@ -211,6 +269,35 @@ def _bt(d):
 
 
 @njit(inline="always", cache=True)
+def _bt6(d, real):
+    """F(4x4, 3x3)'s B^T applied to a 6-vector, in the array's type ``real`` (a float64
+    literal would widen a float32 tile)."""
+    d0, d1, d2, d3, d4, d5 = d
+    two, four, five = real(2.0), real(4.0), real(5.0)
+    even, odd = d4 - d2, two * (d3 - d1)
+    return (
+        four * d0 - five * d2 + d4,
+        (d3 + d4) - four * (d1 + d2),
+        (d4 - d3) + four * (d1 - d2),
+        even + odd,
+        even - odd,
+        four * d1 - five * d3 + d5,
+    )
+
+
+@njit(inline="always", cache=True)
+def _at6(m, real):
+    """F(4x4, 3x3)'s A^T applied to a 6-vector, in type ``real`` (see ``_bt6``)."""
+    sum12, diff12, sum34, diff34 = m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]
+    return (
+        m[0] + sum12 + sum34,
+        diff12 + real(2.0) * diff34,
+        sum12 + real(4.0) * sum34,
+        diff12 + real(8.0) * diff34 + m[5],
+    )
+
+
+@njit(inline="always", cache=True)
 def _at(m):
     """A^T applied to a 4-vector."""
     return m[0] + m[1] + m[2], m[1] - m[2] - m[3]
@@ -223,9 +310,9 @@ def _a(q0, q1):
 
 
 @njit(inline="always", cache=True)
-def _store4(out, k, stride, values):
-    """out[k + j*stride] = values[j]."""
-    for j in range(4):
+def _store(out, k, stride, values):
+    """out[k + j*stride] = values[j] for each of the tuple ``values``."""
+    for j in range(len(values)):
         out[np.uint64(k + j * stride)] = values[j]
 
 
@@ -242,44 +329,107 @@ def _load4(array, k, stride):
 
 
 @njit(inline="always", cache=True)
-def _input_transform(x, plane, h, wd, pt, pl, ty0, rows, tw, padded, at, v, k, stride):
-    """V = B^T d B for tile rows ty0..ty0+rows of one input plane: v[k + tile + p*stride],
-    p = 4i + j, tiles numbered from (ty0, 0)."""
-    wp = 2 * tw + 2
-    _pad_rows(x, plane, h, wd, 2 * ty0 - pt, pl, wp, 2 * rows + 2, padded, at)
-    for ty in range(rows):
-        r = at + 2 * ty * wp
-        for tx in range(tw):
-            c, t = r + 2 * tx, k + ty * tw + tx
-            # B^T d, column by column
-            d0, d1 = _bt(_load4(padded, c, wp)), _bt(_load4(padded, c + 1, wp))
-            d2, d3 = _bt(_load4(padded, c + 2, wp)), _bt(_load4(padded, c + 3, wp))
-            for i in range(4):
-                row = _bt((d0[i], d1[i], d2[i], d3[i]))
-                _store4(v, t + 4 * i * stride, stride, row)
+def _load6(array, k, stride):
+    """(array[k + j*stride] for j < 6), unsigned indices as in ``_load4``."""
+    return (
+        array[np.uint64(k)],
+        array[np.uint64(k + stride)],
+        array[np.uint64(k + 2 * stride)],
+        array[np.uint64(k + 3 * stride)],
+        array[np.uint64(k + 4 * stride)],
+        array[np.uint64(k + 5 * stride)],
+    )
 
 
 @njit(inline="always", cache=True)
-def _output_transform(m, k, stride, y, plane, oh, ow, ty0, rows, tw, bias):
-    """Y = A^T M A + bias for tile rows ty0..ty0+rows of one output plane (M_p at
-    m[k + tile + p*stride], tiles numbered from (ty0, 0))."""
+def _input_transform(x, plane, h, wd, pt, pl, ty0, rows, tw, m, padded, at, v, k, stride):
+    """V = B^T d B for tile rows ty0..ty0+rows of one input plane, m x m tiles:
+    v[k + tile + p*stride], p = (m+2)i + j, tiles numbered from (ty0, 0)."""
+    wp = m * tw + 2
+    _pad_rows(x, plane, h, wd, m * ty0 - pt, pl, wp, m * rows + 2, padded, at)
     for ty in range(rows):
-        for tx in range(tw):
-            t = k + ty * tw + tx
-            s0, d0 = _at(_load4(m, t, 4 * stride))  # A^T M, column by column
-            s1, d1 = _at(_load4(m, t + stride, 4 * stride))
-            s2, d2 = _at(_load4(m, t + 2 * stride, 4 * stride))
-            s3, d3 = _at(_load4(m, t + 3 * stride, 4 * stride))
-            (y00, y01), (y10, y11) = _at((s0, s1, s2, s3)), _at((d0, d1, d2, d3))
-            oy, ox = 2 * (ty0 + ty), 2 * tx
-            at = plane + oy * ow + ox
-            y[at] = y00 + bias
-            if ox + 1 < ow:
-                y[at + 1] = y01 + bias
-            if oy + 1 < oh:
-                y[at + ow] = y10 + bias
-                if ox + 1 < ow:
-                    y[at + ow + 1] = y11 + bias
+        r, t = at + m * ty * wp, k + ty * tw
+        if m == 2:
+            for tx in range(tw):
+                _input_tile_2(padded, r + 2 * tx, wp, v, t + tx, stride)
+        else:
+            for tx in range(tw):
+                _input_tile_4(padded, r + 4 * tx, wp, v, t + tx, stride)
+
+
+@njit(inline="always", cache=True)
+def _input_tile_2(padded, c, wp, v, t, stride):
+    """One F(2x2, 3x3) tile: B^T d column by column, then B along each row."""
+    d0, d1 = _bt(_load4(padded, c, wp)), _bt(_load4(padded, c + 1, wp))
+    d2, d3 = _bt(_load4(padded, c + 2, wp)), _bt(_load4(padded, c + 3, wp))
+    for i in range(4):
+        _store(v, t + 4 * i * stride, stride, _bt((d0[i], d1[i], d2[i], d3[i])))
+
+
+@njit(inline="always", cache=True)
+def _input_tile_4(padded, c, wp, v, t, stride):
+    """One F(4x4, 3x3) tile, as ``_input_tile_2``."""
+    real = padded.dtype.type
+    d0, d1 = _bt6(_load6(padded, c, wp), real), _bt6(_load6(padded, c + 1, wp), real)
+    d2, d3 = _bt6(_load6(padded, c + 2, wp), real), _bt6(_load6(padded, c + 3, wp), real)
+    d4, d5 = _bt6(_load6(padded, c + 4, wp), real), _bt6(_load6(padded, c + 5, wp), real)
+    for i in range(6):
+        row = _bt6((d0[i], d1[i], d2[i], d3[i], d4[i], d5[i]), real)
+        _store(v, t + 6 * i * stride, stride, row)
+
+
+@njit(inline="always", cache=True)
+def _output_transform(mm, k, stride, y, plane, oh, ow, ty0, rows, tw, m, bias):
+    """Y = A^T M A + bias for tile rows ty0..ty0+rows of one output plane, m x m tiles (M_p
+    at mm[k + tile + p*stride], tiles numbered from (ty0, 0)); partial tiles at the edges."""
+    for ty in range(rows):
+        oy = m * (ty0 + ty)
+        at, t, below = plane + oy * ow, k + ty * tw, min(m, oh - oy)
+        if m == 2:
+            for tx in range(tw):
+                across = min(2, ow - 2 * tx)
+                _output_tile_2(mm, t + tx, stride, y, at + 2 * tx, ow, below, across, bias)
+        else:
+            for tx in range(tw):
+                across = min(4, ow - 4 * tx)
+                _output_tile_4(mm, t + tx, stride, y, at + 4 * tx, ow, below, across, bias)
+
+
+@njit(inline="always", cache=True)
+def _output_tile_2(mm, t, stride, y, at, ow, below, across, bias):
+    """One F(2x2, 3x3) tile's ``below`` x ``across`` outputs: A^T M column by column, then A
+    along each row."""
+    s0, d0 = _at(_load4(mm, t, 4 * stride))
+    s1, d1 = _at(_load4(mm, t + stride, 4 * stride))
+    s2, d2 = _at(_load4(mm, t + 2 * stride, 4 * stride))
+    s3, d3 = _at(_load4(mm, t + 3 * stride, 4 * stride))
+    (y00, y01), (y10, y11) = _at((s0, s1, s2, s3)), _at((d0, d1, d2, d3))
+    y[at] = y00 + bias
+    if across == 2:
+        y[at + 1] = y01 + bias
+    if below == 2:
+        y[at + ow] = y10 + bias
+        if across == 2:
+            y[at + ow + 1] = y11 + bias
+
+
+@njit(inline="always", cache=True)
+def _output_tile_4(mm, t, stride, y, at, ow, below, across, bias):
+    """One F(4x4, 3x3) tile, as ``_output_tile_2``."""
+    real, step = mm.dtype.type, 6 * stride
+    c0, c1 = _at6(_load6(mm, t, step), real), _at6(_load6(mm, t + stride, step), real)
+    c2 = _at6(_load6(mm, t + 2 * stride, step), real)
+    c3 = _at6(_load6(mm, t + 3 * stride, step), real)
+    c4 = _at6(_load6(mm, t + 4 * stride, step), real)
+    c5 = _at6(_load6(mm, t + 5 * stride, step), real)
+    for i in range(below):
+        row = _at6((c0[i], c1[i], c2[i], c3[i], c4[i], c5[i]), real)
+        out = at + i * ow
+        if across == 4:
+            _store(y, out, 1, (row[0] + bias, row[1] + bias, row[2] + bias, row[3] + bias))
+        else:
+            for j in range(across):
+                y[out + j] = row[j] + bias
 
 
 @njit(inline="always", cache=True)
@@ -295,7 +445,7 @@ def _gradient_transform(gy, plane, oh, ow, ty0, rows, tw, padded, at, z, k, stri
             left = _a(padded[np.uint64(c)], padded[np.uint64(c + wp)])
             right = _a(padded[np.uint64(c + 1)], padded[np.uint64(c + wp + 1)])
             for i in range(4):
-                _store4(z, t + 4 * i * stride, stride, _a(left[i], right[i]))
+                _store(z, t + 4 * i * stride, stride, _a(left[i], right[i]))
 
 
 @njit(inline="always", cache=True)
@@ -311,20 +461,22 @@ def _regions(a, thread):
     """Scratch offsets (V, M or Z, padded rows) of ``thread``; U (or dU) starts at 0. Shared
     schedule: one V and M after it, used by all threads, then padded rows per thread.
     Private schedule (a[11] set): a V, an M and padded rows per thread."""
-    c, oc, tw, images, block_rows, private = a[1], a[4], (a[6] + 1) // 2, a[9], a[10], a[11]
+    c, oc, images, block_rows, private = a[1], a[4], a[9], a[10], a[11]
+    m, _, tw, positions = _tile_counts(a)
     u_stride, v_stride, m_stride = _strides(c, oc, images * block_rows * tw)
-    padded = _padded_numel(block_rows, tw)
-    region = 16 * (v_stride + m_stride) + padded
-    v_at = 16 * u_stride + (thread * region if private else 0)
-    m_at = v_at + 16 * v_stride
-    return v_at, m_at, m_at + 16 * m_stride + (0 if private else thread * padded)
+    padded = _padded_numel(block_rows, tw, m)
+    region = positions * (v_stride + m_stride) + padded
+    v_at = positions * u_stride + (thread * region if private else 0)
+    m_at = v_at + positions * v_stride
+    return v_at, m_at, m_at + positions * m_stride + (0 if private else thread * padded)
 
 
 @njit(inline="always", cache=True)
 def _chunk_of(a, index):
     """(first image, images, first tile row, tile rows, GEMM columns) of chunk ``index``:
     chunks run image group by image group, each cut into blocks of a[10] tile rows."""
-    n, th, tw, images, block_rows = a[0], (a[5] + 1) // 2, (a[6] + 1) // 2, a[9], a[10]
+    n, images, block_rows = a[0], a[9], a[10]
+    _, th, tw, _ = _tile_counts(a)
     blocks = (th + block_rows - 1) // block_rows
     first, ty0 = index // blocks * images, index % blocks * block_rows
     count, rows = min(images, n - first), min(block_rows, th - ty0)
@@ -335,14 +487,14 @@ def _chunk_of(a, index):
 def _transform_input(x, scratch, a, index, task, thread):
     """V of input plane (image m, channel ci) = task of chunk ``index``."""
     n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
-    tw = (ow + 1) // 2
+    size, _, tw, _ = _tile_counts(a)
     first, _, ty0, rows, ld = _chunk_of(a, index)
     v_stride = _strides(c, oc, images * block_rows * tw)[1]
     v_at, _, slot = _regions(a, thread)
     m, ci = task // c, task % c
     column, plane = v_at + ci * ld + m * rows * tw, ((first + m) * c + ci) * h * wd
     _input_transform(
-        x, plane, h, wd, pt, pl, ty0, rows, tw, scratch, slot, scratch, column, v_stride
+        x, plane, h, wd, pt, pl, ty0, rows, tw, size, scratch, slot, scratch, column, v_stride
     )
 
 
@@ -352,7 +504,7 @@ def _output_plane(a, index, task, thread):
     offset in y or gy, its first column in M or Z, their position stride, the thread's padded
     block, first tile row, tile rows)."""
     c, oc, oh, ow, images, block_rows = a[1], a[4], a[5], a[6], a[9], a[10]
-    tw = (ow + 1) // 2
+    tw = _tile_counts(a)[2]
     first, _, ty0, rows, ld = _chunk_of(a, index)
     m_stride = _strides(c, oc, images * block_rows * tw)[2]
     _, m_at, slot = _regions(a, thread)
@@ -368,10 +520,10 @@ def _transform_output(y, b, affine, res, consts, scratch, a, index, task, thread
     oh, ow, oc = a[5], a[6], a[4]
     plane, column, m_stride, _, ty0, rows = _output_plane(a, index, task, thread)
     bias = b[task % oc] if b.shape[0] else 0.0
-    tw = (ow + 1) // 2
-    _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, bias)
-    lo, hi = plane + 2 * ty0 * ow, plane + min(oh, 2 * (ty0 + rows)) * ow
-    finish_channel(y[lo:hi], task % oc, b[:0], affine, res[lo:hi], a[12], consts)
+    m, _, tw, _ = _tile_counts(a)
+    _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, m, bias)
+    lo, hi = plane + m * ty0 * ow, plane + min(oh, m * (ty0 + rows)) * ow
+    finish_channel(y[lo:hi], task % oc, b[:0], affine, res[lo:hi], a[13], consts)
 
 
 @njit(inline="always", cache=True)
@@ -379,14 +531,14 @@ def _transform_gradient(gy, scratch, a, index, task, thread):
     """Z of output-gradient plane (image m, channel o) = task of chunk ``index``."""
     oh, ow = a[5], a[6]
     plane, column, z_stride, slot, ty0, rows = _output_plane(a, index, task, thread)
-    tw = (ow + 1) // 2
+    tw = _tile_counts(a)[2]  # 2x2 tiles: the weight gradient's
     _gradient_transform(gy, plane, oh, ow, ty0, rows, tw, scratch, slot, scratch, column, z_stride)
 
 
 @njit(inline="always", cache=True)
 def _forward_gemm(scratch, a, index, p, thread):
     """M_p [OC, ld] = U_p [OC, C] @ V_p [C, ld] of chunk ``index``."""
-    c, oc, tw = a[1], a[4], (a[6] + 1) // 2
+    c, oc, tw = a[1], a[4], _tile_counts(a)[2]
     u_stride, v_stride, m_stride = _strides(c, oc, a[9] * a[10] * tw)
     v_at, m_at, _ = _regions(a, thread)
     ld = _chunk_of(a, index)[4]
@@ -403,7 +555,7 @@ def _forward_gemm(scratch, a, index, p, thread):
 @njit(inline="always", cache=True)
 def _weight_gemm(scratch, a, index, p, beta):
     """dU_p [OC, C] = beta * dU_p + Z_p [OC, ld] @ V_p^T [ld, C] of chunk ``index``."""
-    c, oc, tw = a[1], a[4], (a[6] + 1) // 2
+    c, oc, tw = a[1], a[4], _tile_counts(a)[2]
     u_stride, v_stride, z_stride = _strides(c, oc, a[9] * a[10] * tw)
     v_at, z_at, _ = _regions(a, 0)
     ld = _chunk_of(a, index)[4]
@@ -423,22 +575,23 @@ def _weight_gemm(scratch, a, index, p, beta):
 @njit(inline="always", cache=True)
 def _chunks(a):
     """How many chunks (``_chunk_of``) cover the batch."""
-    th = (a[5] + 1) // 2
+    th = _tile_counts(a)[1]
     return (a[0] + a[9] - 1) // a[9] * ((th + a[10] - 1) // a[10])
 
 
 @kernel(buffers=8)
 def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
     c, oc, private = a[1], a[4], a[11]
+    m, _, _, positions = _tile_counts(a)
     u_stride = _strides(c, oc, 0)[0]
     for q in prange(oc * c):
-        _weight_transform(w[q * 9 : q * 9 + 9], scratch, q, u_stride)
+        _weight_transform(w[q * 9 : q * 9 + 9], scratch, q, u_stride, m)
     if private:
         for index in prange(_chunks(a)):
             thread, count = get_thread_id(), _chunk_of(a, index)[1]
             for task in range(count * c):
                 _transform_input(x, scratch, a, index, task, thread)
-            for p in range(16):
+            for p in range(positions):
                 _forward_gemm(scratch, a, index, p, thread)
             for task in range(count * oc):
                 _transform_output(y, b, affine, res, consts, scratch, a, index, task, thread)
@@ -447,7 +600,7 @@ def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
         count = _chunk_of(a, index)[1]
         for task in prange(count * c):
             _transform_input(x, scratch, a, index, task, get_thread_id())
-        for p in prange(16):
+        for p in prange(positions):
             _forward_gemm(scratch, a, index, p, 0)
         for task in prange(count * oc):
             _transform_output(y, b, affine, res, consts, scratch, a, index, task, get_thread_id())
@@ -456,7 +609,7 @@ def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
 
 @kernel(buffers=4)
 def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
-    c, oc = a[1], a[4]
+    c, oc, positions = a[1], a[4], _tile_counts(a)[3]
     u_stride = _strides(c, oc, 0)[0]
     for index in range(_chunks(a)):
         count = _chunk_of(a, index)[1]
@@ -465,7 +618,7 @@ def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
                 _transform_input(x, scratch, a, index, task, get_thread_id())
             else:
                 _transform_gradient(gy, scratch, a, index, task - count * c, get_thread_id())
-        for p in prange(16):
+        for p in prange(positions):
             _weight_gemm(scratch, a, index, p, 0.0 if index == 0 else 1.0)
     for q in prange(oc * c):
         _weight_gradient_transform(scratch, q, u_stride, gw, q * 9)

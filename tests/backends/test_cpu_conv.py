@@ -215,12 +215,14 @@ WINOGRAD_CASES = {
 
 @pytest.mark.parametrize("chunks", WINOGRAD_CHUNKS, ids=str)
 @pytest.mark.parametrize("case", list(WINOGRAD_CASES))
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_winograd(case, dtype, chunks, rng, monkeypatch):
-    """Every case takes the Winograd kernel (small ones too), under every chunking of
-    WINOGRAD_CHUNKS."""
+def test_conv2d_winograd(case, dtype, tile, chunks, rng, monkeypatch):
+    """Every case takes the Winograd kernel (small ones too) with ``tile`` x ``tile`` output
+    tiles, under every chunking of WINOGRAD_CHUNKS."""
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
     monkeypatch.setattr(winograd, "MIN_TILES", 1)  # however few tiles
+    monkeypatch.setattr(winograd, "LARGE_TILE_MIN_PIXELS", 0 if tile == 4 else 1 << 62)
     force_winograd_chunks(monkeypatch, chunks)
     used = record_steps(monkeypatch, [winograd.conv2d_winograd])
     cin, cout, input_hw, kwargs = WINOGRAD_CASES[case]
@@ -243,11 +245,13 @@ def _conv_node(n: int, c: int, oc: int, side: int) -> Node:
 @pytest.mark.parametrize(
     "n,c,side,weight_gradient,expected",
     [
-        (32, 512, 4, False, (32, 2, 0)),  # ResNet-18 CIFAR layer4: 256 KiB an image, all 32
+        (32, 512, 4, False, (32, 2, 0)),  # ResNet-18 CIFAR layer4 (2x2 tiles): all 32 images
         (32, 64, 32, True, (4, 16, 0)),  # layer1's weight gradient: 2 MiB an image
-        (32, 64, 32, False, (1, 4, 1)),  # layer1 forward: 4 tile rows (64 tiles) a task
-        (32, 128, 16, False, (1, 4, 1)),  # layer2 forward: 32 tiles a task
-        (2, 64, 224, False, (1, 9, 0)),  # VGG's first block: 102 MiB an image, 9 of 112 rows
+        (32, 64, 32, False, (1, 7, 1)),  # layer1 forward (4x4 tiles): 7 of 8 tile rows a task
+        (32, 128, 16, False, (1, 4, 1)),  # layer2 forward: 16 tiles a task
+        (64, 256, 8, False, (28, 2, 0)),  # layer3 at batch 64: private chunks, 12 columns
+        (2, 64, 224, False, (1, 1, 1)),  # VGG's first block: one of 56 tile rows a task
+        (2, 64, 224, True, (1, 9, 0)),  # its weight gradient: 102 MiB an image, 9 of 112 rows
     ],
 )
 def test_winograd_schedule(n, c, side, weight_gradient, expected, monkeypatch):
@@ -255,10 +259,11 @@ def test_winograd_schedule(n, c, side, weight_gradient, expected, monkeypatch):
     images where one fits, else tile rows (for two threads, as in CI)."""
     monkeypatch.setattr(winograd, "_threads", lambda: 2)
     node = _conv_node(n, c, c, side)
-    assert winograd._schedule(node, not weight_gradient) == expected
+    tile = winograd.tile_size(node, weight_gradient)
+    assert winograd._schedule(node, not weight_gradient, tile) == expected
     images, rows, private = expected
-    budget = winograd.PRIVATE_CHUNK_BYTES if private else winograd.CHUNK_BYTES
-    assert 16 * 2 * c * images * rows * (side // 2) * 4 <= budget
+    budget = winograd.PRIVATE_CHUNK_BYTES[tile] if private else winograd.CHUNK_BYTES
+    assert (tile + 2) ** 2 * 2 * c * images * rows * (side // tile) * 4 <= budget
 
 
 # **** linear ****

@@ -116,10 +116,13 @@ WINOGRAD_CONVS = {
 
 @pytest.mark.parametrize("chunks", WINOGRAD_CHUNKS, ids=str)
 @pytest.mark.parametrize("case", list(WINOGRAD_CONVS))
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_grad_winograd(case, dtype, chunks, rng, monkeypatch):
+def test_conv2d_grad_winograd(case, dtype, tile, chunks, rng, monkeypatch):
+    """``tile``: the forward's and the input gradient's tiles (the weight gradient's are 2x2)."""
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
     monkeypatch.setattr(winograd, "MIN_TILES", 1)  # however few tiles
+    monkeypatch.setattr(winograd, "LARGE_TILE_MIN_PIXELS", 0 if tile == 4 else 1 << 62)
     force_winograd_chunks(monkeypatch, chunks)
     kernels = [winograd.conv2d_winograd, winograd.conv2d_grad_weight_winograd]
     used = record_steps(monkeypatch, kernels)
