@@ -101,7 +101,7 @@ def tile_size(node: Node, weight_gradient: bool = False) -> int:
     output, F(2x2, 3x3) 4), but transforms 36 copies of the weights (16) on every run: few
     pixels (ResNet-50's 14x14 layers at batch 1) cannot repay them. Its transforms'
     coefficients (4, 5, 1/6, 1/24, 8) round more: float32 outputs are ~2e-6 from the exact
-    sum in norm (F(2x2, 3x3): ~3e-7; the test tolerance is 1e-5)."""
+    sum in norm (a direct sum: ~2e-7; the test tolerance is 1e-5)."""
     n, _, oh, ow = node.outputs[0].shape
     large = n * oh * ow >= LARGE_TILE_MIN_PIXELS
     return 4 if large and not weight_gradient else 2
