@@ -93,7 +93,7 @@ def check_directional_derivative(
     misses the analytic value; only then is another direction drawn, at most ``directions``
     in all. A wrong gradient misses along every direction, with one-sided differences that
     agree, so it still fails."""
-    exe.forward_backward(x, target)
+    centre = exe.forward_backward(x, target)
     grads = {k: v.copy() for k, v in exe.grads.items()}
     base = {k: exe.params[k].copy() for k in grads if k != "input"}
 
@@ -105,14 +105,14 @@ def check_directional_derivative(
     for _ in range(directions):
         direction = {k: rng.standard_normal(v.shape) for k, v in grads.items()}
         analytic = sum(float(np.vdot(grads[k], direction[k])) for k in grads)
-        centre, ahead, behind = (loss_at(direction, s) for s in (0.0, eps, -eps))
-        loss_at(direction, 0.0)
+        ahead, behind = loss_at(direction, eps), loss_at(direction, -eps)
         numeric = (ahead - behind) / (2 * eps)
         one_sided_gap = abs((ahead - centre) - (centre - behind)) / eps
         scale = max(abs(analytic), abs(numeric), 1.0)
         err = abs(analytic - numeric) / scale
         if err < tol or one_sided_gap < abs(analytic - numeric):
             break
+    loss_at(direction, 0.0)  # the parameters (and gradients) back at the point
     assert err < tol, f"directional derivative: analytic {analytic:.10g}, numeric {numeric:.10g}"
 
 

@@ -121,12 +121,14 @@ class Kernel:
     def aliased_variants(self) -> list[tuple[int, ...]]:
         """The ``sources`` of the in-place steps this kernel's lowerings make (one per
         declared output -> input pair), for ``convforge warmup``."""
-        variants = []
-        for output, source in self.inplace:
-            sources = list(range(self.buffers))
+        return [self._sources([pair]) for pair in self.inplace]
+
+    def _sources(self, pairs: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+        """``sources`` with each (output, input) of ``pairs`` on one memory."""
+        sources = list(range(self.buffers))
+        for output, source in pairs:
             sources[output] = source
-            variants.append(tuple(sources))
-        return variants
+        return tuple(sources)
 
     def _compile_variant(self, module_globals: dict, parallel: bool, sources: tuple[int, ...]):
         """Name of the jitted (serial or parallel) kernel taking one array per distinct buffer
@@ -173,11 +175,13 @@ class Kernel:
         if len(buffers) != self.buffers:
             raise AssertionError(f"{self.name} takes {self.buffers} buffers, got {len(buffers)}")
         ints = (1 + len(buffers) + len(attrs), *(n for _, n in buffers), *map(int, attrs))
-        sources = list(range(self.buffers))
-        for output, source in self.inplace:  # a declared pair on one memory: written in place
-            if buffers[output][0] and buffers[output] == buffers[source]:
-                sources[output] = source
-        sources = tuple(sources)
+        sources = self._sources(
+            [
+                (out, src)
+                for out, src in self.inplace
+                if buffers[out][0] and buffers[out] == buffers[src]
+            ]
+        )  # the declared pairs on one memory: written in place
         if sources != tuple(range(self.buffers)) and not self.parallel_inplace:
             parallel = False  # see ``shim``: the aliased parallel variant is not vectorised
         function = self.shim(dtype, parallel, sources).address
