@@ -36,8 +36,8 @@ so the tile loops need no bounds checks.
 
 Buffers: conv2d_winograd(x, w, b, affine, residual, consts, y, scratch) (the epilogue's, see
 ``epilogue.py``), conv2d_grad_weight_winograd(x, gy, gw, scratch).
-Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk, private, m],
-then the forward's activation kind.
+Attrs: [N, C, H, W, OC, OH, OW, PT, PL, images per chunk, tile rows per chunk, private, m,
+planes per transform task (``_planes_per_task``)], then the forward's activation kind.
 Scratch: [U or dU: P x OC x C | V: P x C x T | M or Z: P x OC x T | padded rows per
 thread] (shared) or [U | per thread: V, M, padded rows] (private), P = (m+2)^2,
 T = images x tile rows x tiles per row of a chunk (``_strides``, ``_regions``).
@@ -49,6 +49,7 @@ import numba
 import numpy as np
 from numba import get_thread_id, njit, prange
 
+from backends.cpu import simd
 from backends.cpu.blas import matmul
 from backends.cpu.epilogue import finish_channel
 from backends.cpu.kernels import kernel
@@ -150,7 +151,8 @@ def scratch_numel(node: Node, weight_gradient: bool = False) -> int:
     (_, tw), positions = _tiles(node, size), (size + 2) ** 2
     images, rows, private = _schedule(node, not weight_gradient, size)
     u, v, m = _strides(c, oc, images * rows * tw)
-    padded = _padded_numel(rows, tw, size)
+    lanes = simd.VECTOR_BYTES // node.inputs[0].type.itemsize
+    padded = _planes_per_task(images, rows, tw, lanes) * _padded_numel(rows, tw, size)
     if private:
         return positions * u + _threads() * (positions * (v + m) + padded)
     return positions * (u + v + m) + _threads() * padded
@@ -162,13 +164,25 @@ def attrs(node: Node, weight_gradient: bool = False) -> list[int]:
     (n, c, h, wd), (_, oc, oh, ow) = node.inputs[0].shape, node.outputs[0].shape
     pt, _, pl, _ = node.attrs["padding"]
     size = tile_size(node, weight_gradient)
-    return [n, c, h, wd, oc, oh, ow, pt, pl, *_schedule(node, not weight_gradient, size), size]
+    images, rows, private = _schedule(node, not weight_gradient, size)
+    lanes = simd.VECTOR_BYTES // node.inputs[0].type.itemsize
+    planes = _planes_per_task(images, rows, _tiles(node, size)[1], lanes)
+    return [n, c, h, wd, oc, oh, ow, pt, pl, images, rows, private, size, planes]
 
 
 @njit(inline="always", cache=True)
 def _padded_numel(rows, tw, m):
     """A zero-bordered block of input rows under ``rows`` tile rows of ``tw`` m x m tiles."""
     return (m * rows + 2) * (m * tw + 2)
+
+
+@njit(inline="always", cache=True)
+def _planes_per_task(images, rows, tw, lanes):
+    """Planes (one channel of consecutive images) one transform task covers: one, or where
+    chunks hold whole images of fewer tiles than half a vector's lanes, as many as fill the
+    lanes (F(4x4, 3x3) on 8x8 maps: 4 tiles a plane, 4 planes a vector), so that small maps
+    do not leave most lanes empty."""
+    return max(1, min(images, lanes // (rows * tw))) if images > 1 else 1
 
 
 @njit(inline="always", cache=True)
@@ -317,135 +331,253 @@ def _store(out, k, stride, values):
 
 
 @njit(inline="always", cache=True)
-def _load4(array, k, stride):
-    """(array[k + j*stride] for j < 4), with unsigned indices: that drops Numba's
-    negative-index branch from the tile loops."""
+def _store_lanes(out, k, stride, values, count):
+    """The first ``count`` lanes of each vector values[j] to out[k + j*stride:]."""
+    for j in range(len(values)):
+        simd.store(out, k + j * stride, values[j], count)
+
+
+@njit(inline="always", cache=True)
+def _lanes4(array, k, stride, count):
+    """(lanes array[k + j*stride : +count] for j < 4): one position of ``count`` tiles."""
     return (
-        array[np.uint64(k)],
-        array[np.uint64(k + stride)],
-        array[np.uint64(k + 2 * stride)],
-        array[np.uint64(k + 3 * stride)],
+        simd.load(array, k, count),
+        simd.load(array, k + stride, count),
+        simd.load(array, k + 2 * stride, count),
+        simd.load(array, k + 3 * stride, count),
     )
 
 
 @njit(inline="always", cache=True)
-def _load6(array, k, stride):
-    """(array[k + j*stride] for j < 6), unsigned indices as in ``_load4``."""
+def _lanes6(array, k, stride, count):
+    """As ``_lanes4``, six positions."""
     return (
-        array[np.uint64(k)],
-        array[np.uint64(k + stride)],
-        array[np.uint64(k + 2 * stride)],
-        array[np.uint64(k + 3 * stride)],
-        array[np.uint64(k + 4 * stride)],
-        array[np.uint64(k + 5 * stride)],
+        simd.load(array, k, count),
+        simd.load(array, k + stride, count),
+        simd.load(array, k + 2 * stride, count),
+        simd.load(array, k + 3 * stride, count),
+        simd.load(array, k + 4 * stride, count),
+        simd.load(array, k + 5 * stride, count),
     )
 
 
 @njit(inline="always", cache=True)
-def _input_transform(x, plane, h, wd, pt, pl, ty0, rows, tw, m, padded, at, v, k, stride):
-    """V = B^T d B for tile rows ty0..ty0+rows of one input plane, m x m tiles:
-    v[k + tile + p*stride], p = (m+2)i + j, tiles numbered from (ty0, 0)."""
+def _column4(padded, c, wp, table, count):
+    """Column c of four input rows for ``count`` tiles, tile l's at c + table[l]."""
+    return (
+        simd.load_gather(padded, c, table, count),
+        simd.load_gather(padded, c + wp, table, count),
+        simd.load_gather(padded, c + 2 * wp, table, count),
+        simd.load_gather(padded, c + 3 * wp, table, count),
+    )
+
+
+@njit(inline="always", cache=True)
+def _column6(padded, c, wp, table, count):
+    """As ``_column4``, six input rows."""
+    return (
+        simd.load_gather(padded, c, table, count),
+        simd.load_gather(padded, c + wp, table, count),
+        simd.load_gather(padded, c + 2 * wp, table, count),
+        simd.load_gather(padded, c + 3 * wp, table, count),
+        simd.load_gather(padded, c + 4 * wp, table, count),
+        simd.load_gather(padded, c + 5 * wp, table, count),
+    )
+
+
+@njit(cache=True)
+def _tile_groups(tw, rows, wp, m, planes, block, lanes):
+    """How the lanes of a vector cover the tiles of a transform task: (tile rows per group,
+    tiles per group and row, each lane's offset in the padded rows from the group's first
+    tile). Tile rows are ``tw`` tiles of m columns, m*wp elements apart; with ``planes`` > 1
+    a group is that many whole planes of ``rows`` tile rows, ``block`` elements apart. Rows
+    shorter than the lanes share a vector (F(4x4) on 14x14: 4 tiles a row, 16 a vector), so
+    the lanes are gathered (``simd.load_gather``) rather than read at one stride."""
+    table = np.zeros(lanes, np.int32)
+    if planes > 1:
+        for j in range(planes):
+            for ty in range(rows):
+                for tx in range(tw):
+                    table[(j * rows + ty) * tw + tx] = j * block + m * (ty * wp + tx)
+        return rows, tw, table
+    group_rows, across = max(1, lanes // tw), min(tw, lanes)
+    for r in range(group_rows):
+        for tx in range(across):
+            table[r * across + tx] = m * (r * wp + tx)
+    return group_rows, across, table
+
+
+@njit(inline="always", cache=True)
+def _group_count(group_rows, across, rows, tw, ty, tx, planes):
+    """Tiles in the group at tile (ty, tx) of ``planes`` planes (``_tile_groups``)."""
+    if group_rows > 1 or planes > 1:
+        return min(group_rows, rows - ty) * tw * planes
+    return min(across, tw - tx)
+
+
+@njit(inline="always", cache=True)
+def _row4(columns, i):
+    """Element i of each of the four ``columns``: row i of a tile held column by column."""
+    return columns[0][i], columns[1][i], columns[2][i], columns[3][i]
+
+
+@njit(inline="always", cache=True)
+def _row6(columns, i):
+    """As ``_row4``, six columns."""
+    return columns[0][i], columns[1][i], columns[2][i], columns[3][i], columns[4][i], columns[5][i]
+
+
+@njit(cache=True)
+def _input_transform(
+    x, plane, plane_step, planes, h, wd, pt, pl, ty0, rows, tw, m, padded, at, v, k, stride, groups
+):
+    """V = B^T d B for tile rows ty0..ty0+rows of ``planes`` input planes (``plane_step``
+    apart), m x m tiles: v[k + tile + p*stride], p = (m+2)i + j, tiles numbered from (ty0, 0)
+    of the first plane on. A vector's lanes are consecutive tiles, grouped as ``groups``
+    (``_tile_groups``) says."""
     wp = m * tw + 2
-    _pad_rows(x, plane, h, wd, m * ty0 - pt, pl, wp, m * rows + 2, padded, at)
-    for ty in range(rows):
-        r, t = at + m * ty * wp, k + ty * tw
-        if m == 2:
-            for tx in range(tw):
-                _input_tile_2(padded, r + 2 * tx, wp, v, t + tx, stride)
-        else:
-            for tx in range(tw):
-                _input_tile_4(padded, r + 4 * tx, wp, v, t + tx, stride)
+    block = (m * rows + 2) * wp
+    for j in range(planes):
+        _pad_rows(
+            x,
+            plane + j * plane_step,
+            h,
+            wd,
+            m * ty0 - pt,
+            pl,
+            wp,
+            m * rows + 2,
+            padded,
+            at + j * block,
+        )
+    group_rows, across, table = groups
+    for ty in range(0, rows, group_rows):
+        for tx in range(0, tw, across):
+            count = _group_count(group_rows, across, rows, tw, ty, tx, planes)
+            c, t = at + m * (ty * wp + tx), k + ty * tw + tx
+            if m == 2:
+                _input_tiles_2(padded, c, wp, table, v, t, stride, count)
+            else:
+                _input_tiles_4(padded, c, wp, table, v, t, stride, count)
 
 
 @njit(inline="always", cache=True)
-def _input_tile_2(padded, c, wp, v, t, stride):
-    """One F(2x2, 3x3) tile: B^T d column by column, then B along each row."""
-    d0, d1 = _bt(_load4(padded, c, wp)), _bt(_load4(padded, c + 1, wp))
-    d2, d3 = _bt(_load4(padded, c + 2, wp)), _bt(_load4(padded, c + 3, wp))
+def _input_tiles_2(padded, c, wp, table, v, t, stride, count):
+    """F(2x2, 3x3) tiles t..t+count (one a lane, at c + table[lane]): B^T d column by
+    column, then B along each row."""
+    d = (
+        _bt(_column4(padded, c, wp, table, count)),
+        _bt(_column4(padded, c + 1, wp, table, count)),
+        _bt(_column4(padded, c + 2, wp, table, count)),
+        _bt(_column4(padded, c + 3, wp, table, count)),
+    )
     for i in range(4):
-        _store(v, t + 4 * i * stride, stride, _bt((d0[i], d1[i], d2[i], d3[i])))
+        _store_lanes(v, t + 4 * i * stride, stride, _bt(_row4(d, i)), count)
 
 
 @njit(inline="always", cache=True)
-def _input_tile_4(padded, c, wp, v, t, stride):
-    """One F(4x4, 3x3) tile, as ``_input_tile_2``."""
+def _input_tiles_4(padded, c, wp, table, v, t, stride, count):
+    """F(4x4, 3x3) tiles, as ``_input_tiles_2``."""
     real = padded.dtype.type
-    d0, d1 = _bt6(_load6(padded, c, wp), real), _bt6(_load6(padded, c + 1, wp), real)
-    d2, d3 = _bt6(_load6(padded, c + 2, wp), real), _bt6(_load6(padded, c + 3, wp), real)
-    d4, d5 = _bt6(_load6(padded, c + 4, wp), real), _bt6(_load6(padded, c + 5, wp), real)
+    d = (
+        _bt6(_column6(padded, c, wp, table, count), real),
+        _bt6(_column6(padded, c + 1, wp, table, count), real),
+        _bt6(_column6(padded, c + 2, wp, table, count), real),
+        _bt6(_column6(padded, c + 3, wp, table, count), real),
+        _bt6(_column6(padded, c + 4, wp, table, count), real),
+        _bt6(_column6(padded, c + 5, wp, table, count), real),
+    )
     for i in range(6):
-        row = _bt6((d0[i], d1[i], d2[i], d3[i], d4[i], d5[i]), real)
-        _store(v, t + 6 * i * stride, stride, row)
+        _store_lanes(v, t + 6 * i * stride, stride, _bt6(_row6(d, i), real), count)
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _output_transform(mm, k, stride, y, plane, oh, ow, ty0, rows, tw, m, bias):
     """Y = A^T M A + bias for tile rows ty0..ty0+rows of one output plane, m x m tiles (M_p
-    at mm[k + tile + p*stride], tiles numbered from (ty0, 0)); partial tiles at the edges."""
+    at mm[k + tile + p*stride], tiles numbered from (ty0, 0)), consecutive tiles in the lanes;
+    partial tiles at the edges."""
+    lanes = simd.lanes(y)
     for ty in range(rows):
         oy = m * (ty0 + ty)
         at, t, below = plane + oy * ow, k + ty * tw, min(m, oh - oy)
         if m == 2:
-            for tx in range(tw):
-                across = min(2, ow - 2 * tx)
-                _output_tile_2(mm, t + tx, stride, y, at + 2 * tx, ow, below, across, bias)
+            for tx in range(0, tw, lanes):
+                count, across = min(lanes, tw - tx), ow - 2 * tx
+                _output_tiles_2(mm, t + tx, stride, y, at + 2 * tx, ow, below, count, across, bias)
         else:
-            for tx in range(tw):
-                across = min(4, ow - 4 * tx)
-                _output_tile_4(mm, t + tx, stride, y, at + 4 * tx, ow, below, across, bias)
+            for tx in range(0, tw, lanes):
+                count, across = min(lanes, tw - tx), ow - 4 * tx
+                _output_tiles_4(mm, t + tx, stride, y, at + 4 * tx, ow, below, count, across, bias)
 
 
 @njit(inline="always", cache=True)
-def _output_tile_2(mm, t, stride, y, at, ow, below, across, bias):
-    """One F(2x2, 3x3) tile's ``below`` x ``across`` outputs: A^T M column by column, then A
-    along each row."""
-    s0, d0 = _at(_load4(mm, t, 4 * stride))
-    s1, d1 = _at(_load4(mm, t + stride, 4 * stride))
-    s2, d2 = _at(_load4(mm, t + 2 * stride, 4 * stride))
-    s3, d3 = _at(_load4(mm, t + 3 * stride, 4 * stride))
+def _output_tiles_2(mm, t, stride, y, at, ow, below, count, across, bias):
+    """F(2x2, 3x3) tiles t..t+count: their ``below`` rows of outputs (``across`` of them left
+    in the row from ``at``): A^T M column by column, then A along each row."""
+    s0, d0 = _at(_lanes4(mm, t, 4 * stride, count))
+    s1, d1 = _at(_lanes4(mm, t + stride, 4 * stride, count))
+    s2, d2 = _at(_lanes4(mm, t + 2 * stride, 4 * stride, count))
+    s3, d3 = _at(_lanes4(mm, t + 3 * stride, 4 * stride, count))
     (y00, y01), (y10, y11) = _at((s0, s1, s2, s3)), _at((d0, d1, d2, d3))
-    y[at] = y00 + bias
-    if across == 2:
-        y[at + 1] = y01 + bias
+    simd.store_interleaved(y, at, (y00 + bias, y01 + bias), across)
     if below == 2:
-        y[at + ow] = y10 + bias
-        if across == 2:
-            y[at + ow + 1] = y11 + bias
+        simd.store_interleaved(y, at + ow, (y10 + bias, y11 + bias), across)
 
 
 @njit(inline="always", cache=True)
-def _output_tile_4(mm, t, stride, y, at, ow, below, across, bias):
-    """One F(4x4, 3x3) tile, as ``_output_tile_2``."""
+def _output_tiles_4(mm, t, stride, y, at, ow, below, count, across, bias):
+    """F(4x4, 3x3) tiles, as ``_output_tiles_2``."""
     real, step = mm.dtype.type, 6 * stride
-    c0, c1 = _at6(_load6(mm, t, step), real), _at6(_load6(mm, t + stride, step), real)
-    c2 = _at6(_load6(mm, t + 2 * stride, step), real)
-    c3 = _at6(_load6(mm, t + 3 * stride, step), real)
-    c4 = _at6(_load6(mm, t + 4 * stride, step), real)
-    c5 = _at6(_load6(mm, t + 5 * stride, step), real)
+    c = (
+        _at6(_lanes6(mm, t, step, count), real),
+        _at6(_lanes6(mm, t + stride, step, count), real),
+        _at6(_lanes6(mm, t + 2 * stride, step, count), real),
+        _at6(_lanes6(mm, t + 3 * stride, step, count), real),
+        _at6(_lanes6(mm, t + 4 * stride, step, count), real),
+        _at6(_lanes6(mm, t + 5 * stride, step, count), real),
+    )
     for i in range(below):
-        row = _at6((c0[i], c1[i], c2[i], c3[i], c4[i], c5[i]), real)
-        out = at + i * ow
-        if across == 4:
-            _store(y, out, 1, (row[0] + bias, row[1] + bias, row[2] + bias, row[3] + bias))
-        else:
-            for j in range(across):
-                y[out + j] = row[j] + bias
+        row = _at6(_row6(c, i), real)
+        outputs = (row[0] + bias, row[1] + bias, row[2] + bias, row[3] + bias)
+        simd.store_interleaved(y, at + i * ow, outputs, across)
 
 
-@njit(inline="always", cache=True)
-def _gradient_transform(gy, plane, oh, ow, ty0, rows, tw, padded, at, z, k, stride):
-    """Z = A dY A^T for tile rows ty0..ty0+rows of one output-gradient plane (zero past the
-    edges): z[k + tile + p*stride], tiles numbered from (ty0, 0)."""
+@njit(cache=True)
+def _gradient_transform(
+    gy, plane, plane_step, planes, oh, ow, ty0, rows, tw, padded, at, z, k, stride, groups
+):
+    """Z = A dY A^T for tile rows ty0..ty0+rows of ``planes`` output-gradient planes
+    (``plane_step`` apart; zero past the edges): z[k + tile + p*stride], tiles numbered from
+    (ty0, 0) of the first plane on, consecutive tiles in the lanes as ``groups`` says."""
     wp = 2 * tw
-    _pad_rows(gy, plane, oh, ow, 2 * ty0, 0, wp, 2 * rows, padded, at)
-    for ty in range(rows):
-        r = at + 2 * ty * wp
-        for tx in range(tw):
-            c, t = r + 2 * tx, k + ty * tw + tx
-            left = _a(padded[np.uint64(c)], padded[np.uint64(c + wp)])
-            right = _a(padded[np.uint64(c + 1)], padded[np.uint64(c + wp + 1)])
+    for j in range(planes):
+        _pad_rows(
+            gy,
+            plane + j * plane_step,
+            oh,
+            ow,
+            2 * ty0,
+            0,
+            wp,
+            2 * rows,
+            padded,
+            at + j * 2 * rows * wp,
+        )
+    group_rows, across, table = groups
+    for ty in range(0, rows, group_rows):
+        for tx in range(0, tw, across):
+            count = _group_count(group_rows, across, rows, tw, ty, tx, planes)
+            c, t = at + 2 * (ty * wp + tx), k + ty * tw + tx
+            left = _a(
+                simd.load_gather(padded, c, table, count),
+                simd.load_gather(padded, c + wp, table, count),
+            )
+            right = _a(
+                simd.load_gather(padded, c + 1, table, count),
+                simd.load_gather(padded, c + wp + 1, table, count),
+            )
             for i in range(4):
-                _store(z, t + 4 * i * stride, stride, _a(left[i], right[i]))
+                _store_lanes(z, t + 4 * i * stride, stride, _a(left[i], right[i]), count)
 
 
 @njit(inline="always", cache=True)
@@ -464,7 +596,7 @@ def _regions(a, thread):
     c, oc, images, block_rows, private = a[1], a[4], a[9], a[10], a[11]
     m, _, tw, positions = _tile_counts(a)
     u_stride, v_stride, m_stride = _strides(c, oc, images * block_rows * tw)
-    padded = _padded_numel(block_rows, tw, m)
+    padded = a[13] * _padded_numel(block_rows, tw, m)
     region = positions * (v_stride + m_stride) + padded
     v_at = positions * u_stride + (thread * region if private else 0)
     m_at = v_at + positions * v_stride
@@ -484,17 +616,35 @@ def _chunk_of(a, index):
 
 
 @njit(inline="always", cache=True)
-def _transform_input(x, scratch, a, index, task, thread):
-    """V of input plane (image m, channel ci) = task of chunk ``index``."""
+def _transform_input(x, scratch, a, index, task, thread, groups):
+    """V of the input planes (images planes*g.., channel ci) of task (g, ci) of chunk
+    ``index`` (``_planes_per_task``: a[13] planes a task)."""
     n, c, h, wd, oc, oh, ow, pt, pl, images, block_rows = a[:11]
     size, _, tw, _ = _tile_counts(a)
-    first, _, ty0, rows, ld = _chunk_of(a, index)
+    first, count, ty0, rows, ld = _chunk_of(a, index)
     v_stride = _strides(c, oc, images * block_rows * tw)[1]
     v_at, _, slot = _regions(a, thread)
-    m, ci = task // c, task % c
+    m, ci = task // c * a[13], task % c
     column, plane = v_at + ci * ld + m * rows * tw, ((first + m) * c + ci) * h * wd
     _input_transform(
-        x, plane, h, wd, pt, pl, ty0, rows, tw, size, scratch, slot, scratch, column, v_stride
+        x,
+        plane,
+        c * h * wd,
+        min(a[13], count - m),
+        h,
+        wd,
+        pt,
+        pl,
+        ty0,
+        rows,
+        tw,
+        size,
+        scratch,
+        slot,
+        scratch,
+        column,
+        v_stride,
+        groups,
     )
 
 
@@ -523,16 +673,37 @@ def _transform_output(y, b, affine, res, consts, scratch, a, index, task, thread
     m, _, tw, _ = _tile_counts(a)
     _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, m, bias)
     lo, hi = plane + m * ty0 * ow, plane + min(oh, m * (ty0 + rows)) * ow
-    finish_channel(y[lo:hi], task % oc, b[:0], affine, res[lo:hi], a[13], consts)
+    finish_channel(y[lo:hi], task % oc, b[:0], affine, res[lo:hi], a[14], consts)
 
 
 @njit(inline="always", cache=True)
-def _transform_gradient(gy, scratch, a, index, task, thread):
-    """Z of output-gradient plane (image m, channel o) = task of chunk ``index``."""
-    oh, ow = a[5], a[6]
-    plane, column, z_stride, slot, ty0, rows = _output_plane(a, index, task, thread)
+def _transform_gradient(gy, scratch, a, index, task, thread, groups):
+    """Z of the output-gradient planes (images planes*g.., channel o) of task (g, o) of
+    chunk ``index``."""
+    c, oc, oh, ow, images, block_rows = a[1], a[4], a[5], a[6], a[9], a[10]
     tw = _tile_counts(a)[2]  # 2x2 tiles: the weight gradient's
-    _gradient_transform(gy, plane, oh, ow, ty0, rows, tw, scratch, slot, scratch, column, z_stride)
+    first, count, ty0, rows, ld = _chunk_of(a, index)
+    z_stride = _strides(c, oc, images * block_rows * tw)[2]
+    _, z_at, slot = _regions(a, thread)
+    m, o = task // oc * a[13], task % oc
+    column, plane = z_at + o * ld + m * rows * tw, ((first + m) * oc + o) * oh * ow
+    _gradient_transform(
+        gy,
+        plane,
+        oc * oh * ow,
+        min(a[13], count - m),
+        oh,
+        ow,
+        ty0,
+        rows,
+        tw,
+        scratch,
+        slot,
+        scratch,
+        column,
+        z_stride,
+        groups,
+    )
 
 
 @njit(inline="always", cache=True)
@@ -573,6 +744,20 @@ def _weight_gemm(scratch, a, index, p, beta):
 
 
 @njit(inline="always", cache=True)
+def _tasks(count, a):
+    """Transform tasks per channel of a chunk of ``count`` images (a[13] planes a task)."""
+    return (count + a[13] - 1) // a[13]
+
+
+@njit(inline="always", cache=True)
+def _input_groups(a, lanes):
+    """``_tile_groups`` of the input transform's padded rows."""
+    m, _, tw, _ = _tile_counts(a)
+    wp = m * tw + 2
+    return _tile_groups(tw, a[10], wp, m, a[13], (m * a[10] + 2) * wp, lanes)
+
+
+@njit(inline="always", cache=True)
 def _chunks(a):
     """How many chunks (``_chunk_of``) cover the batch."""
     th = _tile_counts(a)[1]
@@ -582,15 +767,16 @@ def _chunks(a):
 @kernel(buffers=8)
 def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
     c, oc, private = a[1], a[4], a[11]
-    m, _, _, positions = _tile_counts(a)
+    m, _, tw, positions = _tile_counts(a)
     u_stride = _strides(c, oc, 0)[0]
+    groups = _input_groups(a, simd.lanes(x))
     for q in prange(oc * c):
         _weight_transform(w[q * 9 : q * 9 + 9], scratch, q, u_stride, m)
     if private:
         for index in prange(_chunks(a)):
             thread, count = get_thread_id(), _chunk_of(a, index)[1]
-            for task in range(count * c):
-                _transform_input(x, scratch, a, index, task, thread)
+            for task in range(_tasks(count, a) * c):
+                _transform_input(x, scratch, a, index, task, thread, groups)
             for p in range(positions):
                 _forward_gemm(scratch, a, index, p, thread)
             for task in range(count * oc):
@@ -598,8 +784,8 @@ def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
         return 0
     for index in range(_chunks(a)):
         count = _chunk_of(a, index)[1]
-        for task in prange(count * c):
-            _transform_input(x, scratch, a, index, task, get_thread_id())
+        for task in prange(_tasks(count, a) * c):
+            _transform_input(x, scratch, a, index, task, get_thread_id(), groups)
         for p in prange(positions):
             _forward_gemm(scratch, a, index, p, 0)
         for task in prange(count * oc):
@@ -609,15 +795,20 @@ def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
 
 @kernel(buffers=4)
 def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
-    c, oc, positions = a[1], a[4], _tile_counts(a)[3]
+    c, oc, (_, _, tw, positions) = a[1], a[4], _tile_counts(a)
     u_stride = _strides(c, oc, 0)[0]
+    groups = _input_groups(a, simd.lanes(x))
+    z_groups = _tile_groups(tw, a[10], 2 * tw, 2, a[13], 4 * a[10] * tw, simd.lanes(gy))
     for index in range(_chunks(a)):
         count = _chunk_of(a, index)[1]
-        for task in prange(count * (c + oc)):
-            if task < count * c:
-                _transform_input(x, scratch, a, index, task, get_thread_id())
+        tasks = _tasks(count, a)
+        for task in prange(tasks * (c + oc)):
+            if task < tasks * c:
+                _transform_input(x, scratch, a, index, task, get_thread_id(), groups)
             else:
-                _transform_gradient(gy, scratch, a, index, task - count * c, get_thread_id())
+                _transform_gradient(
+                    gy, scratch, a, index, task - tasks * c, get_thread_id(), z_groups
+                )
         for p in prange(positions):
             _weight_gemm(scratch, a, index, p, 0.0 if index == 0 else 1.0)
     for q in prange(oc * c):

@@ -1,0 +1,307 @@
+"""Explicit SIMD vectors for Numba kernels: one 64-byte register of float32 (16 lanes) or
+float64 (8 lanes) as a value, with masked loads and stores and +, -, * .
+
+Why: LLVM vectorises a loop only when it can prove the accesses simple, and the Winograd
+tile transforms (``winograd.py``) read tiles at a stride of 2 or 4 along a row and scatter
+each tile over 16 or 36 position planes: written one tile at a time they ran scalar, about as
+long as the GEMMs they feed. Written on ``Vector`` values, one tile per lane, they are the
+same arithmetic on 16 tiles at once: each lane computes exactly what the scalar code did, in
+the same order (no fused multiply-adds are formed), so results are the same bits.
+
+- ``load(a, i, count)``: lanes a[i : i + lanes], only the first ``count`` lanes read (the
+  rest are zero), so a partial vector never reads past an array's end.
+- ``load_every2`` / ``load_every4(a, i, count)``: lane l = a[i + 2l] (or 4l), first ``count``
+  lanes (a masked wide load and one shuffle: nothing between or past them is read).
+- ``store(a, i, v, count)``: the first ``count`` lanes of v to a[i:].
+- ``store_interleaved(a, i, (v0, ..., vk-1), count)``: a[i + k*l + j] = vj[l] for the first
+  ``count`` elements (k = 2 or 4: one output row of 2x2 or 4x4 tiles, lane = tile).
+- ``v + w``, ``v - w``, ``v * w``, ``-v``: lane by lane; a scalar operand is cast to the vector's
+  type and repeated in every lane (exact for the small integer and power-of-two constants and
+  float32 biases the kernels use).
+- ``lanes(a)``: lanes of a vector of ``a``'s dtype, a compile-time constant.
+
+Arrays are 1-D and contiguous; indices are element offsets. The lane count is fixed at 64
+bytes whatever the machine: LLVM splits the operations where the CPU lacks AVX-512, so the
+code stays correct everywhere and fast on this one.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.extending import intrinsic, models, overload, register_model
+
+VECTOR_BYTES = 64
+_i32 = ir.IntType(32)
+
+
+class Vector(types.Type):
+    """A 64-byte SIMD register of ``dtype`` (float32 or float64) as one value."""
+
+    def __init__(self, dtype: types.Float) -> None:
+        self.dtype = dtype
+        self.lanes = VECTOR_BYTES * 8 // dtype.bitwidth
+        super().__init__(name=f"Vector({dtype} x {self.lanes})")
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+def _element_pointer(context, builder, array_type, array, index_type, index):
+    """Pointer to ``array[index]`` (a 1-D contiguous array)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+
+
+def _lane_mask(context, builder, count_type, count, elements, period):
+    """<elements x i1> (elements <= 64): element e on where e % period == 0 and
+    e // period < count, built as an integer's bits (a k-register move, where comparing
+    index vectors took one instruction per 8 elements)."""
+    i64 = ir.IntType(64)
+    pattern = sum(1 << e for e in range(0, elements, period))
+    needed = builder.mul(
+        context.cast(builder, count, count_type, types.int64), ir.Constant(i64, period)
+    )
+    zero, full = ir.Constant(i64, 0), ir.Constant(i64, elements)
+    needed = builder.select(builder.icmp_signed("<", needed, zero), zero, needed)
+    low = builder.sub(builder.shl(ir.Constant(i64, 1), needed), ir.Constant(i64, 1))
+    every = ir.Constant(i64, (1 << 64) - 1)
+    low = builder.select(builder.icmp_signed(">=", needed, full), every, low)
+    bits = builder.and_(
+        builder.trunc(low, ir.IntType(elements)) if elements < 64 else low,
+        ir.Constant(ir.IntType(elements), pattern),
+    )
+    return builder.bitcast(bits, ir.VectorType(ir.IntType(1), elements))
+
+
+def _splat(builder, value, vector_type):
+    one = builder.insert_element(ir.Constant(vector_type, None), value, ir.Constant(_i32, 0))
+    return builder.shuffle_vector(
+        one, one, ir.Constant(ir.VectorType(_i32, vector_type.count), [0] * vector_type.count)
+    )
+
+
+def _masked_load(builder, pointer, vector_type, mask):
+    name = f"llvm.masked.load.v{vector_type.count}{_suffix(vector_type.element)}.p0"
+    function = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vector_type, [pointer.type, _i32, mask.type, vector_type]),
+        name,
+    )
+    zeros = ir.Constant(vector_type, [0.0] * vector_type.count)
+    return builder.call(function, [pointer, ir.Constant(_i32, 1), mask, zeros])
+
+
+def _masked_store(builder, value, pointer, mask):
+    vector_type = value.type
+    name = f"llvm.masked.store.v{vector_type.count}{_suffix(vector_type.element)}.p0"
+    function = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(ir.VoidType(), [vector_type, pointer.type, _i32, mask.type]),
+        name,
+    )
+    builder.call(function, [value, pointer, ir.Constant(_i32, 1), mask])
+
+
+def _suffix(element) -> str:
+    return "f32" if isinstance(element, ir.FloatType) else "f64"
+
+
+def _vector_pointer(builder, pointer, vector_type):
+    return builder.bitcast(pointer, vector_type.as_pointer())
+
+
+def _strided_load(period: int):
+    """``load`` (period 1) or ``load_every<period>``."""
+
+    @intrinsic
+    def load_strided(typingctx, array, index, count):
+        vector = Vector(array.dtype)
+        sig = vector(array, index, count)
+
+        def codegen(context, builder, signature, args):
+            array_type, index_type, count_type = signature.args
+            element = context.get_value_type(array_type.dtype)
+            wide = ir.VectorType(element, vector.lanes * period)
+            pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+            mask = _lane_mask(context, builder, count_type, args[2], wide.count, period)
+            values = _masked_load(builder, _vector_pointer(builder, pointer, wide), wide, mask)
+            if period == 1:
+                return values
+            picks = ir.Constant(
+                ir.VectorType(_i32, vector.lanes), list(range(0, wide.count, period))
+            )
+            return builder.shuffle_vector(values, values, picks)
+
+        return sig, codegen
+
+    return load_strided
+
+
+load = _strided_load(1)
+load_every2 = _strided_load(2)
+load_every4 = _strided_load(4)
+
+
+@intrinsic
+def store(typingctx, array, index, value, count):
+    sig = types.none(array, index, value, count)
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type, value_type, count_type = signature.args
+        pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+        mask = _lane_mask(context, builder, count_type, args[3], value_type.lanes, 1)
+        value = args[2]
+        _masked_store(builder, value, _vector_pointer(builder, pointer, value.type), mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def store_interleaved(typingctx, array, index, values, count):
+    """See the module docstring; ``values`` is a tuple of 2 or 4 vectors."""
+    if not isinstance(values, types.UniTuple) or values.count not in (2, 4):
+        return None
+    sig = types.none(array, index, values, count)
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type, tuple_type, count_type = signature.args
+        k, lanes = tuple_type.count, tuple_type.dtype.lanes
+        parts = [builder.extract_value(args[2], j) for j in range(k)]
+        while len(parts) > 1:  # concatenate: v0 | v1 | ... (k lanes-wide vectors in a row)
+            width = parts[0].type.count
+            both = ir.Constant(ir.VectorType(_i32, 2 * width), list(range(2 * width)))
+            parts = [
+                builder.shuffle_vector(a, b, both)
+                for a, b in zip(parts[::2], parts[1::2], strict=True)
+            ]
+        order = [j * lanes + lane for lane in range(lanes) for j in range(k)]
+        wide = builder.shuffle_vector(
+            parts[0], parts[0], ir.Constant(ir.VectorType(_i32, k * lanes), order)
+        )
+        pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+        mask = _lane_mask(context, builder, count_type, args[3], k * lanes, 1)
+        _masked_store(builder, wide, _vector_pointer(builder, pointer, wide.type), mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def lanes(typingctx, array):
+    sig = types.intp(array)
+    count = VECTOR_BYTES * 8 // array.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(cgutils.intp_t, count)
+
+    return sig, codegen
+
+
+def _binary(instruction: str):
+    """An intrinsic for ``instruction`` (fadd, fsub, fmul) on two vectors, or a vector and a
+    scalar (cast to the vector's type, in every lane)."""
+
+    @intrinsic
+    def apply(typingctx, left, right):
+        vector = left if isinstance(left, Vector) else right
+        sig = vector(left, right)
+
+        def codegen(context, builder, signature, args):
+            operands = []
+            for kind, value in zip(signature.args, args, strict=True):
+                if not isinstance(kind, Vector):
+                    scalar = context.cast(builder, value, kind, vector.dtype)
+                    vector_type = context.get_value_type(vector)
+                    value = _splat(builder, scalar, vector_type)
+                operands.append(value)
+            return getattr(builder, instruction)(*operands)
+
+        return sig, codegen
+
+    return apply
+
+
+def _scalar(kind) -> bool:
+    return isinstance(kind, (types.Float, types.Integer))
+
+
+def _overload_binary(operation, instruction: str) -> None:
+    apply = _binary(instruction)
+
+    @overload(operation)
+    def _vector_operation(left, right):
+        vectors = isinstance(left, Vector), isinstance(right, Vector)
+        if vectors == (True, True) and left == right:
+            return lambda left, right: apply(left, right)
+        if (
+            vectors == (True, False)
+            and _scalar(right)
+            or vectors == (False, True)
+            and _scalar(left)
+        ):
+            return lambda left, right: apply(left, right)
+        return None
+
+
+_overload_binary(operator.add, "fadd")
+_overload_binary(operator.sub, "fsub")
+_overload_binary(operator.mul, "fmul")
+
+
+@intrinsic
+def _negate(typingctx, value):
+    sig = value(value)
+
+    def codegen(context, builder, signature, args):
+        return builder.fneg(args[0])
+
+    return sig, codegen
+
+
+@overload(operator.neg)
+def _vector_negation(value):
+    if isinstance(value, Vector):
+        return lambda value: _negate(value)
+    return None
+
+
+@intrinsic
+def load_gather(typingctx, array, index, offsets, count):
+    """lane l = array[index + offsets[l]] (offsets: an int32 array of at least lanes
+    entries) for the first ``count`` lanes, the others zero: a hardware gather."""
+    vector = Vector(array.dtype)
+    sig = vector(array, index, offsets, count)
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type, offsets_type, count_type = signature.args
+        lanes = vector.lanes
+        element = context.get_value_type(array_type.dtype)
+        base = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+        table = context.make_array(offsets_type)(context, builder, args[2]).data
+        int_vector = ir.VectorType(_i32, lanes)
+        shifts = builder.load(builder.bitcast(table, int_vector.as_pointer()), align=4)
+        i64 = ir.IntType(64)
+        address = _splat(builder, builder.ptrtoint(base, i64), ir.VectorType(i64, lanes))
+        size = ir.Constant(ir.VectorType(i64, lanes), [VECTOR_BYTES // lanes] * lanes)
+        address = builder.add(address, builder.mul(builder.sext(shifts, address.type), size))
+        pointers = builder.inttoptr(address, ir.VectorType(element.as_pointer(), lanes))
+        mask = _lane_mask(context, builder, count_type, args[3], lanes, 1)
+        wide = ir.VectorType(element, lanes)
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(wide, [pointers.type, _i32, mask.type, wide]),
+            f"llvm.masked.gather.v{lanes}{_suffix(element)}.v{lanes}p0",
+        )
+        zeros = ir.Constant(wide, [0.0] * lanes)
+        return builder.call(function, [pointers, ir.Constant(_i32, 4), mask, zeros])
+
+    return sig, codegen
