@@ -71,6 +71,9 @@ MIN_TILES = 32
 # layers at batch 64: 23.0 -> 20.4 and 13.6 -> 12.8 ms against 512 KiB and 32).
 PRIVATE_CHUNK_BYTES = {2: 512 << 10, 4: 1 << 20}
 PRIVATE_MIN_TILES = {2: 32, 4: 16}
+# The weight gradient takes the private schedule too where each thread's own dU (summed over
+# its chunks, then the threads' partial sums added in a fixed order) is at most this large.
+GRADIENT_PRIVATE_MAX_BYTES = 1 << 20
 # Elements added to each position stride of U, V and M (see ``_strides``).
 SKEW = 16
 # Forward convs with at least this many output pixels in the batch (one channel) take
@@ -115,11 +118,11 @@ def _tiles(node: Node, m: int) -> tuple[int, int]:
 
 
 def _schedule(node: Node, private: bool, m: int) -> tuple[int, int, int]:
-    """(images, tile rows, private) per chunk. Private (forward convs only: the weight
-    gradient's GEMMs sum over tiles, and a small chunk makes that sum short and its partials
-    many): chunks of at most PRIVATE_CHUNK_BYTES[m] of V and M, one task each, where that
-    still gives GEMMs of PRIVATE_MIN_TILES[m] columns and two chunks per thread (ResNet-18 CIFAR's
-    32x32 and 16x16 layers). Otherwise shared: as many whole images as keep V and M near
+    """(images, tile rows, private) per chunk. Private (where ``private`` allows it: forward
+    convs, and weight gradients whose dU is small, ``_private_allowed``): chunks of at most
+    PRIVATE_CHUNK_BYTES[m] of V and M, one task each, where that still gives GEMMs of
+    PRIVATE_MIN_TILES[m] columns and two chunks per thread (ResNet-18 CIFAR's 32x32 and 16x16
+    layers). Otherwise shared: as many whole images as keep V and M near
     CHUNK_BYTES or, where one image is already larger (VGG's 224x224 layers: 102 MiB at 64
     channels), one image's tile rows in blocks of that size."""
     (n, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
@@ -137,6 +140,16 @@ def _schedule(node: Node, private: bool, m: int) -> tuple[int, int, int]:
     return 1, max(1, CHUNK_BYTES // per_row), 0
 
 
+def _private_allowed(node: Node, weight_gradient: bool) -> bool:
+    """Forward convs may take the private schedule; a weight gradient where one dU per
+    thread stays within GRADIENT_PRIVATE_MAX_BYTES (ResNet-18 CIFAR's 64- and 128-channel
+    layers): its chunks' V and Z then stay in the core's L2 instead of crossing memory twice,
+    as the forward's do."""
+    (_, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
+    u_bytes = 16 * oc * c * node.outputs[0].type.itemsize  # F(2x2, 3x3): 16 positions
+    return not weight_gradient or u_bytes <= GRADIENT_PRIVATE_MAX_BYTES
+
+
 def _threads() -> int:
     """Numba's thread count: one padded block (private: one V and M) per thread."""
     return numba.config.NUMBA_NUM_THREADS
@@ -149,12 +162,13 @@ def scratch_numel(node: Node, weight_gradient: bool = False) -> int:
     (_, c, _, _), oc = node.inputs[0].shape, node.outputs[0].shape[1]
     size = tile_size(node, weight_gradient)
     (_, tw), positions = _tiles(node, size), (size + 2) ** 2
-    images, rows, private = _schedule(node, not weight_gradient, size)
+    images, rows, private = _schedule(node, _private_allowed(node, weight_gradient), size)
     u, v, m = _strides(c, oc, images * rows * tw)
     lanes = simd.VECTOR_BYTES // node.inputs[0].type.itemsize
     padded = _planes_per_task(images, rows, tw, lanes) * _padded_numel(rows, tw, size)
     if private:
-        return positions * u + _threads() * (positions * (v + m) + padded)
+        partial_sums = (_threads() - 1) * positions * u if weight_gradient else 0
+        return positions * u + _threads() * (positions * (v + m) + padded) + partial_sums
     return positions * (u + v + m) + _threads() * padded
 
 
@@ -164,10 +178,11 @@ def attrs(node: Node, weight_gradient: bool = False) -> list[int]:
     (n, c, h, wd), (_, oc, oh, ow) = node.inputs[0].shape, node.outputs[0].shape
     pt, _, pl, _ = node.attrs["padding"]
     size = tile_size(node, weight_gradient)
-    images, rows, private = _schedule(node, not weight_gradient, size)
+    images, rows, private = _schedule(node, _private_allowed(node, weight_gradient), size)
     lanes = simd.VECTOR_BYTES // node.inputs[0].type.itemsize
     planes = _planes_per_task(images, rows, _tiles(node, size)[1], lanes)
-    return [n, c, h, wd, oc, oh, ow, pt, pl, images, rows, private, size, planes]
+    slots = private * (_threads() if weight_gradient else 1)
+    return [n, c, h, wd, oc, oh, ow, pt, pl, images, rows, slots, size, planes]
 
 
 @njit(inline="always", cache=True)
@@ -724,11 +739,12 @@ def _forward_gemm(scratch, a, index, p, thread):
 
 
 @njit(inline="always", cache=True)
-def _weight_gemm(scratch, a, index, p, beta):
-    """dU_p [OC, C] = beta * dU_p + Z_p [OC, ld] @ V_p^T [ld, C] of chunk ``index``."""
+def _weight_gemm(scratch, a, index, p, beta, slot):
+    """dU_p [OC, C] = beta * dU_p + Z_p [OC, ld] @ V_p^T [ld, C] of chunk ``index``, from
+    and into private slot ``slot``'s V, Z and dU (slot 0's dU is the final one; shared: 0)."""
     c, oc, tw = a[1], a[4], _tile_counts(a)[2]
     u_stride, v_stride, z_stride = _strides(c, oc, a[9] * a[10] * tw)
-    v_at, z_at, _ = _regions(a, 0)
+    v_at, z_at, _ = _regions(a, slot)
     ld = _chunk_of(a, index)[4]
     matmul(
         oc,
@@ -736,11 +752,21 @@ def _weight_gemm(scratch, a, index, p, beta):
         ld,
         (scratch, z_at + p * z_stride, ld),
         (scratch, v_at + p * v_stride, ld),
-        (scratch, p * u_stride, c),
+        (scratch, _partial_sum_at(a, slot) + p * u_stride, c),
         beta,
         0,
         1,
     )
+
+
+@njit(inline="always", cache=True)
+def _partial_sum_at(a, slot):
+    """Where private slot ``slot`` of the weight gradient (a[11] slots) sums its chunks' dU:
+    slot 0 in the final dU at 0, the others after the slots' regions."""
+    if slot == 0:
+        return 0
+    positions = _tile_counts(a)[3]
+    return _regions(a, a[11])[0] + (slot - 1) * positions * _strides(a[1], a[4], 0)[0]
 
 
 @njit(inline="always", cache=True)
@@ -799,7 +825,23 @@ def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
     u_stride = _strides(c, oc, 0)[0]
     groups = _input_groups(a, simd.lanes(x))
     z_groups = _tile_groups(tw, a[10], 2 * tw, 2, a[13], 4 * a[10] * tw, simd.lanes(gy))
-    for index in range(_chunks(a)):
+    if a[11]:  # private: slot s sums chunks s, s + slots, ... into its own dU
+        slots, chunks = a[11], _chunks(a)
+        for s in prange(slots):
+            for index in range(s, chunks, slots):
+                tasks = _tasks(_chunk_of(a, index)[1], a)
+                for task in range(tasks * c):
+                    _transform_input(x, scratch, a, index, task, s, groups)
+                for task in range(tasks * oc):
+                    _transform_gradient(gy, scratch, a, index, task, s, z_groups)
+                for p in range(positions):
+                    _weight_gemm(scratch, a, index, p, 0.0 if index == s else 1.0, s)
+        for q in prange(positions * u_stride):
+            total = scratch[q]
+            for s in range(1, min(slots, chunks)):
+                total += scratch[_partial_sum_at(a, s) + q]
+            scratch[q] = total
+    for index in range(_chunks(a) if a[11] == 0 else 0):
         count = _chunk_of(a, index)[1]
         tasks = _tasks(count, a)
         for task in prange(tasks * (c + oc)):
@@ -810,7 +852,7 @@ def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
                     gy, scratch, a, index, task - tasks * c, get_thread_id(), z_groups
                 )
         for p in prange(positions):
-            _weight_gemm(scratch, a, index, p, 0.0 if index == 0 else 1.0)
+            _weight_gemm(scratch, a, index, p, 0.0 if index == 0 else 1.0, 0)
     for q in prange(oc * c):
         _weight_gradient_transform(scratch, q, u_stride, gw, q * 9)
     return 0

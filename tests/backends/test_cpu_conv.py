@@ -246,7 +246,8 @@ def _conv_node(n: int, c: int, oc: int, side: int) -> Node:
     "n,c,side,weight_gradient,expected",
     [
         (32, 512, 4, False, (32, 2, 0)),  # ResNet-18 CIFAR layer4 (2x2 tiles): all 32 images
-        (32, 64, 32, True, (4, 16, 0)),  # layer1's weight gradient: 2 MiB an image
+        (32, 64, 32, True, (1, 4, 1)),  # layer1's weight gradient: 256 KiB of dU a thread
+        (32, 256, 8, True, (16, 4, 0)),  # layer3's: 4 MiB of dU, shared
         (32, 64, 32, False, (1, 7, 1)),  # layer1 forward (4x4 tiles): 7 of 8 tile rows a task
         (32, 128, 16, False, (1, 4, 1)),  # layer2 forward: 16 tiles a task
         (64, 256, 8, False, (28, 2, 0)),  # layer3 at batch 64: private chunks, 12 columns
@@ -260,7 +261,8 @@ def test_winograd_schedule(n, c, side, weight_gradient, expected, monkeypatch):
     monkeypatch.setattr(winograd, "_threads", lambda: 2)
     node = _conv_node(n, c, c, side)
     tile = winograd.tile_size(node, weight_gradient)
-    assert winograd._schedule(node, not weight_gradient, tile) == expected
+    allowed = winograd._private_allowed(node, weight_gradient)
+    assert winograd._schedule(node, allowed, tile) == expected
     images, rows, private = expected
     budget = winograd.PRIVATE_CHUNK_BYTES[tile] if private else winograd.CHUNK_BYTES
     assert (tile + 2) ** 2 * 2 * c * images * rows * (side // tile) * 4 <= budget

@@ -12,15 +12,24 @@ cases (16+ channels) under every chunking of ``WINOGRAD_CHUNKS``. The oracle is
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
 
+import engine
 import graph.nn as nn
 from backends.cpu import conv as cpu_conv
 from backends.cpu import winograd
 from tests.gradcheck import check_gradients
-from tests.helpers import DTYPES, WINOGRAD_CHUNKS, Net, force_winograd_chunks, record_steps
+from tests.helpers import (
+    DTYPES,
+    WINOGRAD_CHUNKS,
+    Net,
+    force_winograd_chunks,
+    record_steps,
+    rel_error,
+)
 
 # name: (Conv2d keyword arguments, input shape)
 CONVS = {
@@ -131,6 +140,30 @@ def test_conv2d_grad_winograd(case, dtype, tile, chunks, rng, monkeypatch):
     assert steps["layer.conv2d"] == "conv2d_winograd"  # the input gradient
     assert steps["layer.conv2d_grad_weight"] == "conv2d_grad_weight_winograd"
     assert steps["layer"] == "conv2d_winograd"
+
+
+def test_private_weight_gradient_is_deterministic(rng, monkeypatch):
+    """The private schedule sums each thread slot's chunks in a fixed order whoever runs the
+    slot: two runs give the same bits (batch 5 in single images: 2 chunks per slot and one
+    more), and the sum is the shared schedule's within float32 rounding."""
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_MACS", 0)
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    grads, model = {}, Net(nn.Conv2d(16, 16, 3, padding=1))
+    x = rng.standard_normal((5, 16, 9, 8)).astype(np.float32)
+    target = rng.standard_normal((5, 16, 9, 8)).astype(np.float32)
+    for chunks in [(1, None, 1), (1, None, 0)]:
+        force_winograd_chunks(monkeypatch, chunks)
+        exe = engine.compile(model, (16, 9, 8), batch=5, train=True, loss="mse")
+        conv = next(node for node in exe._training.graph.nodes if node.name == "layer")
+        assert (winograd.attrs(conv, weight_gradient=True)[11] > 0) == chunks[2]
+        runs = []
+        for _ in range(2):
+            exe.forward_backward(x, target)
+            runs.append(exe.grads["layer.weight"].copy())
+        np.testing.assert_array_equal(runs[0], runs[1])
+        grads[chunks] = runs[0]
+    private, shared = grads.values()
+    assert rel_error(private, shared) < 1e-6
 
 
 @pytest.mark.parametrize("bias", [True, False])
