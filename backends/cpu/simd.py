@@ -13,8 +13,9 @@ the same order (no fused multiply-adds are formed), so results are the same bits
 - ``load_every2`` / ``load_every4(a, i, count)``: lane l = a[i + 2l] (or 4l), first ``count``
   lanes (a masked wide load and one shuffle: nothing between or past them is read).
 - ``store(a, i, v, count)``: the first ``count`` lanes of v to a[i:].
-- ``store_interleaved(a, i, (v0, ..., vk-1), count)``: a[i + k*l + j] = vj[l] for the first
-  ``count`` elements (k = 2 or 4: one output row of 2x2 or 4x4 tiles, lane = tile).
+- ``store_interleaved(a, i, (v0, ..., vk-1), start, stop)``: a[i + e] = element e of
+  v0[0], v1[0], ..., vk-1[0], v0[1], ... for start <= e < stop (k = 2 or 4: one output row of
+  2x2 or 4x4 tiles, lane = tile; a window of it when the lanes span several rows).
 - ``v + w``, ``v - w``, ``v * w``, ``-v``: lane by lane; a scalar operand is cast to the vector's
   type and repeated in every lane (exact for the small integer and power-of-two constants and
   float32 biases the kernels use).
@@ -58,6 +59,13 @@ def _element_pointer(context, builder, array_type, array, index_type, index):
     """Pointer to ``array[index]`` (a 1-D contiguous array)."""
     data = context.make_array(array_type)(context, builder, array).data
     return builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+
+
+def _window_mask(context, builder, types_, values, elements):
+    """<elements x i1>: element e on where start <= e < stop (``values`` = start, stop)."""
+    below_stop = _lane_mask(context, builder, types_[1], values[1], elements, 1)
+    below_start = _lane_mask(context, builder, types_[0], values[0], elements, 1)
+    return builder.and_(below_stop, builder.not_(below_start))
 
 
 def _lane_mask(context, builder, count_type, count, elements, period):
@@ -166,14 +174,14 @@ def store(typingctx, array, index, value, count):
 
 
 @intrinsic
-def store_interleaved(typingctx, array, index, values, count):
+def store_interleaved(typingctx, array, index, values, start, stop):
     """See the module docstring; ``values`` is a tuple of 2 or 4 vectors."""
     if not isinstance(values, types.UniTuple) or values.count not in (2, 4):
         return None
-    sig = types.none(array, index, values, count)
+    sig = types.none(array, index, values, start, stop)
 
     def codegen(context, builder, signature, args):
-        array_type, index_type, tuple_type, count_type = signature.args
+        array_type, index_type, tuple_type = signature.args[:3]
         k, lanes = tuple_type.count, tuple_type.dtype.lanes
         parts = [builder.extract_value(args[2], j) for j in range(k)]
         while len(parts) > 1:  # concatenate: v0 | v1 | ... (k lanes-wide vectors in a row)
@@ -188,7 +196,7 @@ def store_interleaved(typingctx, array, index, values, count):
             parts[0], parts[0], ir.Constant(ir.VectorType(_i32, k * lanes), order)
         )
         pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
-        mask = _lane_mask(context, builder, count_type, args[3], k * lanes, 1)
+        mask = _window_mask(context, builder, signature.args[3:], args[3:], k * lanes)
         _masked_store(builder, wide, _vector_pointer(builder, pointer, wide.type), mask)
         return context.get_dummy_value()
 

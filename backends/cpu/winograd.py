@@ -415,11 +415,17 @@ def _tile_groups(tw, rows, wp, m, planes, block, lanes):
                 for tx in range(tw):
                     table[(j * rows + ty) * tw + tx] = j * block + m * (ty * wp + tx)
         return rows, tw, table
-    group_rows, across = max(1, lanes // tw), min(tw, lanes)
+    group_rows, across = _row_groups(tw, lanes)
     for r in range(group_rows):
         for tx in range(across):
             table[r * across + tx] = m * (r * wp + tx)
     return group_rows, across, table
+
+
+@njit(inline="always", cache=True)
+def _row_groups(tw, lanes):
+    """(tile rows per vector, tiles per vector and row) for rows of ``tw`` tiles."""
+    return max(1, lanes // tw), min(tw, lanes)
 
 
 @njit(inline="always", cache=True)
@@ -509,38 +515,57 @@ def _input_tiles_4(padded, c, wp, table, v, t, stride, count):
 @njit(cache=True)
 def _output_transform(mm, k, stride, y, plane, oh, ow, ty0, rows, tw, m, bias):
     """Y = A^T M A + bias for tile rows ty0..ty0+rows of one output plane, m x m tiles (M_p
-    at mm[k + tile + p*stride], tiles numbered from (ty0, 0)), consecutive tiles in the lanes;
-    partial tiles at the edges."""
-    lanes = simd.lanes(y)
-    for ty in range(rows):
-        oy = m * (ty0 + ty)
-        at, t, below = plane + oy * ow, k + ty * tw, min(m, oh - oy)
-        if m == 2:
-            for tx in range(0, tw, lanes):
-                count, across = min(lanes, tw - tx), ow - 2 * tx
-                _output_tiles_2(mm, t + tx, stride, y, at + 2 * tx, ow, below, count, across, bias)
-        else:
-            for tx in range(0, tw, lanes):
-                count, across = min(lanes, tw - tx), ow - 4 * tx
-                _output_tiles_4(mm, t + tx, stride, y, at + 4 * tx, ow, below, count, across, bias)
+    at mm[k + tile + p*stride], tiles numbered from (ty0, 0)), consecutive tiles in the lanes
+    (rows shorter than the lanes share a vector, as in ``_tile_groups``); partial tiles at
+    the edges."""
+    group_rows, across = _row_groups(tw, simd.lanes(y))
+    for ty in range(0, rows, group_rows):
+        here = min(group_rows, rows - ty)
+        for tx in range(0, tw, across):
+            count = _group_count(group_rows, across, rows, tw, ty, tx, 1)
+            t, at = k + ty * tw + tx, plane + m * ((ty0 + ty) * ow + tx)
+            # outputs of a row of the group: the rest of the image row, or all of it
+            width = min(m * count, ow - m * tx) if group_rows == 1 else ow
+            rows_left = oh - m * (ty0 + ty)
+            if m == 2:
+                _output_tiles_2(
+                    mm, t, stride, y, at, ow, count, (here, m * tw, width, rows_left), bias
+                )
+            else:
+                _output_tiles_4(
+                    mm, t, stride, y, at, ow, count, (here, m * tw, width, rows_left), bias
+                )
 
 
 @njit(inline="always", cache=True)
-def _output_tiles_2(mm, t, stride, y, at, ow, below, count, across, bias):
-    """F(2x2, 3x3) tiles t..t+count: their ``below`` rows of outputs (``across`` of them left
-    in the row from ``at``): A^T M column by column, then A along each row."""
+def _store_output_row(y, at, ow, values, i, shape):
+    """Output row i of each tile row of a group, from the interleaved ``values`` (one m-wide
+    row of every tile in the lanes): tile row r's outputs are elements r*span.. of it, its
+    first ``width`` land at at + (r*m + i)*ow; ``shape`` = (tile rows, span, width, image rows
+    left from the group's first output row)."""
+    here, span, width, rows_left = shape
+    m = len(values)
+    for r in range(here):
+        if r * m + i < rows_left:
+            start = r * span
+            simd.store_interleaved(y, at + (r * m + i) * ow - start, values, start, start + width)
+
+
+@njit(inline="always", cache=True)
+def _output_tiles_2(mm, t, stride, y, at, ow, count, shape, bias):
+    """F(2x2, 3x3) tiles t..t+count (``_store_output_row`` places them): A^T M column by
+    column, then A along each row."""
     s0, d0 = _at(_lanes4(mm, t, 4 * stride, count))
     s1, d1 = _at(_lanes4(mm, t + stride, 4 * stride, count))
     s2, d2 = _at(_lanes4(mm, t + 2 * stride, 4 * stride, count))
     s3, d3 = _at(_lanes4(mm, t + 3 * stride, 4 * stride, count))
     (y00, y01), (y10, y11) = _at((s0, s1, s2, s3)), _at((d0, d1, d2, d3))
-    simd.store_interleaved(y, at, (y00 + bias, y01 + bias), across)
-    if below == 2:
-        simd.store_interleaved(y, at + ow, (y10 + bias, y11 + bias), across)
+    _store_output_row(y, at, ow, (y00 + bias, y01 + bias), 0, shape)
+    _store_output_row(y, at, ow, (y10 + bias, y11 + bias), 1, shape)
 
 
 @njit(inline="always", cache=True)
-def _output_tiles_4(mm, t, stride, y, at, ow, below, count, across, bias):
+def _output_tiles_4(mm, t, stride, y, at, ow, count, shape, bias):
     """F(4x4, 3x3) tiles, as ``_output_tiles_2``."""
     real, step = mm.dtype.type, 6 * stride
     c = (
@@ -551,10 +576,10 @@ def _output_tiles_4(mm, t, stride, y, at, ow, below, count, across, bias):
         _at6(_lanes6(mm, t + 4 * stride, step, count), real),
         _at6(_lanes6(mm, t + 5 * stride, step, count), real),
     )
-    for i in range(below):
+    for i in range(4):
         row = _at6(_row6(c, i), real)
         outputs = (row[0] + bias, row[1] + bias, row[2] + bias, row[3] + bias)
-        simd.store_interleaved(y, at + i * ow, outputs, across)
+        _store_output_row(y, at, ow, outputs, i, shape)
 
 
 @njit(cache=True)

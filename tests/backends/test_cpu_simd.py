@@ -42,8 +42,9 @@ def _arithmetic(a, b, out, scale):
 def _interleave(a, out, at, count):
     v0, v1 = simd.load(a, 0, 64), simd.load(a, 16, 64)
     v2, v3 = simd.load(a, 32, 64), simd.load(a, 48, 64)
-    simd.store_interleaved(out, at, (v0, v1), count)
-    simd.store_interleaved(out, at + 100, (v0, v1, v2, v3), count)
+    simd.store_interleaved(out, at, (v0, v1), 0, count)
+    simd.store_interleaved(out, at + 100, (v0, v1, v2, v3), 0, count)
+    simd.store_interleaved(out, at + 200, (v0, v1, v2, v3), 3, count)
 
 
 def _poisoned(n: int, dtype) -> np.ndarray:
@@ -91,13 +92,14 @@ def test_arithmetic_is_numpy_lane_by_lane(dtype, rng):
 def test_store_interleaved(dtype, count, rng):
     lanes = 64 // np.dtype(dtype).itemsize
     a = rng.standard_normal(64).astype(dtype)
-    out = _poisoned(400, dtype)
+    out = _poisoned(500, dtype)
     _interleave(a, out, 7, count)
     vectors = [a[16 * j : 16 * j + lanes] for j in range(4)]
-    for at, k in ((7, 2), (107, 4)):
+    for at, k, start in ((7, 2, 0), (107, 4, 0), (207, 4, 3)):
         n = min(count, k * lanes)
-        np.testing.assert_array_equal(out[at : at + n], np.stack(vectors[:k], 1).ravel()[:n])
-        assert np.isnan(out[at + n : at + k * lanes + 1]).all()
+        interleaved = np.stack(vectors[:k], 1).ravel()
+        np.testing.assert_array_equal(out[at + start : at + n], interleaved[start:n])
+        assert np.isnan(out[at : at + start]).all() and np.isnan(out[at + n : at + 100]).all()
 
 
 def test_masked_lanes_never_touch_the_next_page():
@@ -124,7 +126,8 @@ def test_masked_lanes_never_touch_the_next_page():
             total = simd.load(a, n - 3, 3) + simd.load_every2(a, n - 5, 3)
             total = total + simd.load_every4(a, n - 9, 3)
             simd.store(a, n - 3, total, 3)
-            simd.store_interleaved(a, n - 6, (total, total), 6)
+            simd.store_interleaved(a, n - 6, (total, total), 0, 6)
+            simd.store_interleaved(a, n - 7, (total, total), 2, 6)
             return a[n - 1]
 
         print(touch(a))
