@@ -513,42 +513,44 @@ def _input_tiles_4(padded, c, wp, table, v, t, stride, count):
 
 
 @njit(cache=True)
-def _output_transform(mm, k, stride, y, plane, oh, ow, ty0, rows, tw, m, bias):
-    """Y = A^T M A + bias for tile rows ty0..ty0+rows of one output plane, m x m tiles (M_p
-    at mm[k + tile + p*stride], tiles numbered from (ty0, 0)), consecutive tiles in the lanes
-    (rows shorter than the lanes share a vector, as in ``_tile_groups``); partial tiles at
-    the edges."""
+def _output_transform(mm, k, stride, y, plane, plane_step, planes, oh, ow, ty0, rows, tw, m, bias):
+    """Y = A^T M A + bias for tile rows ty0..ty0+rows of ``planes`` output planes
+    (``plane_step`` apart), m x m tiles (M_p at mm[k + tile + p*stride], tiles numbered from
+    (ty0, 0) of the first plane on), consecutive tiles in the lanes (rows, and planes, of
+    fewer tiles than the lanes share a vector, as in ``_tile_groups``); partial tiles at the
+    edges."""
     group_rows, across = _row_groups(tw, simd.lanes(y))
+    if planes > 1:
+        group_rows = rows
     for ty in range(0, rows, group_rows):
-        here = min(group_rows, rows - ty)
+        here = min(group_rows, rows - ty) * planes  # tile rows in the group, all planes
         for tx in range(0, tw, across):
-            count = _group_count(group_rows, across, rows, tw, ty, tx, 1)
+            count = _group_count(group_rows, across, rows, tw, ty, tx, planes)
             t, at = k + ty * tw + tx, plane + m * ((ty0 + ty) * ow + tx)
             # outputs of a row of the group: the rest of the image row, or all of it
-            width = min(m * count, ow - m * tx) if group_rows == 1 else ow
-            rows_left = oh - m * (ty0 + ty)
+            width = min(m * count, ow - m * tx) if here == 1 else ow
+            shape = (here, m * tw, width, oh - m * (ty0 + ty), group_rows, plane_step)
             if m == 2:
-                _output_tiles_2(
-                    mm, t, stride, y, at, ow, count, (here, m * tw, width, rows_left), bias
-                )
+                _output_tiles_2(mm, t, stride, y, at, ow, count, shape, bias)
             else:
-                _output_tiles_4(
-                    mm, t, stride, y, at, ow, count, (here, m * tw, width, rows_left), bias
-                )
+                _output_tiles_4(mm, t, stride, y, at, ow, count, shape, bias)
 
 
 @njit(inline="always", cache=True)
 def _store_output_row(y, at, ow, values, i, shape):
     """Output row i of each tile row of a group, from the interleaved ``values`` (one m-wide
-    row of every tile in the lanes): tile row r's outputs are elements r*span.. of it, its
-    first ``width`` land at at + (r*m + i)*ow; ``shape`` = (tile rows, span, width, image rows
-    left from the group's first output row)."""
-    here, span, width, rows_left = shape
+    row of every tile in the lanes): tile row r = (plane j, row ty) of the group has its
+    outputs at elements r*span.. of it, its first ``width`` land at at + j*plane_step +
+    (ty*m + i)*ow; ``shape`` = (tile rows, span, width, image rows left from the group's
+    first output row, tile rows a plane, plane_step)."""
+    here, span, width, rows_left, plane_rows, plane_step = shape
     m = len(values)
     for r in range(here):
-        if r * m + i < rows_left:
+        j, ty = r // plane_rows, r % plane_rows
+        if ty * m + i < rows_left:
             start = r * span
-            simd.store_interleaved(y, at + (r * m + i) * ow - start, values, start, start + width)
+            row = at + j * plane_step + (ty * m + i) * ow
+            simd.store_interleaved(y, row - start, values, start, start + width)
 
 
 @njit(inline="always", cache=True)
@@ -690,30 +692,37 @@ def _transform_input(x, scratch, a, index, task, thread, groups):
 
 @njit(inline="always", cache=True)
 def _output_plane(a, index, task, thread):
-    """Where output-side plane (image m, channel o) = task of chunk ``index`` lives: (its
-    offset in y or gy, its first column in M or Z, their position stride, the thread's padded
-    block, first tile row, tile rows)."""
+    """Where the output planes (images planes*g.., channel o) of task (g, o) of chunk
+    ``index`` live: (the first one's offset in y, its first column in M, M's position stride,
+    the thread's padded block, first tile row, tile rows, planes: a[13], or fewer at the
+    chunk's end)."""
     c, oc, oh, ow, images, block_rows = a[1], a[4], a[5], a[6], a[9], a[10]
     tw = _tile_counts(a)[2]
-    first, _, ty0, rows, ld = _chunk_of(a, index)
+    first, count, ty0, rows, ld = _chunk_of(a, index)
     m_stride = _strides(c, oc, images * block_rows * tw)[2]
     _, m_at, slot = _regions(a, thread)
-    m, o = task // oc, task % oc
-    plane = ((first + m) * oc + o) * oh * ow
-    return plane, m_at + o * ld + m * rows * tw, m_stride, slot, ty0, rows
+    m, o = task // oc * a[13], task % oc
+    plane, column = ((first + m) * oc + o) * oh * ow, m_at + o * ld + m * rows * tw
+    return plane, column, m_stride, slot, ty0, rows, min(a[13], count - m)
 
 
 @njit(inline="always", cache=True)
 def _transform_output(y, b, affine, res, consts, scratch, a, index, task, thread):
-    """Output plane (image m, channel o) = task of chunk ``index``, from M, with the bias,
-    then the rest of the epilogue (``epilogue.py``) on the rows it wrote."""
+    """Output planes of task (g, o) of chunk ``index``, from M, with the bias, then the rest
+    of the epilogue (``epilogue.py``) on the rows it wrote."""
     oh, ow, oc = a[5], a[6], a[4]
-    plane, column, m_stride, _, ty0, rows = _output_plane(a, index, task, thread)
-    bias = b[task % oc] if b.shape[0] else 0.0
+    plane, column, m_stride, _, ty0, rows, planes = _output_plane(a, index, task, thread)
+    o = task % oc
+    bias = b[o] if b.shape[0] else 0.0
     m, _, tw, _ = _tile_counts(a)
-    _output_transform(scratch, column, m_stride, y, plane, oh, ow, ty0, rows, tw, m, bias)
-    lo, hi = plane + m * ty0 * ow, plane + min(oh, m * (ty0 + rows)) * ow
-    finish_channel(y[lo:hi], task % oc, b[:0], affine, res[lo:hi], a[14], consts)
+    step = oc * oh * ow
+    _output_transform(
+        scratch, column, m_stride, y, plane, step, planes, oh, ow, ty0, rows, tw, m, bias
+    )
+    for j in range(planes):
+        lo = plane + j * step + m * ty0 * ow
+        hi = plane + j * step + min(oh, m * (ty0 + rows)) * ow
+        finish_channel(y[lo:hi], o, b[:0], affine, res[lo:hi], a[14], consts)
 
 
 @njit(inline="always", cache=True)
@@ -830,7 +839,7 @@ def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
                 _transform_input(x, scratch, a, index, task, thread, groups)
             for p in range(positions):
                 _forward_gemm(scratch, a, index, p, thread)
-            for task in range(count * oc):
+            for task in range(_tasks(count, a) * oc):
                 _transform_output(y, b, affine, res, consts, scratch, a, index, task, thread)
         return 0
     for index in range(_chunks(a)):
@@ -839,7 +848,7 @@ def conv2d_winograd(x, w, b, affine, res, consts, y, scratch, a):
             _transform_input(x, scratch, a, index, task, get_thread_id(), groups)
         for p in prange(positions):
             _forward_gemm(scratch, a, index, p, 0)
-        for task in prange(count * oc):
+        for task in prange(_tasks(count, a) * oc):
             _transform_output(y, b, affine, res, consts, scratch, a, index, task, get_thread_id())
     return 0
 
