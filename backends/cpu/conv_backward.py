@@ -234,14 +234,16 @@ def conv2d_grad_weight_shifted(x, gy, gw, scratch, a):
 
 @kernel(buffers=2)
 def conv2d_flip_weight(w, flipped, a):
-    """flipped[g*C/g + ci, o, ki, kj] = w[g*OC/g + o, ci, KH-1-ki, KW-1-kj]."""
+    """flipped[g*C/g + ci, o, ki, kj] = w[g*OC/g + o, ci, KH-1-ki, KW-1-kj], written in
+    order (each task one row of ``flipped``) and read at a stride: kernels of 9 values
+    scattered over the writes made every store a partial cache line."""
     oc, cg, kh, kw, groups = a[0], a[1], a[2], a[3], a[4]
     ocg, taps = oc // groups, kh * kw
-    for o in prange(oc):
-        g, og = o // ocg, o % ocg
-        for ci in range(cg):
-            src = (o * cg + ci) * taps
-            dst = ((g * cg + ci) * ocg + og) * taps
+    for row in prange(groups * cg):
+        g, ci = row // cg, row % cg
+        for og in range(ocg):
+            src = ((g * ocg + og) * cg + ci) * taps
+            dst = (row * ocg + og) * taps
             for t in range(taps):
                 flipped[dst + taps - 1 - t] = w[src + t]
     return 0

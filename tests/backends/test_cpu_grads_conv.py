@@ -62,6 +62,10 @@ CONVS = {
         dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2),
         (2, 4, 5, 6),
     ),
+    "groups2_flipped": (  # 8 channels a group: the input gradient runs on the flipped kernel
+        dict(in_channels=16, out_channels=12, kernel_size=(3, 2), padding=1, groups=2),
+        (2, 16, 5, 4),
+    ),
     "depthwise": (
         dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4),
         (2, 4, 6, 5),
