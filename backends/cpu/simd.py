@@ -19,6 +19,8 @@ the same order (no fused multiply-adds are formed), so results are the same bits
 - ``v + w``, ``v - w``, ``v * w``, ``-v``: lane by lane; a scalar operand is cast to the vector's
   type and repeated in every lane (exact for the small integer and power-of-two constants and
   float32 biases the kernels use).
+- ``load_double(a, i, count)``: 8 lanes of float64 from a float32 or float64 array;
+  ``broadcast(x)``: x in every lane; ``total(v)``: the lanes' sum, in lane order.
 - ``lanes(a)``: lanes of a vector of ``a``'s dtype, a compile-time constant.
 
 Arrays are 1-D and contiguous; indices are element offsets. The lane count is fixed at 64
@@ -311,5 +313,58 @@ def load_gather(typingctx, array, index, offsets, count):
         )
         zeros = ir.Constant(wide, [0.0] * lanes)
         return builder.call(function, [pointers, ir.Constant(_i32, 4), mask, zeros])
+
+    return sig, codegen
+
+
+@intrinsic
+def load_double(typingctx, array, index, count):
+    """Lanes of float64 (8) from array[index:] of float32 or float64, first ``count`` lanes
+    (the rest zero): float32 data summed in float64 without a scalar conversion each."""
+    vector = Vector(types.float64)
+    sig = vector(array, index, count)
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type, count_type = signature.args
+        element = context.get_value_type(array_type.dtype)
+        narrow = ir.VectorType(element, vector.lanes)
+        pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+        mask = _lane_mask(context, builder, count_type, args[2], vector.lanes, 1)
+        values = _masked_load(builder, _vector_pointer(builder, pointer, narrow), narrow, mask)
+        if isinstance(element, ir.DoubleType):
+            return values
+        return builder.fpext(values, ir.VectorType(ir.DoubleType(), vector.lanes))
+
+    return sig, codegen
+
+
+@intrinsic
+def broadcast(typingctx, value):
+    """``value`` (a float) in every lane of a vector of its type."""
+    if not isinstance(value, types.Float):
+        return None
+    vector = Vector(value)
+    sig = vector(value)
+
+    def codegen(context, builder, signature, args):
+        return _splat(builder, args[0], context.get_value_type(vector))
+
+    return sig, codegen
+
+
+@intrinsic
+def total(typingctx, value):
+    """The sum of a vector's lanes, added in lane order (a fixed order: the same bits on
+    every run)."""
+    if not isinstance(value, Vector):
+        return None
+    sig = value.dtype(value)
+
+    def codegen(context, builder, signature, args):
+        lanes = [builder.extract_element(args[0], ir.Constant(_i32, k)) for k in range(value.lanes)]
+        result = lanes[0]
+        for lane in lanes[1:]:
+            result = builder.fadd(result, lane)
+        return result
 
     return sig, codegen

@@ -139,3 +139,27 @@ def test_masked_lanes_never_touch_the_next_page():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) == 3.0
+
+
+@njit(cache=True)
+def _doubles(a, out, i, count):
+    v = simd.load_double(a, i, count) + simd.broadcast(0.5)
+    simd.store(out, 0, v, 8)
+    return simd.total(v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("count", [3, 8])
+def test_load_double_broadcast_and_total(dtype, count, rng):
+    """float64 lanes from either dtype, exactly widened; the total adds lanes in order."""
+    a = rng.standard_normal(40).astype(dtype)
+    out = _poisoned(8, np.float64)
+    total = _doubles(a, out, 5, count)
+    expected = np.zeros(8)
+    expected[:count] = a[5 : 5 + count].astype(np.float64)
+    expected += 0.5
+    np.testing.assert_array_equal(out, expected)
+    ordered = 0.0
+    for value in expected:
+        ordered += value
+    assert total == ordered
