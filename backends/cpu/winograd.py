@@ -366,14 +366,8 @@ def _lanes4(array, k, stride, count):
 @njit(inline="always", cache=True)
 def _lanes6(array, k, stride, count):
     """As ``_lanes4``, six positions."""
-    return (
-        simd.load(array, k, count),
-        simd.load(array, k + stride, count),
-        simd.load(array, k + 2 * stride, count),
-        simd.load(array, k + 3 * stride, count),
-        simd.load(array, k + 4 * stride, count),
-        simd.load(array, k + 5 * stride, count),
-    )
+    last = (simd.load(array, k + 4 * stride, count), simd.load(array, k + 5 * stride, count))
+    return _lanes4(array, k, stride, count) + last
 
 
 @njit(inline="always", cache=True)
@@ -390,14 +384,11 @@ def _column4(padded, c, wp, table, count):
 @njit(inline="always", cache=True)
 def _column6(padded, c, wp, table, count):
     """As ``_column4``, six input rows."""
-    return (
-        simd.load_gather(padded, c, table, count),
-        simd.load_gather(padded, c + wp, table, count),
-        simd.load_gather(padded, c + 2 * wp, table, count),
-        simd.load_gather(padded, c + 3 * wp, table, count),
+    last = (
         simd.load_gather(padded, c + 4 * wp, table, count),
         simd.load_gather(padded, c + 5 * wp, table, count),
     )
+    return _column4(padded, c, wp, table, count) + last
 
 
 @njit(cache=True)
@@ -727,20 +718,16 @@ def _transform_output(y, b, affine, res, consts, scratch, a, index, task, thread
 
 @njit(inline="always", cache=True)
 def _transform_gradient(gy, scratch, a, index, task, thread, groups):
-    """Z of the output-gradient planes (images planes*g.., channel o) of task (g, o) of
-    chunk ``index``."""
-    c, oc, oh, ow, images, block_rows = a[1], a[4], a[5], a[6], a[9], a[10]
+    """Z of the output-gradient planes of task (g, o) of chunk ``index``: where
+    ``_output_plane`` puts the forward's M."""
+    oc, oh, ow = a[4], a[5], a[6]
+    plane, column, z_stride, slot, ty0, rows, planes = _output_plane(a, index, task, thread)
     tw = _tile_counts(a)[2]  # 2x2 tiles: the weight gradient's
-    first, count, ty0, rows, ld = _chunk_of(a, index)
-    z_stride = _strides(c, oc, images * block_rows * tw)[2]
-    _, z_at, slot = _regions(a, thread)
-    m, o = task // oc * a[13], task % oc
-    column, plane = z_at + o * ld + m * rows * tw, ((first + m) * oc + o) * oh * ow
     _gradient_transform(
         gy,
         plane,
         oc * oh * ow,
-        min(a[13], count - m),
+        planes,
         oh,
         ow,
         ty0,
