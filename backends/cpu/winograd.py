@@ -65,11 +65,14 @@ MIN_CHANNELS = 16
 # few tiles cannot repay (ResNet-50's 512 -> 512 3x3 on 7x7 at batch 1, 16 tiles: 3.1 ms,
 # against 1.9 ms as one im2col GEMM cut by output channels; at batch 2 Winograd wins).
 MIN_TILES = 32
-# Private schedule (``_schedule``), by tile size: V and M bytes of one chunk (a quarter or
-# half of L2), and the fewest GEMM columns worth a chunk of their own. F(4x4, 3x3) has 36
-# GEMMs on a quarter of the tiles: 1 MiB and 16 columns (ResNet-18 CIFAR's 32x32 and 16x16
-# layers at batch 64: 23.0 -> 20.4 and 13.6 -> 12.8 ms against 512 KiB and 32).
-PRIVATE_CHUNK_BYTES = {2: 512 << 10, 4: 1 << 20}
+# Private schedule (``_schedule``), by tile size: V and M bytes of one chunk (a quarter of
+# L2, or all of it), and the fewest GEMM columns worth a chunk of their own. F(4x4, 3x3) has
+# 36 GEMMs on a quarter of the tiles: 2 MiB and 16 columns (with scalar transforms, 1 MiB
+# against 512 KiB and 32: ResNet-18 CIFAR's 32x32 and 16x16 layers at batch 64, 23.0 -> 20.4
+# and 13.6 -> 12.8 ms; with SIMD transforms, whose GEMMs weigh more, 2 MiB against 1 MiB:
+# ResNet-18 CIFAR at batch 64 171-173 against 176-182 ms, ResNet-50 at batch 32 1072-1106
+# against 1110-1138 ms, interleaved).
+PRIVATE_CHUNK_BYTES = {2: 512 << 10, 4: 2 << 20}
 PRIVATE_MIN_TILES = {2: 32, 4: 16}
 # The weight gradient takes the private schedule too where each thread's own dU (summed over
 # its chunks, then the threads' partial sums added in a fixed order) is at most this large.

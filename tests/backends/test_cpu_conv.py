@@ -248,10 +248,10 @@ def _conv_node(n: int, c: int, oc: int, side: int) -> Node:
         (32, 512, 4, False, (32, 2, 0)),  # ResNet-18 CIFAR layer4 (2x2 tiles): all 32 images
         (32, 64, 32, True, (1, 4, 1)),  # layer1's weight gradient: 256 KiB of dU a thread
         (32, 256, 8, True, (16, 4, 0)),  # layer3's: 4 MiB of dU, shared
-        (32, 64, 32, False, (1, 7, 1)),  # layer1 forward (4x4 tiles): 7 of 8 tile rows a task
-        (32, 128, 16, False, (1, 4, 1)),  # layer2 forward: 16 tiles a task
-        (64, 256, 8, False, (28, 2, 0)),  # layer3 at batch 64: private chunks, 12 columns
-        (2, 64, 224, False, (1, 1, 1)),  # VGG's first block: one of 56 tile rows a task
+        (32, 64, 32, False, (1, 8, 1)),  # layer1 forward (4x4 tiles): an image a task
+        (32, 128, 16, False, (3, 4, 1)),  # layer2 forward: 3 images, 48 tiles a task
+        (64, 256, 8, False, (7, 2, 1)),  # layer3 at batch 64: 7 images, 28 tiles a task
+        (2, 64, 224, False, (1, 2, 1)),  # VGG's first block: two of 56 tile rows a task
         (2, 64, 224, True, (1, 9, 0)),  # its weight gradient: 102 MiB an image, 9 of 112 rows
     ],
 )
