@@ -4,6 +4,7 @@ never touch memory past the lanes they were given (checked against a guard page)
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -163,3 +164,31 @@ def test_load_double_broadcast_and_total(dtype, count, rng):
     for value in expected:
         ordered += value
     assert total == ordered
+
+
+@pytest.mark.parametrize("cpu", ["haswell", "generic"])
+def test_vectors_are_exact_without_avx512(cpu, tmp_path):
+    """64-byte vectors on a CPU without AVX-512 (AVX2, or x86-64's baseline SSE2): LLVM
+    splits them and emulates the masked and gathered accesses; the loads, stores and sums
+    still give NumPy's values (the tests above, run in a process compiled for ``cpu``)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "not avx512 and not page",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env=env,
+    )
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:]
