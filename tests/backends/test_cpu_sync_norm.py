@@ -235,6 +235,15 @@ def run_processes(exes, xs, targets) -> list[float]:
     return [float(plan.buffer(plan.graph.outputs[0])[0]) for plan in plans]
 
 
+def _same_gradient(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """Within 1e-10 relative, or 1e-12 absolute: a gradient can be zero in exact arithmetic
+    and rounding noise in both (a BatchNorm2d bias whose channel the ReLU passes whole for
+    every sample: BatchNorm1d's input gradient sums to zero over the batch, and so does what
+    reaches that channel), which no relative test can compare (seed 1638727067)."""
+    difference = float(np.linalg.norm(np.asarray(actual) - expected))
+    return difference <= 1e-10 * float(np.linalg.norm(expected)) + 1e-12
+
+
 def _distributed_matches_one_process(model, shape, processes, loss, targets, rng):
     whole = compile_training(model, shape, "float64", None, loss=loss, optimizer=SGD(0.1))
     randomize_params(whole, rng)
@@ -254,7 +263,7 @@ def _distributed_matches_one_process(model, shape, processes, loss, targets, rng
     for exe in exes:
         assert set(exe.grads) == set(whole.grads)
         for name, grad in exe.grads.items():
-            assert rel_error(grad, whole.grads[name]) < 1e-10, name
+            assert _same_gradient(grad, whole.grads[name]), name
         for name, value in exe.params.items():
             assert rel_error(value, whole.params[name]) < 1e-10, name
 
