@@ -4,14 +4,15 @@ float64 (8 lanes) as a value, with masked loads and stores and +, -, * .
 Why: LLVM vectorises a loop only when it can prove the accesses simple, and the Winograd
 tile transforms (``winograd.py``) read tiles at a stride of 2 or 4 along a row and scatter
 each tile over 16 or 36 position planes: written one tile at a time they ran scalar, about as
-long as the GEMMs they feed. Written on ``Vector`` values, one tile per lane, they are the
-same arithmetic on 16 tiles at once: each lane computes exactly what the scalar code did, in
-the same order (no fused multiply-adds are formed), so results are the same bits.
+long as the GEMMs they feed. Written on ``Vector`` values, one tile per lane (gathered, so a
+vector can span several short rows), they are the same arithmetic on 16 tiles at once: each
+lane computes exactly what the scalar code did, in the same order (no fused multiply-adds
+are formed), so results are the same bits.
 
 - ``load(a, i, count)``: lanes a[i : i + lanes], only the first ``count`` lanes read (the
   rest are zero), so a partial vector never reads past an array's end.
-- ``load_every2`` / ``load_every4(a, i, count)``: lane l = a[i + 2l] (or 4l), first ``count``
-  lanes (a masked wide load and one shuffle: nothing between or past them is read).
+- ``load_gather(a, i, offsets, count)``: lane l = a[i + offsets[l]], first ``count`` lanes
+  (a hardware gather; offsets an int32 array).
 - ``store(a, i, v, count)``: the first ``count`` lanes of v to a[i:].
 - ``store_interleaved(a, i, (v0, ..., vk-1), start, stop)``: a[i + e] = element e of
   v0[0], v1[0], ..., vk-1[0], v0[1], ... for start <= e < stop (k = 2 or 4: one output row of
@@ -65,29 +66,22 @@ def _element_pointer(context, builder, array_type, array, index_type, index):
 
 def _window_mask(context, builder, types_, values, elements):
     """<elements x i1>: element e on where start <= e < stop (``values`` = start, stop)."""
-    below_stop = _lane_mask(context, builder, types_[1], values[1], elements, 1)
-    below_start = _lane_mask(context, builder, types_[0], values[0], elements, 1)
+    below_stop = _lane_mask(context, builder, types_[1], values[1], elements)
+    below_start = _lane_mask(context, builder, types_[0], values[0], elements)
     return builder.and_(below_stop, builder.not_(below_start))
 
 
-def _lane_mask(context, builder, count_type, count, elements, period):
-    """<elements x i1> (elements <= 64): element e on where e % period == 0 and
-    e // period < count, built as an integer's bits (a k-register move, where comparing
-    index vectors took one instruction per 8 elements)."""
+def _lane_mask(context, builder, count_type, count, elements):
+    """<elements x i1> (elements <= 64): element e on where e < count, built as an integer's
+    low bits (a k-register move, where comparing index vectors took one instruction per 8
+    elements)."""
     i64 = ir.IntType(64)
-    pattern = sum(1 << e for e in range(0, elements, period))
-    needed = builder.mul(
-        context.cast(builder, count, count_type, types.int64), ir.Constant(i64, period)
-    )
+    needed = context.cast(builder, count, count_type, types.int64)
     zero, full = ir.Constant(i64, 0), ir.Constant(i64, elements)
     needed = builder.select(builder.icmp_signed("<", needed, zero), zero, needed)
     low = builder.sub(builder.shl(ir.Constant(i64, 1), needed), ir.Constant(i64, 1))
-    every = ir.Constant(i64, (1 << 64) - 1)
-    low = builder.select(builder.icmp_signed(">=", needed, full), every, low)
-    bits = builder.and_(
-        builder.trunc(low, ir.IntType(elements)) if elements < 64 else low,
-        ir.Constant(ir.IntType(elements), pattern),
-    )
+    low = builder.select(builder.icmp_signed(">=", needed, full), ir.Constant(i64, -1), low)
+    bits = builder.trunc(low, ir.IntType(elements)) if elements < 64 else low
     return builder.bitcast(bits, ir.VectorType(ir.IntType(1), elements))
 
 
@@ -128,36 +122,21 @@ def _vector_pointer(builder, pointer, vector_type):
     return builder.bitcast(pointer, vector_type.as_pointer())
 
 
-def _strided_load(period: int):
-    """``load`` (period 1) or ``load_every<period>``."""
+@intrinsic
+def load(typingctx, array, index, count):
+    vector = Vector(array.dtype)
+    sig = vector(array, index, count)
 
-    @intrinsic
-    def load_strided(typingctx, array, index, count):
-        vector = Vector(array.dtype)
-        sig = vector(array, index, count)
+    def codegen(context, builder, signature, args):
+        array_type, index_type, count_type = signature.args
+        vector_type = context.get_value_type(vector)
+        pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+        mask = _lane_mask(context, builder, count_type, args[2], vector.lanes)
+        return _masked_load(
+            builder, _vector_pointer(builder, pointer, vector_type), vector_type, mask
+        )
 
-        def codegen(context, builder, signature, args):
-            array_type, index_type, count_type = signature.args
-            element = context.get_value_type(array_type.dtype)
-            wide = ir.VectorType(element, vector.lanes * period)
-            pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
-            mask = _lane_mask(context, builder, count_type, args[2], wide.count, period)
-            values = _masked_load(builder, _vector_pointer(builder, pointer, wide), wide, mask)
-            if period == 1:
-                return values
-            picks = ir.Constant(
-                ir.VectorType(_i32, vector.lanes), list(range(0, wide.count, period))
-            )
-            return builder.shuffle_vector(values, values, picks)
-
-        return sig, codegen
-
-    return load_strided
-
-
-load = _strided_load(1)
-load_every2 = _strided_load(2)
-load_every4 = _strided_load(4)
+    return sig, codegen
 
 
 @intrinsic
@@ -167,7 +146,7 @@ def store(typingctx, array, index, value, count):
     def codegen(context, builder, signature, args):
         array_type, index_type, value_type, count_type = signature.args
         pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
-        mask = _lane_mask(context, builder, count_type, args[3], value_type.lanes, 1)
+        mask = _lane_mask(context, builder, count_type, args[3], value_type.lanes)
         value = args[2]
         _masked_store(builder, value, _vector_pointer(builder, pointer, value.type), mask)
         return context.get_dummy_value()
@@ -304,7 +283,7 @@ def load_gather(typingctx, array, index, offsets, count):
         size = ir.Constant(ir.VectorType(i64, lanes), [VECTOR_BYTES // lanes] * lanes)
         address = builder.add(address, builder.mul(builder.sext(shifts, address.type), size))
         pointers = builder.inttoptr(address, ir.VectorType(element.as_pointer(), lanes))
-        mask = _lane_mask(context, builder, count_type, args[3], lanes, 1)
+        mask = _lane_mask(context, builder, count_type, args[3], lanes)
         wide = ir.VectorType(element, lanes)
         function = cgutils.get_or_insert_function(
             builder.module,
@@ -329,7 +308,7 @@ def load_double(typingctx, array, index, count):
         element = context.get_value_type(array_type.dtype)
         narrow = ir.VectorType(element, vector.lanes)
         pointer = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
-        mask = _lane_mask(context, builder, count_type, args[2], vector.lanes, 1)
+        mask = _lane_mask(context, builder, count_type, args[2], vector.lanes)
         values = _masked_load(builder, _vector_pointer(builder, pointer, narrow), narrow, mask)
         if isinstance(element, ir.DoubleType):
             return values

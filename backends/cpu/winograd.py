@@ -865,18 +865,18 @@ def conv2d_grad_weight_winograd(x, gy, gw, scratch, a):
             for s in range(1, min(slots, chunks)):
                 total += scratch[_partial_sum_at(a, s) + q]
             scratch[q] = total
-    for index in range(_chunks(a) if a[11] == 0 else 0):
-        count = _chunk_of(a, index)[1]
-        tasks = _tasks(count, a)
-        for task in prange(tasks * (c + oc)):
-            if task < tasks * c:
-                _transform_input(x, scratch, a, index, task, get_thread_id(), groups)
-            else:
-                _transform_gradient(
-                    gy, scratch, a, index, task - tasks * c, get_thread_id(), z_groups
-                )
-        for p in prange(positions):
-            _weight_gemm(scratch, a, index, p, 0.0 if index == 0 else 1.0, 0)
+    else:  # shared: each chunk's transforms, then its GEMMs, one task per position p
+        for index in range(_chunks(a)):
+            tasks = _tasks(_chunk_of(a, index)[1], a)
+            for task in prange(tasks * (c + oc)):
+                if task < tasks * c:
+                    _transform_input(x, scratch, a, index, task, get_thread_id(), groups)
+                else:
+                    _transform_gradient(
+                        gy, scratch, a, index, task - tasks * c, get_thread_id(), z_groups
+                    )
+            for p in prange(positions):
+                _weight_gemm(scratch, a, index, p, 0.0 if index == 0 else 1.0, 0)
     for q in prange(oc * c):
         _weight_gradient_transform(scratch, q, u_stride, gw, q * 9)
     return 0
