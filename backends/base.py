@@ -31,6 +31,11 @@ import numpy as np
 from graph.ir import Graph, Node
 from graph.memory import ALIGN
 
+# Storage key of a frozen plan's weight generation (``compile(..., freeze=True)``): an int64
+# counter the executable bumps whenever it loads weights (``load_state_dict``), so a kernel that
+# keeps the weights packed in its own layout knows when to repack. Absent when not frozen.
+WEIGHTS_GENERATION = "weights.generation"
+
 Buffer = Any  # a backend's array type: numpy.ndarray on the CPU, cupy.ndarray on a GPU
 Lowering = Callable[[Node, Any], list]
 ScratchRule = Callable[[Node], int]
@@ -141,8 +146,10 @@ class Backend(ABC):
         scratch_address: int,
         consts: list[Buffer],
     ) -> list:
-        """Steps that compute ``node``; ``address`` maps a value name to its buffer address.
-        Constant buffers the steps read are appended to ``consts`` (the caller keeps them)."""
+        """Steps that compute ``node``; ``address`` maps a value name (or a storage key such as
+        WEIGHTS_GENERATION) to its buffer address, and raises KeyError for a name the plan does
+        not hold. Constant buffers the steps read are appended to ``consts`` (the caller keeps
+        them)."""
 
     @abstractmethod
     def runner(self, steps: Sequence) -> Runner:

@@ -11,8 +11,10 @@ Cases (``--cases`` picks some, e.g. ``--cases tiny,resnet50_b1``):
 Engines, each with 2 threads (``NUMBA_NUM_THREADS``, ``torch.set_num_threads``, ORT's
 ``intra_op_num_threads`` with one inter-op thread and sequential execution):
 
-- ConvForge: ``exe.run(x)``, NumPy in and out (it copies the input in and the output out), and
-  the same compiled with ``optimize=False`` ("passes off": no BatchNorm folding or fusion);
+- ConvForge: ``exe.run(x)``, NumPy in and out (it copies the input in and the output out),
+  the same compiled with ``freeze=True`` ("frozen": weights constant, as in an ORT session, so
+  the deep convs at small batches run on weights packed once, ``backends/cpu/conv_blocked.py``)
+  and with ``optimize=False`` ("passes off": no BatchNorm folding or fusion);
 - PyTorch eager, NCHW and channels_last (4-D weights and the input stored NHWC), under
   ``torch.inference_mode()``. Networks run as the traced graph through ``bench/torch_graph.py``
   (one torch.nn.functional call per node, BatchNorm unfused, as eager torch runs a model), so
@@ -74,8 +76,9 @@ CASES: dict[str, tuple[str, int]] = {
     "resnet50_b32": ("resnet50", 32),
     "mobilenet_v2_b1": ("mobilenet_v2", 1),
 }
-HEADER = ["case", "ConvForge ms", "ConvForge passes off ms", "torch NCHW ms",
-          "torch channels_last ms", "ORT ms", "torch/ours", "ORT/ours", "max rel err"]  # fmt: skip
+HEADER = ["case", "ConvForge ms", "frozen ms", "passes off ms", "torch NCHW ms",
+          "torch channels_last ms", "ORT ms", "torch/ours", "ORT/ours", "ORT/frozen",
+          "max rel err"]  # fmt: skip
 
 
 class _Twin(torch.nn.Module):
@@ -133,8 +136,13 @@ def _engines(model: str, batch: int) -> dict[str, Callable[[], np.ndarray]]:
     net, shape = _model(model)
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
     exe = engine.compile(net, shape, batch=batch)
+    frozen = engine.compile(net, shape, batch=batch, freeze=True)
     plain = engine.compile(net, shape, batch=batch, optimize=False)
-    forwards = {"ConvForge": lambda: exe.run(x), "passes off": lambda: plain.run(x)}
+    forwards = {
+        "ConvForge": lambda: exe.run(x),
+        "frozen": lambda: frozen.run(x),
+        "passes off": lambda: plain.run(x),
+    }
     # the traced graph, not exe.graph: inference passes put fused ops there that torch lacks
     graph, state = trace(net, shape, batch, "float32"), net.state_dict()
     nchw, nhwc = (_Twin(graph, state, channels_last) for channels_last in (False, True))
@@ -198,10 +206,12 @@ def _row(case: str) -> list[str]:
     return [
         case,
         _ms(ours),
+        _ms(times["frozen"]),
         _ms(times["passes off"]),
         *(_ms(times[name]) for name in ("torch NCHW", "torch channels_last", "ORT")),
         f"{torch_best / ours:.2f}x",
         f"{times['ORT'] / ours:.2f}x",
+        f"{times['ORT'] / times['frozen']:.2f}x",
         f"{error:.1e}",
     ]
 

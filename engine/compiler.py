@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from backends import get_backend
-from backends.base import Backend, Buffer
+from backends.base import WEIGHTS_GENERATION, Backend, Buffer
 from engine.executable import Executable, build_plan
 from engine.optim import SGD, Optimizer
 from graph.autodiff import autodiff
@@ -42,6 +42,7 @@ class CompileOptions:
     reorder: bool = True
     optimize: bool = True
     sync_batch_norm: int | None = None
+    freeze: bool = False
 
     def check(self, optimizer: Optimizer | None) -> None:
         """Refuse training options without ``train=True``, and option pairs that do not mix."""
@@ -49,6 +50,8 @@ class CompileOptions:
             raise ValueError("loss and optimizer apply to training: pass train=True as well")
         if not self.train and self.recompute is not None:
             raise ValueError("recompute applies to training: pass train=True as well")
+        if self.train and self.freeze:
+            raise ValueError("freeze=True makes the weights constants: it applies to inference")
         if self.sync_batch_norm is not None:
             self._check_sync_batch_norm()
 
@@ -72,7 +75,11 @@ class CompileOptions:
     def for_inference(self) -> CompileOptions:
         """These options without the training ones (a clone's: it has no training plan)."""
         return CompileOptions(
-            self.backend, inplace=self.inplace, reorder=self.reorder, optimize=self.optimize
+            self.backend,
+            inplace=self.inplace,
+            reorder=self.reorder,
+            optimize=self.optimize,
+            freeze=self.freeze,
         )
 
 
@@ -92,6 +99,7 @@ def compile(
     reorder: bool = True,
     optimize: bool = True,
     sync_batch_norm: int | None = None,
+    freeze: bool = False,
 ) -> Executable:
     """Compile ``model`` for inputs of shape [batch, *input_shape]: trace it, then
     ``compile_graph``.
@@ -123,6 +131,11 @@ def compile(
             residual add and activation into its epilogue, remove dead nodes). The results
             equal the unfused plan's; ``exe.graph`` shows the fused nodes. Training plans keep
             the ops as traced.
+        freeze: inference only: the weights become constants of the plan, as in an ONNX
+            Runtime session or ``torch.jit.freeze``. ``params`` are then read-only and
+            ``load_state_dict`` is the way to change them; in exchange, kernels may keep the
+            weights packed in the layout they read best (CPU: ``conv_blocked``, the deep convs
+            at small batches), repacking only after a load.
     Returns:
         An ``Executable``: ``run(x)``, ``params``, ``state_dict()``, ``load_state_dict()``, and
         with ``train=True`` also ``forward_backward(x, y)``, ``train_step(x, y)``, ``grads``.
@@ -139,6 +152,7 @@ def compile(
         reorder,
         optimize,
         sync_batch_norm,
+        freeze,
     )
     options.check(optimizer)
     device = get_backend(backend)  # first: a missing device is reported before any work
@@ -171,6 +185,8 @@ def compile_graph(
     device = device or get_backend(options.backend)
     extra_state = _extra_state(forward, tensors)
     storage = _persistent_storage(forward, tensors, device)
+    if options.freeze:
+        storage[WEIGHTS_GENERATION] = device.from_host(np.zeros(1, np.int64))
     passes = {"inplace": options.inplace, "reorder": options.reorder}
     training = None
     if options.train:

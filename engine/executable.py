@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backends import get_backend
-from backends.base import Backend, Buffer, Runner
+from backends.base import WEIGHTS_GENERATION, Backend, Buffer, Runner
 from backends.errors import kernel_error_message
 from engine.optim import HYPER_VALUE, Optimizer
 from graph.autodiff import DROPOUT_RNG
@@ -112,8 +112,11 @@ def inference_storage(
     graph: Graph, device: Backend, params: Mapping[str, Buffer]
 ) -> dict[str, Buffer]:
     """The persistent buffers of another inference plan of ``graph``: the parameter and state
-    buffers given in ``params`` (shared, not copied) and fresh input and output buffers."""
+    buffers given in ``params`` (shared, not copied, as is a frozen plan's weight generation)
+    and fresh input and output buffers."""
     storage = {v.name: params[v.name] for v in graph.params}
+    if WEIGHTS_GENERATION in params:  # a frozen plan's clone repacks after the same loads
+        storage[WEIGHTS_GENERATION] = params[WEIGHTS_GENERATION]
     for value in graph.inputs + graph.outputs:
         storage[value.name] = device.from_host(np.full(value.shape, np.nan, value.type.dtype))
     return storage
@@ -131,7 +134,7 @@ def build_plan(
     def address(name: str) -> int:
         if name in storage_addresses:
             return storage_addresses[name]
-        return arena_address + memory.offset(name)
+        return arena_address + memory.offset(name)  # KeyError for a name the plan lacks
 
     consts: list[Buffer] = []
     steps, step_nodes = [], []
@@ -155,7 +158,7 @@ class Executable:
         options: the ``engine.compiler.CompileOptions`` it was built with (None likewise).
         training_graph: the training graph, when compiled with ``train=True``.
         params: parameter and state arrays by ``state_dict`` key (live views: writing into them
-            changes the model).
+            changes the model; read-only when compiled with ``freeze=True``).
         grads: after ``forward_backward``/``train_step``, each parameter's gradient by key.
         training: True in training mode (BatchNorm uses batch statistics, dropout is active).
     """
@@ -190,6 +193,7 @@ class Executable:
             if f"{name.rsplit('.', 1)[0]}.running_mean" in used
         ]
         self._dropout_rng = storage.get(DROPOUT_RNG)
+        self._generation = storage.get(WEIGHTS_GENERATION)
         self._capture_plans: dict = {}  # engine.capture's plans, built on first use
         self.training = False
         if training is not None:
@@ -207,8 +211,15 @@ class Executable:
     @property
     def params(self) -> dict[str, np.ndarray]:
         """Parameters and state buffers by ``state_dict`` key: live views on the CPU (writing
-        into them changes the model), copies from a GPU (write with ``load_state_dict``)."""
-        return {name: self._host(name) for name in self._param_names}
+        into them changes the model), copies from a GPU (write with ``load_state_dict``).
+        Compiled with ``freeze=True``: read-only (kernels may hold the weights packed, and
+        only ``load_state_dict`` tells them to repack)."""
+        arrays = {name: self._host(name) for name in self._param_names}
+        if self._generation is not None:
+            for name, array in arrays.items():
+                arrays[name] = array.view()
+                arrays[name].flags.writeable = False
+        return arrays
 
     @property
     def grads(self) -> dict[str, np.ndarray]:
@@ -235,12 +246,16 @@ class Executable:
     def set_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Copy arrays into the persistent buffers of the same names (parameters, state,
         optimizer slots, the dropout vector; ``extra_state`` keys go to the host counters).
-        Callers check names and shapes first (``load_state_dict``, ``engine.train``)."""
+        Callers check names and shapes first (``load_state_dict``, ``engine.train``). A frozen
+        plan's weight generation moves, so packed copies of the weights are rebuilt."""
         for name, array in tensors.items():
             if name in self._extra_state:
                 np.copyto(self._extra_state[name], array)
                 continue
             self._backend.copy_in(self._storage[name], array)
+        if self._generation is not None:
+            moved = self._backend.to_host(self._generation) + 1
+            self._backend.copy_in(self._generation, moved)
 
     def set_grads(self, grads: Mapping[str, np.ndarray]) -> None:
         """Copy arrays into the gradient buffers by parameter key (``engine.distributed``

@@ -69,7 +69,8 @@ import numba
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from backends.cpu import conv_depthwise, conv_small, phases, winograd
+from backends.base import WEIGHTS_GENERATION
+from backends.cpu import conv_blocked, conv_depthwise, conv_small, phases, winograd
 from backends.cpu.blas import matmul, matvec
 from backends.cpu.epilogue import epilogue_buffers, finish_channel, finish_features
 from backends.cpu.kernels import kernel
@@ -556,7 +557,10 @@ def _conv2d_scratch_numel(node: Node) -> int:
 
 
 def _conv2d_scratch(node: Node) -> int:
-    return _conv2d_scratch_numel(node) * node.outputs[0].type.itemsize
+    numel = _conv2d_scratch_numel(node)
+    if conv_blocked.is_blocked(node):  # the plan may be frozen (the memory plan cannot tell)
+        numel = max(numel, conv_blocked.scratch_numel(node))
+    return numel * node.outputs[0].type.itemsize
 
 
 @lowers("conv2d", "conv2d_fused", scratch=_conv2d_scratch)
@@ -578,6 +582,12 @@ def _lower_conv2d(node: Node, io: NodeIO):
             attrs, kernel = conv_depthwise.attrs(node), conv_depthwise.conv2d_depthwise
         attrs += [kind]
         return [kernel.step(node.name, io.dtype, parallel, buffers, attrs)]
+    generation = io.stored(WEIGHTS_GENERATION, 8 // node.outputs[0].type.itemsize)
+    if generation is not None and conv_blocked.is_blocked(node):
+        packed = io.const(conv_blocked.unpacked_header(node))
+        buffers = [*buffers[:-1], io.scratch(conv_blocked.scratch_numel(node)), packed, generation]
+        attrs = conv_blocked.attrs(node) + [kind]
+        return [conv_blocked.conv2d_blocked.step(node.name, io.dtype, True, buffers, attrs)]
     if _is_small(node):
         attrs = conv_small.attrs(node) + [kind]
         return [conv_small.conv2d_small.step(node.name, io.dtype, False, buffers, attrs)]

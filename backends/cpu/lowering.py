@@ -47,11 +47,20 @@ class NodeIO:
         value = self.node.outputs[i]
         return self._address(value.name), value.type.numel
 
+    def stored(self, name: str, numel: int) -> tuple[int, int] | None:
+        """The persistent buffer ``name`` (a storage key such as ``WEIGHTS_GENERATION``) seen
+        as ``numel`` elements, or None where the plan has no such buffer."""
+        try:
+            return self._address(name), numel
+        except KeyError:
+            return None
+
     def scratch(self, numel: int) -> tuple[int, int]:
         return self._scratch_address, numel
 
     def const(self, values: list[float]) -> tuple[int, int]:
-        """A persistent buffer holding ``values`` in the node's dtype (kept alive by the caller)."""
+        """A persistent buffer holding ``values`` in the node's dtype (kept alive by the caller;
+        an array of that dtype is kept as it is, not copied)."""
         array = np.ascontiguousarray(values, dtype=self.dtype)
         self._consts.append(array)
         return array.ctypes.data, array.size
