@@ -531,6 +531,8 @@ def _conv2d_scratch_numel(node: Node) -> int:
     pt, pb, pl, pr = node.attrs["padding"]
     wp, dw = wd + pl + pr, node.attrs["dilation"][1]
     if conv_depthwise.is_depthwise(node):
+        if conv_depthwise.is_rows(node):
+            return 0
         if conv_depthwise.is_lanes(node):
             return conv_depthwise.lanes_scratch_numel(node)
         return conv_depthwise.scratch_numel(node)
@@ -576,7 +578,9 @@ def _lower_conv2d(node: Node, io: NodeIO):
     shape = [n, c, h, wd, oc, oh, ow, kh, kw]
     if conv_depthwise.is_depthwise(node):
         parallel = conv_depthwise.is_parallel(node)
-        if conv_depthwise.is_lanes(node):
+        if conv_depthwise.is_rows(node):
+            attrs, kernel = conv_depthwise.attrs(node)[:14], conv_depthwise.conv2d_depthwise_rows
+        elif conv_depthwise.is_lanes(node):
             attrs, kernel = conv_depthwise.lanes_attrs(node), conv_depthwise.conv2d_depthwise_lanes
         else:
             attrs, kernel = conv_depthwise.attrs(node), conv_depthwise.conv2d_depthwise

@@ -30,10 +30,17 @@ weights as a vector, and copies the [OH*OW, LANES] result back out to the planes
 epilogue (``LANES_MAX_INPUT_PIXELS`` has the measurements). Taps add in the same order as
 ``_nine_taps``, so both kernels give the same bits.
 
-Buffers (both kernels): (x, w, bias, affine, residual, consts, y, scratch), absent epilogue
+Planes of 9x9 to 16x16 (MobileNet v2's 14x14 layers) run ``conv2d_depthwise_rows``: no copy
+at all. Each output row is one SIMD vector (``simd.py``), four rows at a time; each tap adds
+its weight times one windowed load of the input row under it (``simd.load_lanes``: lanes
+outside the plane masked off, a gather at stride 2), in the same tap order as the other two
+kernels, so all three give the same bits (``ROWS_MAX_INPUT_PIXELS`` has the measurements).
+
+Buffers (all kernels): (x, w, bias, affine, residual, consts, y, scratch), absent epilogue
 parts empty.
 Attrs: [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HQ, WQ, block rows, kind];
-the lanes kernel [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HP, WP, kind].
+the lanes kernel [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HP, WP, kind]; the rows
+kernel the first 14, then the kind (no scratch).
 Scratch: one slot per thread: [phase planes | slack | accumulator block]; the lanes kernel's
 [padded block | weights | outputs].
 """
@@ -44,9 +51,10 @@ import numba
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from backends.cpu import phases
+from backends.cpu import phases, simd
 from backends.cpu.epilogue import finish_channel
 from backends.cpu.kernels import kernel
+from backends.cpu.simd import VECTOR_BYTES
 from backends.cpu.windows import axpy, axpy3
 from graph.ir import Node
 
@@ -67,6 +75,13 @@ LANES = 64
 # (384 of 14x14 170 vs 108; 576 of 14x14 stride 2 142 vs 138; 192 of 28x28 0.3x), where the
 # per-plane loops of conv2d_depthwise vectorise and the copies' strided accesses leave L1.
 LANES_MAX_INPUT_PIXELS = 64
+
+# Largest input plane (H x W) for conv2d_depthwise_rows, from above LANES_MAX_INPUT_PIXELS, and
+# only where an output row fits one vector. Measured (float32, batch 1, folded BatchNorm and
+# ReLU6, two threads, us, rows vs the planes kernel): 384 channels of 14x14 47 vs 61, 576 of
+# 14x14 67 vs 92, 576 of 14x14 stride 2 76 vs 91; 192 of 28x28 stride 2 even (52 vs 50); 960
+# of 7x7 75 vs 67 with the lanes kernel; planes of 28x28 and up 1.1-1.9x slower.
+ROWS_MAX_INPUT_PIXELS = 256
 
 # ``finish_channel`` itself (the same function, so the same arithmetic), inlined: as a call it
 # cost a fifth of a 960-channel 7x7 layer (163 -> 130 us, one thread). Its constants are
@@ -132,6 +147,67 @@ def conv2d_depthwise_lanes(x, w, b, affine, res, consts, y, scratch, a):
                 run[j] = scratch[np.uint64(acc + j * LANES + k)]
             _finish_channel(run, o, b, affine, res[out : out + ohw], kind, consts)
     return 0
+
+
+@kernel(buffers=8)
+def conv2d_depthwise_rows(x, w, b, affine, res, consts, y, scratch, a):
+    n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, kind = a[:15]
+    hw, ohw, taps, lanes = h * wd, oh * ow, kh * kw, simd.lanes(x)
+    vectors = (ow + lanes - 1) // lanes
+    # each (row vector, kernel column) reads the same window of every input row: its first
+    # column and its lanes inside the plane, computed once (divisions cost more than the taps)
+    columns, windows = np.empty(vectors * kw, np.int64), np.empty(vectors * kw, np.int64)
+    for v in range(vectors):
+        for j in range(kw):
+            column = v * lanes * sw + j * dw - pl
+            start = (-column + sw - 1) // sw if column < 0 else 0
+            stop = min(lanes, ow - v * lanes, (wd - column + sw - 1) // sw)
+            columns[v * kw + j], windows[v * kw + j] = column, simd.window_bits(start, stop)
+    geometry = (h, wd, oh, ow, kh, kw, sh, dh, pt, vectors)
+    for p in prange(n * c):
+        src, out, first = p * hw, p * ohw, p % c * taps
+        if sw == 1:  # a literal step: the loads compile to plain masked loads
+            _plane_rows(x, w, y, src, out, first, geometry, columns, windows, 1)
+        else:
+            _plane_rows(x, w, y, src, out, first, geometry, columns, windows, sw)
+        o = p % c
+        _finish_channel(y[out : out + ohw], o, b, affine, res[out : out + ohw], kind, consts)
+    return 0
+
+
+@njit(inline="always", cache=True)
+def _plane_rows(x, w, y, src, out, first, geometry, columns, windows, sw):
+    """One plane of conv2d_depthwise_rows: four output rows at once (four independent chains
+    of adds), each tap one windowed load per row, taps added in order."""
+    h, wd, oh, ow, kh, kw, sh, dh, pt, vectors = geometry
+    lanes = simd.lanes(x)
+    for oy in range(0, oh, 4):
+        for v in range(vectors):
+            a0 = a1 = a2 = a3 = simd.load(x, src, 0)  # zeros: + 0 changes no sum
+            for i in range(kh):
+                row = oy * sh + i * dh - pt  # rows outside the plane (padding): no lane
+                r0, r1 = _row_bits(row, h), _row_bits(row + sh, h)
+                r2, r3 = _row_bits(row + 2 * sh, h), _row_bits(row + 3 * sh, h)
+                for j in range(kw):
+                    k, weight = v * kw + j, w[first + i * kw + j]
+                    at, bits, step = src + row * wd + columns[k], windows[k], sh * wd
+                    t0 = simd.load_lanes(x, at, sw, bits & r0)
+                    t1 = simd.load_lanes(x, at + step, sw, bits & r1)
+                    t2 = simd.load_lanes(x, at + 2 * step, sw, bits & r2)
+                    t3 = simd.load_lanes(x, at + 3 * step, sw, bits & r3)
+                    a0, a1 = a0 + t0 * weight, a1 + t1 * weight
+                    a2, a3 = a2 + t2 * weight, a3 + t3 * weight
+            count, at = min(lanes, ow - v * lanes), out + oy * ow + v * lanes
+            simd.store(y, at, a0, count)
+            simd.store(y, at + ow, a1, count if oy + 1 < oh else 0)
+            simd.store(y, at + 2 * ow, a2, count if oy + 2 < oh else 0)
+            simd.store(y, at + 3 * ow, a3, count if oy + 3 < oh else 0)
+
+
+@njit(inline="always", cache=True)
+def _row_bits(row, h):
+    """All lanes (-1) for a row inside the plane, none (0) for a padding row."""
+    return -1 if row >= 0 and row < h else 0
 
 
 @njit(inline="always", cache=True)
@@ -251,6 +327,13 @@ def lanes_scratch_numel(node: Node) -> int:
     hp, wp = lanes_attrs(node)[14:16]
     oh, ow = node.outputs[0].shape[2:]
     return numba.config.NUMBA_NUM_THREADS * LANES * (hp * wp + kh * kw + oh * ow)
+
+
+def is_rows(node: Node) -> bool:
+    """Whether a depthwise conv runs conv2d_depthwise_rows (see ROWS_MAX_INPUT_PIXELS)."""
+    pixels = node.inputs[0].shape[2] * node.inputs[0].shape[3]
+    one_vector = node.outputs[0].shape[3] <= VECTOR_BYTES // node.outputs[0].type.itemsize
+    return one_vector and LANES_MAX_INPUT_PIXELS < pixels <= ROWS_MAX_INPUT_PIXELS
 
 
 def is_lanes(node: Node) -> bool:

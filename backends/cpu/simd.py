@@ -13,6 +13,9 @@ are formed), so results are the same bits.
   rest are zero), so a partial vector never reads past an array's end.
 - ``load_gather(a, i, offsets, count)``: lane l = a[i + offsets[l]], first ``count`` lanes
   (a hardware gather; offsets an int32 array).
+- ``load_lanes(a, i, step, bits)``: lane l = a[i + l * step] where bit l of ``bits`` is set,
+  the others zero and never read (a row of a padded or strided convolution window;
+  ``window_bits(start, stop)`` makes the bits of lanes start to stop).
 - ``store(a, i, v, count)``: the first ``count`` lanes of v to a[i:].
 - ``store_interleaved(a, i, (v0, ..., vk-1), start, stop)``: a[i + e] = element e of
   v0[0], v1[0], ..., vk-1[0], v0[1], ... for start <= e < stop (k = 2 or 4: one output row of
@@ -34,7 +37,7 @@ from __future__ import annotations
 import operator
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic, models, overload, register_model
 
@@ -273,27 +276,77 @@ def load_gather(typingctx, array, index, offsets, count):
     def codegen(context, builder, signature, args):
         array_type, index_type, offsets_type, count_type = signature.args
         lanes = vector.lanes
-        element = context.get_value_type(array_type.dtype)
         base = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
         table = context.make_array(offsets_type)(context, builder, args[2]).data
         int_vector = ir.VectorType(_i32, lanes)
         shifts = builder.load(builder.bitcast(table, int_vector.as_pointer()), align=4)
-        i64 = ir.IntType(64)
-        address = _splat(builder, builder.ptrtoint(base, i64), ir.VectorType(i64, lanes))
-        size = ir.Constant(ir.VectorType(i64, lanes), [VECTOR_BYTES // lanes] * lanes)
-        address = builder.add(address, builder.mul(builder.sext(shifts, address.type), size))
-        pointers = builder.inttoptr(address, ir.VectorType(element.as_pointer(), lanes))
+        shifts = builder.sext(shifts, ir.VectorType(ir.IntType(64), lanes))
         mask = _lane_mask(context, builder, count_type, args[3], lanes)
-        wide = ir.VectorType(element, lanes)
-        function = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(wide, [pointers.type, _i32, mask.type, wide]),
-            f"llvm.masked.gather.v{lanes}{_suffix(element)}.v{lanes}p0",
-        )
-        zeros = ir.Constant(wide, [0.0] * lanes)
-        return builder.call(function, [pointers, ir.Constant(_i32, 4), mask, zeros])
+        return _gather(builder, base, shifts, mask, context.get_value_type(vector))
 
     return sig, codegen
+
+
+@intrinsic
+def load_lanes(typingctx, array, index, step, bits):
+    """lane l = array[index + l * step] where bit l of the integer ``bits`` is set, the others
+    zero and never read: a masked load at step 1, a gather otherwise. A row window of a
+    padded or strided convolution, its lanes computed once as bits (``window_bits``)."""
+    vector = Vector(array.dtype)
+    sig = vector(array, index, step, bits)
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type, step_type, bits_type = signature.args
+        lanes, wide = vector.lanes, context.get_value_type(vector)
+        i64 = ir.IntType(64)
+        base = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+        bits = context.cast(builder, args[3], bits_type, types.int64)
+        mask = builder.bitcast(
+            builder.trunc(bits, ir.IntType(lanes)), ir.VectorType(ir.IntType(1), lanes)
+        )
+        step = context.cast(builder, args[2], step_type, types.int64)
+        with builder.if_else(builder.icmp_signed("==", step, ir.Constant(i64, 1))) as branches:
+            (contiguous, strided) = branches
+            with contiguous:
+                loaded = _masked_load(builder, _vector_pointer(builder, base, wide), wide, mask)
+                loaded_in = builder.block
+            with strided:
+                positions = ir.Constant(ir.VectorType(i64, lanes), list(range(lanes)))
+                shifts = builder.mul(positions, _splat(builder, step, positions.type))
+                gathered = _gather(builder, base, shifts, mask, wide)
+                gathered_in = builder.block
+        value = builder.phi(wide)
+        value.add_incoming(loaded, loaded_in)
+        value.add_incoming(gathered, gathered_in)
+        return value
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def window_bits(start, stop):
+    """The ``bits`` of lanes start <= l < stop (at most 64 lanes)."""
+    if stop <= start:
+        return 0
+    ones = -1 if stop - start >= 64 else (1 << (stop - start)) - 1
+    return ones << start
+
+
+def _gather(builder, base, shifts, mask, wide):
+    """Masked gather of lanes base[shifts[l]] (shifts: <lanes x i64> element offsets)."""
+    lanes, element = wide.count, wide.element
+    i64 = ir.IntType(64)
+    address = _splat(builder, builder.ptrtoint(base, i64), ir.VectorType(i64, lanes))
+    size = ir.Constant(ir.VectorType(i64, lanes), [VECTOR_BYTES // lanes] * lanes)
+    address = builder.add(address, builder.mul(shifts, size))
+    pointers = builder.inttoptr(address, ir.VectorType(element.as_pointer(), lanes))
+    function = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(wide, [pointers.type, _i32, mask.type, wide]),
+        f"llvm.masked.gather.v{lanes}{_suffix(element)}.v{lanes}p0",
+    )
+    zeros = ir.Constant(wide, [0.0] * lanes)
+    return builder.call(function, [pointers, ir.Constant(_i32, 4), mask, zeros])
 
 
 @intrinsic

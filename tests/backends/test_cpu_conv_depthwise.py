@@ -1,7 +1,8 @@
-"""The depthwise conv kernels (``backends/cpu/conv_depthwise.py``: per plane, and with
-channels in lanes) against ``torch.nn.functional.conv2d(groups=C)``, and the lowering's rules
-for choosing them. Every case runs on both kernels (the ``depthwise_kernel`` fixture), which
-give the same bits where they add the taps in the same order.
+"""The depthwise conv kernels (``backends/cpu/conv_depthwise.py``: per plane, with channels
+in lanes, and by rows of SIMD vectors) against ``torch.nn.functional.conv2d(groups=C)``, and
+the lowering's rules for choosing them. Every case runs on the three kernels (the
+``depthwise_kernel`` fixture), which give the same bits where they add the taps in the same
+order.
 
 Cases cover strides 1, 2 and 3 (the contiguous, deinterleaved and general phase copies),
 3x3 (the unrolled nine-tap pass) and other kernel sizes (three taps a pass), rectangular
@@ -51,14 +52,20 @@ CASES = {
 KERNELS = {
     "planes": conv_depthwise.conv2d_depthwise,
     "lanes": conv_depthwise.conv2d_depthwise_lanes,
+    "rows": conv_depthwise.conv2d_depthwise_rows,
 }
+
+
+def force_kernel(monkeypatch, name: str) -> None:
+    """Make the lowering pick kernel ``name`` of KERNELS, whatever the plane size."""
+    monkeypatch.setattr(conv_depthwise, "is_rows", lambda node: name == "rows")
+    monkeypatch.setattr(conv_depthwise, "LANES_MAX_INPUT_PIXELS", 1 << 30 if name == "lanes" else 0)
 
 
 @pytest.fixture(params=list(KERNELS))
 def depthwise_kernel(request, monkeypatch):
     """Which depthwise kernel the lowering picks, whatever the plane size: its name."""
-    limit = 0 if request.param == "planes" else 1 << 30
-    monkeypatch.setattr(conv_depthwise, "LANES_MAX_INPUT_PIXELS", limit)
+    force_kernel(monkeypatch, request.param)
     return KERNELS[request.param].name
 
 
@@ -210,23 +217,41 @@ def test_lowering_takes_conv2d_depthwise_only_for_depthwise(
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels,side,stride", [(70, 7, 1), (20, 8, 2), (130, 5, 1)])
-def test_lanes_equals_planes_bit_for_bit(channels, side, stride, dtype, rng, monkeypatch):
-    """Both kernels add a 3x3 window's taps in the same order, so they give the same bits."""
+def test_kernels_agree_bit_for_bit(channels, side, stride, dtype, rng, monkeypatch):
+    """The three kernels add a 3x3 window's taps in the same order, so they give the same
+    bits."""
     x = rng.standard_normal((2, channels, side, side)).astype(dtype)
     model = DepthwiseBlock(channels, stride, residual=stride == 1, bias=True)
     outs = []
-    for limit in (0, 1 << 30):
-        monkeypatch.setattr(conv_depthwise, "LANES_MAX_INPUT_PIXELS", limit)
+    for name in KERNELS:
+        force_kernel(monkeypatch, name)
         exe = engine.compile(model, x.shape[1:], batch=2, dtype=dtype)
         exe.poison_buffers()
         outs.append(exe.run(x))
     assert not np.isnan(outs[0]).any()
     np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
 
 
-@pytest.mark.parametrize("side,lanes", [(8, True), (7, True), (9, False), (14, False)])
-def test_lowering_takes_the_lanes_kernel_for_small_planes(side, lanes, monkeypatch):
+@pytest.mark.parametrize(
+    "side,stride,dtype,expected",
+    [
+        (8, 1, "float32", "lanes"),
+        (7, 1, "float32", "lanes"),
+        (9, 1, "float32", "rows"),  # 81 pixels, 9-wide rows
+        (14, 1, "float32", "rows"),  # MobileNet v2's 14x14 layers
+        (14, 2, "float32", "rows"),
+        (16, 1, "float32", "rows"),  # 256 pixels
+        (17, 2, "float32", "planes"),  # 289 pixels
+        (28, 1, "float32", "planes"),
+        (14, 1, "float64", "planes"),  # a 14-wide row is two float64 vectors
+        (8, 1, "float64", "lanes"),
+    ],
+)
+def test_lowering_picks_the_depthwise_kernel_by_plane_size(
+    side, stride, dtype, expected, monkeypatch
+):
     used = record_depthwise(monkeypatch)
-    engine.compile(Net(nn.Conv2d(16, 16, 3, padding=1, groups=16)), (16, side, side), batch=1)
-    expected = conv_depthwise.conv2d_depthwise_lanes if lanes else conv_depthwise.conv2d_depthwise
-    assert [name for name, _ in used] == [expected.name]
+    model = Net(nn.Conv2d(16, 16, 3, stride=stride, padding=1, groups=16))
+    engine.compile(model, (16, side, side), batch=1, dtype=dtype)
+    assert [name for name, _ in used] == [KERNELS[expected].name]

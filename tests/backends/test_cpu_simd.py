@@ -45,6 +45,28 @@ def _interleave(a, out, at, count):
     simd.store_interleaved(out, at + 200, (v0, v1, v2, v3), 3, count)
 
 
+@njit(cache=True)
+def _window(a, out, i, step, start, stop):
+    simd.store(out, 0, simd.load_lanes(a, i, step, simd.window_bits(start, stop)), 64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("step", [1, 2, 3])
+@pytest.mark.parametrize("start,stop", [(0, 64), (1, 7), (0, 3), (2, 2), (5, 64)])
+def test_load_lanes_matches_numpy(dtype, step, start, stop, rng):
+    """Lanes start <= l < stop of a[i + l * step], zeros elsewhere, at a window whose first
+    lanes would fall left of the array (i = -1 with lane 0 masked off, as padding does)."""
+    lanes = 64 // np.dtype(dtype).itemsize
+    a = rng.standard_normal(100).astype(dtype)
+    for i in (-1, 0, 7) if start > 0 else (0, 7):
+        out = _poisoned(lanes, dtype)
+        _window(a, out, i, step, start, stop)
+        expected = np.zeros(lanes, dtype)
+        on = np.arange(lanes)[start : min(stop, lanes)]
+        expected[on] = a[i + on * step]
+        np.testing.assert_array_equal(out, expected)
+
+
 def _poisoned(n: int, dtype) -> np.ndarray:
     return np.full(n, np.nan, dtype)
 
@@ -118,6 +140,8 @@ def test_masked_lanes_never_touch_the_next_page():
             n = a.shape[0]
             total = simd.load(a, n - 3, 3) + simd.load_gather(a, n - 3, table, 3)
             total = total + simd.load(a, n - 3, 3)
+            total = total + simd.load_lanes(a, n - 3, 1, simd.window_bits(0, 3))
+            total = total - simd.load_lanes(a, n - 5, 2, simd.window_bits(1, 3))
             simd.store(a, n - 3, total, 3)
             simd.store_interleaved(a, n - 6, (total, total), 0, 6)
             simd.store_interleaved(a, n - 7, (total, total), 2, 6)
