@@ -56,8 +56,10 @@ MAX_PIXELS = 196
 # (1024 -> 256: 0.47 ms against 0.65; 512 -> 1024 stride 2: 0.96 against 1.04), the blocked
 # kernel at 7x7 (512 -> 2048: 0.47 against 0.58; 1024 -> 2048 stride 2: 1.31 against 1.40).
 POINTWISE_MAX_PIXELS = 49
-# ... and only with this many weights (C x OC): MobileNet v2's 1x1s at 7x7 (at most 1280 x 320)
-# ran 5% slower as a network on the blocked kernel, ResNet-50's (512 x 2048 and up) faster.
+# ... and only widening ones (C <= OC) with this many weights (C x OC): MobileNet v2's 1x1s at
+# 7x7 (at most 1280 x 320) ran 5% slower as a network on the blocked kernel, and ResNet-50's
+# 512 <- 2048 60-130 us slower each inside the network (``exe.profile(x, repeat=1)``), where
+# its 2048 <- 512 and 2048 <- 1024 stride 2 run faster.
 POINTWISE_MIN_WEIGHTS = 1 << 20
 # Fewest channels each side: below, a block is mostly zero padding.
 MIN_CHANNELS = 64
@@ -69,13 +71,15 @@ def lanes_of(dtype: str) -> int:
 
 def is_blocked(node: Node) -> bool:
     """Ungrouped convs with MIN_CHANNELS channels or more each side on at most MAX_PIXELS
-    output pixels (the caller checks that the plan is frozen)."""
+    output pixels, or big widening 1x1s on at most POINTWISE_MAX_PIXELS (the caller checks
+    that the plan is frozen)."""
     (_, c, _, _), (oc, _, kh, kw) = node.inputs[0].shape, node.inputs[1].shape
     n, _, oh, ow = node.outputs[0].shape
     pixels = n * oh * ow
     deep = node.attrs["groups"] == 1 and min(c, oc) >= MIN_CHANNELS
     if kh == kw == 1:
-        return deep and pixels <= POINTWISE_MAX_PIXELS and c * oc >= POINTWISE_MIN_WEIGHTS
+        big = c <= oc and c * oc >= POINTWISE_MIN_WEIGHTS
+        return deep and big and pixels <= POINTWISE_MAX_PIXELS
     return deep and pixels <= MAX_PIXELS
 
 

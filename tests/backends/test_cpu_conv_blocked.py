@@ -77,9 +77,7 @@ def _frozen(model, shape, batch, dtype, rng) -> engine.Executable:
 def test_conv2d_blocked_matches_torch(case, dtype, rng, monkeypatch):
     cin, cout, kernel, hw, kwargs = BLOCKED_CASES[case]
     batch = kwargs.pop("batch", 1)
-    monkeypatch.setattr(conv_blocked, "MAX_PIXELS", 1 << 20)  # every case on the kernel
-    monkeypatch.setattr(conv_blocked, "POINTWISE_MAX_PIXELS", 1 << 20)
-    monkeypatch.setattr(conv_blocked, "POINTWISE_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(conv_blocked, "is_blocked", lambda node: True)  # every case on it
     used = record_steps(monkeypatch, [conv_blocked.conv2d_blocked])
     conv = nn.Conv2d(cin, cout, kernel, **kwargs)
     exe = _frozen(Net(conv), (cin, *hw), batch, dtype, rng)
@@ -195,6 +193,7 @@ def test_saved_frozen_executable_loads_frozen(rng, tmp_path):
         (512, 2048, 1, (7, 7), {}, True),  # 1x1 at 7x7
         (1024, 2048, 1, (14, 14), dict(stride=2), True),
         (256, 1024, 1, (14, 14), {}, False),  # 1x1 at 14x14: one GEMM
+        (2048, 512, 1, (7, 7), {}, False),  # a narrowing 1x1
         (960, 320, 1, (7, 7), {}, False),  # MobileNet v2's: too few weights
         (32, 256, 3, (7, 7), dict(padding=1), False),  # too few input channels
         (256, 256, 3, (14, 14), dict(padding=1, groups=2), False),  # grouped
