@@ -267,8 +267,8 @@ def conv2d_blocked(x, w, b, affine, res, consts, y, scratch, packed, generation,
         _pack_input(x, scratch, t * plane, image, k, c, h, wd, pt, pl, hp, wp, step_h, step_w)
     pixels, tile = oh * ow, TILE_BLOCKS * TILE_PIXELS * lanes
     tiles, groups = (pixels + TILE_PIXELS - 1) // TILE_PIXELS, ob // TILE_BLOCKS
-    geometry = (w_block, cb, plane, taps * square, kh, kw, dh * wp * lanes, dw * lanes, pixels)
-    geometry = geometry[:9] + (ow, sh * wp * lanes, sw * lanes)
+    geometry = (w_block, cb, plane, taps * square, kh, kw, dh * wp * lanes, dw * lanes)
+    geometry = geometry + (pixels, ow, sh * wp * lanes, sw * lanes)
     for task in prange(n * groups):
         i, g = task // groups, task % groups
         at = n * cb * plane + get_thread_id() * tile

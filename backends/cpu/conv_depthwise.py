@@ -165,12 +165,8 @@ def conv2d_depthwise_rows(x, w, b, affine, res, consts, y, scratch, a):
             columns[v * kw + j], windows[v * kw + j] = column, simd.window_bits(start, stop)
     geometry = (h, wd, oh, ow, kh, kw, sh, dh, pt, vectors)
     for p in prange(n * c):
-        src, out, first = p * hw, p * ohw, p % c * taps
-        if sw == 1:  # a literal step: the loads compile to plain masked loads
-            _plane_rows(x, w, y, src, out, first, geometry, columns, windows, 1)
-        else:
-            _plane_rows(x, w, y, src, out, first, geometry, columns, windows, sw)
-        o = p % c
+        o, src, out = p % c, p * hw, p * ohw
+        _plane_rows(x, w, y, src, out, o * taps, geometry, columns, windows, sw)
         _finish_channel(y[out : out + ohw], o, b, affine, res[out : out + ohw], kind, consts)
     return 0
 
