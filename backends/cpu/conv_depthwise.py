@@ -30,11 +30,13 @@ weights as a vector, and copies the [OH*OW, LANES] result back out to the planes
 epilogue (``LANES_MAX_INPUT_PIXELS`` has the measurements). Taps add in the same order as
 ``_nine_taps``, so both kernels give the same bits.
 
-Planes of 9x9 to 16x16 (MobileNet v2's 14x14 layers) run ``conv2d_depthwise_rows``: no copy
-at all. Each output row is one SIMD vector (``simd.py``), four rows at a time; each tap adds
-its weight times one windowed load of the input row under it (``simd.load_lanes``: lanes
-outside the plane masked off, a gather at stride 2), in the same tap order as the other two
-kernels, so all three give the same bits (``ROWS_MAX_INPUT_PIXELS`` has the measurements).
+Larger planes with output rows of at most 16 elements (MobileNet v2's 14x14 layers and its
+28x28 -> 14x14 stride 2) run ``conv2d_depthwise_rows``: no copy at all. Each output row is
+one or two SIMD vectors (``simd.py``), eight rows at a time; each tap adds its weight times
+one windowed load of the input row under it (``simd.load_lanes``: lanes outside the plane
+masked off; at stride 2 a load of twice the lanes and a shuffle), in the same tap order as
+the other two kernels, so all three give the same bits (``ROWS_MAX_OUTPUT_WIDTH`` has the
+measurements).
 
 Buffers (all kernels): (x, w, bias, affine, residual, consts, y, scratch), absent epilogue
 parts empty.
@@ -54,7 +56,6 @@ from numba import get_thread_id, njit, prange
 from backends.cpu import phases, simd
 from backends.cpu.epilogue import finish_channel
 from backends.cpu.kernels import kernel
-from backends.cpu.simd import VECTOR_BYTES
 from backends.cpu.windows import axpy, axpy3
 from graph.ir import Node
 
@@ -76,12 +77,15 @@ LANES = 64
 # per-plane loops of conv2d_depthwise vectorise and the copies' strided accesses leave L1.
 LANES_MAX_INPUT_PIXELS = 64
 
-# Largest input plane (H x W) for conv2d_depthwise_rows, from above LANES_MAX_INPUT_PIXELS, and
-# only where an output row fits one vector. Measured (float32, batch 1, folded BatchNorm and
-# ReLU6, two threads, us, rows vs the planes kernel): 384 channels of 14x14 47 vs 61, 576 of
-# 14x14 67 vs 92, 576 of 14x14 stride 2 76 vs 91; 192 of 28x28 stride 2 even (52 vs 50); 960
-# of 7x7 75 vs 67 with the lanes kernel; planes of 28x28 and up 1.1-1.9x slower.
-ROWS_MAX_INPUT_PIXELS = 256
+# Widest output row (elements, either dtype) for conv2d_depthwise_rows, on planes above
+# LANES_MAX_INPUT_PIXELS: one float32 vector, two float64. Measured (batch 1, folded BatchNorm
+# and ReLU6, two threads, us, rows vs planes): float32 384 channels of 14x14 45 vs 66, 576 of
+# 14x14 67 vs 96, 576 of 14x14 stride 2 51 vs 91, 192 of 28x28 stride 2 34 vs 54, 24 of 28x28
+# stride 2 7.6 vs 56 (lanes); float64 576 of 14x14 stride 2 56 vs 86, 192 of 28x28 stride 2
+# 67 vs 66. Wider rows lose: 192 of 28x28 77 vs 73, 144 of 56x56 stride 2 93 vs 80, 32 of
+# 112x112 158 vs 147. (Eight rows at a time and stride-2 rows as a load and a shuffle, not a
+# gather, made the kernel 1.1-1.6x faster than with four rows and gathers.)
+ROWS_MAX_OUTPUT_WIDTH = 16
 
 # ``finish_channel`` itself (the same function, so the same arithmetic), inlined: as a call it
 # cost a fifth of a 960-channel 7x7 layer (163 -> 130 us, one thread). Its constants are
@@ -173,31 +177,34 @@ def conv2d_depthwise_rows(x, w, b, affine, res, consts, y, scratch, a):
 
 @njit(inline="always", cache=True)
 def _plane_rows(x, w, y, src, out, first, geometry, columns, windows, sw):
-    """One plane of conv2d_depthwise_rows: four output rows at once (four independent chains
-    of adds), each tap one windowed load per row, taps added in order."""
+    """One plane of conv2d_depthwise_rows: eight output rows at once (eight independent
+    chains of adds: four left the adder waiting on its own results), each tap one windowed
+    load per row, taps added in order."""
     h, wd, oh, ow, kh, kw, sh, dh, pt, vectors = geometry
-    lanes = simd.lanes(x)
-    for oy in range(0, oh, 4):
+    lanes, step = simd.lanes(x), sh * wd
+    for oy in range(0, oh, 8):
         for v in range(vectors):
-            a0 = a1 = a2 = a3 = simd.load(x, src, 0)  # zeros: + 0 changes no sum
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.load(x, src, 0)  # zeros: + 0 is exact
             for i in range(kh):
                 row = oy * sh + i * dh - pt  # rows outside the plane (padding): no lane
                 r0, r1 = _row_bits(row, h), _row_bits(row + sh, h)
                 r2, r3 = _row_bits(row + 2 * sh, h), _row_bits(row + 3 * sh, h)
+                r4, r5 = _row_bits(row + 4 * sh, h), _row_bits(row + 5 * sh, h)
+                r6, r7 = _row_bits(row + 6 * sh, h), _row_bits(row + 7 * sh, h)
                 for j in range(kw):
                     k, weight = v * kw + j, w[first + i * kw + j]
-                    at, bits, step = src + row * wd + columns[k], windows[k], sh * wd
-                    t0 = simd.load_lanes(x, at, sw, bits & r0)
-                    t1 = simd.load_lanes(x, at + step, sw, bits & r1)
-                    t2 = simd.load_lanes(x, at + 2 * step, sw, bits & r2)
-                    t3 = simd.load_lanes(x, at + 3 * step, sw, bits & r3)
-                    a0, a1 = a0 + t0 * weight, a1 + t1 * weight
-                    a2, a3 = a2 + t2 * weight, a3 + t3 * weight
+                    at, bits = src + row * wd + columns[k], windows[k]
+                    a0 = a0 + simd.load_lanes(x, at, sw, bits & r0) * weight
+                    a1 = a1 + simd.load_lanes(x, at + step, sw, bits & r1) * weight
+                    a2 = a2 + simd.load_lanes(x, at + 2 * step, sw, bits & r2) * weight
+                    a3 = a3 + simd.load_lanes(x, at + 3 * step, sw, bits & r3) * weight
+                    a4 = a4 + simd.load_lanes(x, at + 4 * step, sw, bits & r4) * weight
+                    a5 = a5 + simd.load_lanes(x, at + 5 * step, sw, bits & r5) * weight
+                    a6 = a6 + simd.load_lanes(x, at + 6 * step, sw, bits & r6) * weight
+                    a7 = a7 + simd.load_lanes(x, at + 7 * step, sw, bits & r7) * weight
             count, at = min(lanes, ow - v * lanes), out + oy * ow + v * lanes
-            simd.store(y, at, a0, count)
-            simd.store(y, at + ow, a1, count if oy + 1 < oh else 0)
-            simd.store(y, at + 2 * ow, a2, count if oy + 2 < oh else 0)
-            simd.store(y, at + 3 * ow, a3, count if oy + 3 < oh else 0)
+            for r, value in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
+                simd.store(y, at + r * ow, value, count if oy + r < oh else 0)
 
 
 @njit(inline="always", cache=True)
@@ -326,10 +333,9 @@ def lanes_scratch_numel(node: Node) -> int:
 
 
 def is_rows(node: Node) -> bool:
-    """Whether a depthwise conv runs conv2d_depthwise_rows (see ROWS_MAX_INPUT_PIXELS)."""
+    """Whether a depthwise conv runs conv2d_depthwise_rows (see ROWS_MAX_OUTPUT_WIDTH)."""
     pixels = node.inputs[0].shape[2] * node.inputs[0].shape[3]
-    one_vector = node.outputs[0].shape[3] <= VECTOR_BYTES // node.outputs[0].type.itemsize
-    return one_vector and LANES_MAX_INPUT_PIXELS < pixels <= ROWS_MAX_INPUT_PIXELS
+    return pixels > LANES_MAX_INPUT_PIXELS and node.outputs[0].shape[3] <= ROWS_MAX_OUTPUT_WIDTH
 
 
 def is_lanes(node: Node) -> bool:

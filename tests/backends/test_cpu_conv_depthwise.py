@@ -236,15 +236,19 @@ def test_kernels_agree_bit_for_bit(channels, side, stride, dtype, rng, monkeypat
 @pytest.mark.parametrize(
     "side,stride,dtype,expected",
     [
-        (8, 1, "float32", "lanes"),
+        (8, 1, "float32", "lanes"),  # 64 pixels
         (7, 1, "float32", "lanes"),
+        (8, 2, "float32", "lanes"),
         (9, 1, "float32", "rows"),  # 81 pixels, 9-wide rows
         (14, 1, "float32", "rows"),  # MobileNet v2's 14x14 layers
         (14, 2, "float32", "rows"),
-        (16, 1, "float32", "rows"),  # 256 pixels
-        (17, 2, "float32", "planes"),  # 289 pixels
+        (16, 1, "float32", "rows"),  # 16-wide rows
+        (17, 1, "float32", "planes"),  # 17-wide rows
+        (28, 2, "float32", "rows"),  # 28x28 -> 14x14
+        (33, 2, "float32", "planes"),  # 17-wide output rows
         (28, 1, "float32", "planes"),
-        (14, 1, "float64", "planes"),  # a 14-wide row is two float64 vectors
+        (14, 1, "float64", "rows"),  # a 14-wide row is two float64 vectors
+        (28, 2, "float64", "rows"),
         (8, 1, "float64", "lanes"),
     ],
 )
