@@ -7,6 +7,10 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
 - ``conv2d_winograd`` (``winograd.py``): 3x3, stride 1, undilated, ungrouped, at least
   ``winograd.MIN_CHANNELS`` channels each side and ``winograd.MIN_TILES`` tiles (most of a
   ResNet or a VGG): 2.25x fewer multiplies than any of the GEMM forms below.
+- ``conv2d_pointwise`` (``conv_pointwise.py``): 1x1 convs widening few input channels four
+  times or more (MobileNet v2's expansions), with an epilogue it applies in registers (none,
+  ReLU, hardtanh): register tiles straight from NCHW to NCHW, no packing, each output written
+  once.
 - ``conv2d_small`` (``conv_small.py``): stride-1 convs too small to split (under
   SMALL_MAX_MACS), with 2+ output channels per group, that neither Winograd nor the pointwise
   GEMM takes: one serial pass, no parallel region and no BLAS call, on the wide grid below with
@@ -51,14 +55,13 @@ Every kernel ends with the epilogue (``epilogue.py``): bias, a folded BatchNorm,
 add and an activation, applied to each run of output while it is in cache (``conv2d_fused``,
 ``linear_fused``; a plain layer has at most its bias).
 
-Buffers: conv2d_small/conv2d_shifted/conv2d_gemm/conv2d_direct/conv2d_depthwise(x, w, bias,
-affine, residual, consts, y, scratch), linear(x, w, bias, affine, residual, consts, y): absent
-epilogue parts are empty.
+Buffers: every conv kernel's (x, w, bias, affine, residual, consts, y, scratch), linear(x, w,
+bias, affine, residual, consts, y): absent epilogue parts are empty.
 Attrs: [N, C, H, W, OC, OH, OW, KH, KW] then shifted [PT, PB, PL, PR, DH, DW, groups, band],
 gemm [SH, SW, PT, PL, DH, DW, groups, pointwise, block, images, threads, part rows], direct
 [SH, SW, PT, PL, DH, DW, groups, HQ, WQ, block rows], small [PT, PB, PL, PR, DH, DW, groups,
 band]; linear [N, in_features, out_features, block]; each then the epilogue's activation kind
-(depthwise: its own, ``conv_depthwise.py``).
+(depthwise and pointwise: their own attrs, ``conv_depthwise.py``, ``conv_pointwise.py``).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from backends.base import WEIGHTS_GENERATION
-from backends.cpu import conv_blocked, conv_depthwise, conv_small, phases, winograd
+from backends.cpu import conv_blocked, conv_depthwise, conv_pointwise, conv_small, phases, winograd
 from backends.cpu.blas import matmul, matvec
 from backends.cpu.epilogue import epilogue_buffers, finish_channel, finish_features
 from backends.cpu.kernels import kernel
@@ -592,6 +595,10 @@ def _lower_conv2d(node: Node, io: NodeIO):
         buffers = [*buffers[:-1], io.scratch(conv_blocked.scratch_numel(node)), packed, generation]
         attrs = conv_blocked.attrs(node) + [kind]
         return [conv_blocked.conv2d_blocked.step(node.name, io.dtype, True, buffers, attrs)]
+    if conv_pointwise.is_pointwise_tiled(node, kind):
+        attrs = conv_pointwise.attrs(node) + [kind]
+        kernel = conv_pointwise.conv2d_pointwise
+        return [kernel.step(node.name, io.dtype, parallel, buffers, attrs)]
     if _is_small(node):
         attrs = conv_small.attrs(node) + [kind]
         return [conv_small.conv2d_small.step(node.name, io.dtype, False, buffers, attrs)]

@@ -41,7 +41,7 @@ from numba.core.extending import intrinsic
 
 from backends.cpu.epilogue import finish_channel
 from backends.cpu.kernels import kernel
-from backends.cpu.simd import VECTOR_BYTES, _element_pointer, _splat, _suffix
+from backends.cpu.simd import VECTOR_BYTES, _element_pointer, _fma, _splat, _vector_of
 from graph.ir import Node
 
 # Output pixels of one tile (a 14x14 map's row, two rows of a 7x7 map) and blocks of output
@@ -157,14 +157,8 @@ def _tile(typingctx, out, out_at, src, src_at, w, w_at, geometry, pixels_at):
 
     def codegen(context, builder, signature, args):
         a = signature.args
-        element = context.get_value_type(a[0].dtype)
-        lanes = VECTOR_BYTES * 8 // a[0].dtype.bitwidth
-        vector = ir.VectorType(element, lanes)
-        fma = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(vector, [vector] * 3),
-            f"llvm.fma.v{lanes}{_suffix(element)}",
-        )
+        vector, lanes = _vector_of(context, a[0])
+        fma = _fma(builder, vector)
         intp = cgutils.intp_t
 
         def index(k):

@@ -121,6 +121,22 @@ def _suffix(element) -> str:
     return "f32" if isinstance(element, ir.FloatType) else "f64"
 
 
+def _vector_of(context, array_type):
+    """(the 64-byte LLVM vector type of ``array_type``'s elements, its lane count)."""
+    element = context.get_value_type(array_type.dtype)
+    lanes = VECTOR_BYTES * 8 // array_type.dtype.bitwidth
+    return ir.VectorType(element, lanes), lanes
+
+
+def _fma(builder, vector_type):
+    """The ``llvm.fma`` intrinsic of ``vector_type`` (a fused multiply-add per lane)."""
+    return cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vector_type, [vector_type] * 3),
+        f"llvm.fma.v{vector_type.count}{_suffix(vector_type.element)}",
+    )
+
+
 def _vector_pointer(builder, pointer, vector_type):
     return builder.bitcast(pointer, vector_type.as_pointer())
 

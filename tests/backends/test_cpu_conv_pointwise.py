@@ -1,0 +1,168 @@
+"""The pointwise register-tile conv (``backends/cpu/conv_pointwise.py``) against
+``torch.nn.functional.conv2d``, its fused epilogue against torch twins, and the rule that
+chooses it.
+
+Every kernel case forces the tile onto each plain 1x1 conv, asserts that it ran, and runs on
+fresh random weights and inputs in the tested dtype with NaN-poisoned buffers. The cases cover
+channel counts off the 8-channel tile (the last tile's rows past the last channel computed
+and not stored), maps whose pixels end inside a vector and inside a tile, several images and
+strips, one input channel, and the epilogue's parts: bias, folded BatchNorm, residual, ReLU,
+hardtanh (ReLU6), and an activation the tile leaves to the GEMM (LeakyReLU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import engine
+import graph.functional as F
+import graph.nn as nn
+from backends.cpu import conv, conv_pointwise
+from tests.helpers import DTYPES, OP_TOLERANCE, Net, record_steps, rel_error, torch_run, torch_twin
+
+# (C_in, C_out, input HxW, batch, bias)
+CASES = {
+    "mobilenet_expansion": (16, 96, (14, 14), 1, False),
+    "channels_off_the_tile": (5, 13, (7, 9), 1, True),
+    "one_input_channel": (1, 8, (4, 4), 1, True),
+    "pixels_end_in_a_vector": (24, 40, (5, 3), 2, True),
+    "several_images_and_strips": (32, 64, (28, 28), 3, False),
+    "narrowing": (48, 20, (11, 11), 2, True),
+}
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Every plain 1x1 conv with an epilogue the tile applies takes it; the list collects the
+    steps it made."""
+    monkeypatch.setattr(conv_pointwise, "MAX_CHANNELS", 1 << 30)
+    monkeypatch.setattr(conv_pointwise, "MIN_WIDENING", 0)
+    return record_steps(monkeypatch, [conv_pointwise.conv2d_pointwise])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_pointwise_matches_torch(case, dtype, rng, forced):
+    cin, cout, hw, batch, bias = CASES[case]
+    exe = engine.compile(
+        Net(nn.Conv2d(cin, cout, 1, bias=bias)), (cin, *hw), batch=batch, dtype=dtype
+    )
+    state = {k: rng.standard_normal(np.shape(v)).astype(dtype) for k, v in exe.state_dict().items()}
+    exe.load_state_dict(state)
+    exe.poison_buffers()
+    x = rng.standard_normal((batch, cin, *hw)).astype(dtype)
+    weight = torch.from_numpy(state["layer.weight"])
+    expected = TF.conv2d(
+        torch.from_numpy(x), weight, torch.from_numpy(state["layer.bias"]) if bias else None
+    )
+    assert rel_error(exe.run(x), expected.numpy()) < OP_TOLERANCE[dtype]
+    assert [kernel for kernel, _ in forced] == ["conv2d_pointwise"]
+
+
+class Block(nn.Module):
+    """1x1 conv -> eval BatchNorm -> (+ x) -> activation: one conv2d_fused node."""
+
+    def __init__(self, channels: int, residual: bool, activation: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1, bias=True)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = activation
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(F.add(y, x) if self.residual else y)
+
+
+class TorchBlock(torch.nn.Module):
+    def __init__(self, channels: int, residual: bool, activation: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 1, bias=True)
+        self.bn = torch.nn.BatchNorm2d(channels)
+        self.act = activation
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(y + x if self.residual else y)
+
+
+ACTIVATIONS = {
+    "relu": (nn.ReLU, torch.nn.ReLU, True),
+    "relu6": (nn.ReLU6, torch.nn.ReLU6, True),
+    "none": (nn.Identity, torch.nn.Identity, True),
+    "leaky_relu": (lambda: nn.LeakyReLU(0.1), lambda: torch.nn.LeakyReLU(0.1), False),
+}
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_epilogue_matches_torch(activation, residual, dtype, rng, forced):
+    ours, theirs, tiled = ACTIVATIONS[activation]
+    channels, hw = 20, (9, 7)
+    model = Block(channels, residual, ours())
+    exe = engine.compile(model, (channels, *hw), dtype=dtype)
+    state = {}
+    for key, value in exe.state_dict().items():
+        shape = np.shape(value)
+        random = (
+            rng.uniform(0.3, 3.0, shape)
+            if key.endswith("running_var")
+            else rng.standard_normal(shape)
+        )
+        state[key] = random.astype(dtype)
+    exe.load_state_dict(state)
+    exe.poison_buffers()
+    twin = torch_twin(model, TorchBlock(channels, residual, theirs()), dtype)
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    x = (2 * rng.standard_normal((1, channels, *hw))).astype(dtype)  # some past ReLU6's 6
+    assert [node.op for node in exe.graph.nodes] == ["batch_norm_fold", "conv2d_fused"]
+    assert rel_error(exe.run(x), torch_run(twin, x)) < OP_TOLERANCE[dtype]
+    assert [kernel for kernel, _ in forced] == (["conv2d_pointwise"] if tiled else [])
+
+
+def test_training_forward_and_gradients_match_the_gemm_path(rng, forced, monkeypatch):
+    """A training plan's forward runs on the tile; its loss and gradients equal the GEMM
+    path's within float64 rounding."""
+    model = Net(nn.Conv2d(8, 32, 1))
+    x = rng.standard_normal((2, 8, 6, 6))
+    target = rng.standard_normal((2, 32, 6, 6))
+
+    def step():
+        exe = engine.compile(model, (8, 6, 6), batch=2, dtype="float64", train=True, loss="mse")
+        exe.load_state_dict({k: np.asarray(v, np.float64) for k, v in model.state_dict().items()})
+        loss = exe.forward_backward(x, target)
+        return loss, {k: np.array(v) for k, v in exe.grads.items()}
+
+    tiled_loss, tiled_grads = step()
+    assert "conv2d_pointwise" in [kernel for kernel, _ in forced]
+    monkeypatch.setattr(conv_pointwise, "is_pointwise_tiled", lambda node, kind: False)
+    loss, grads = step()
+    assert abs(tiled_loss - loss) <= 1e-12 * abs(loss)
+    for key, grad in grads.items():
+        assert rel_error(tiled_grads[key], grad) < OP_TOLERANCE["float64"]
+
+
+@pytest.mark.parametrize(
+    "cin,cout,hw,batch,activation,expected",
+    [
+        (16, 96, (112, 112), 1, nn.ReLU6, True),  # MobileNet v2's expansions
+        (24, 144, (56, 56), 1, nn.ReLU6, True),
+        (32, 192, (28, 28), 1, nn.ReLU6, True),
+        (32, 16, (112, 112), 1, nn.Identity, False),  # narrowing
+        (64, 384, (14, 14), 1, nn.ReLU6, False),  # 64 input channels on a small map
+        (64, 256, (56, 56), 1, nn.ReLU, False),
+        (64, 256, (56, 56), 32, nn.ReLU, False),  # ResNet-50's, even at batch 32
+        (16, 32, (56, 56), 1, nn.ReLU, False),  # widening only twice
+        (16, 96, (112, 112), 1, lambda: nn.LeakyReLU(0.1), False),  # not an epilogue of KINDS
+    ],
+)
+def test_rule(cin, cout, hw, batch, activation, expected, monkeypatch):
+    used = record_steps(monkeypatch, [conv_pointwise.conv2d_pointwise, conv.conv2d_gemm])
+    model = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), activation())
+    engine.compile(model, (cin, *hw), batch=batch)
+    assert [kernel for kernel, _ in used] == (["conv2d_pointwise"] if expected else ["conv2d_gemm"])
