@@ -595,16 +595,16 @@ def _lower_conv2d(node: Node, io: NodeIO):
         buffers = [*buffers[:-1], io.scratch(conv_blocked.scratch_numel(node)), packed, generation]
         attrs = conv_blocked.attrs(node) + [kind]
         return [conv_blocked.conv2d_blocked.step(node.name, io.dtype, True, buffers, attrs)]
-    if conv_pointwise.is_pointwise_tiled(node, kind):
-        attrs = conv_pointwise.attrs(node) + [kind]
-        kernel = conv_pointwise.conv2d_pointwise
-        return [kernel.step(node.name, io.dtype, parallel, buffers, attrs)]
     if _is_small(node):
         attrs = conv_small.attrs(node) + [kind]
         return [conv_small.conv2d_small.step(node.name, io.dtype, False, buffers, attrs)]
     if _is_direct(node):
         attrs = shape + [sh, sw, pt, pl, dh, dw, groups, *phases.conv_geometry(node), kind]
         return [conv2d_direct.step(node.name, io.dtype, parallel, buffers, attrs)]
+    if conv_pointwise.is_pointwise_tiled(node, kind, images_per_task(node) > 1):
+        attrs = conv_pointwise.attrs(node) + [kind]
+        kernel = conv_pointwise.conv2d_pointwise
+        return [kernel.step(node.name, io.dtype, parallel, buffers, attrs)]
     if winograd.is_winograd(node):
         attrs = winograd.attrs(node) + [kind]
         return [winograd.conv2d_winograd.step(node.name, io.dtype, parallel, buffers, attrs)]

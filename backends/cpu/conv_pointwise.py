@@ -1,35 +1,35 @@
-"""Widening pointwise convs with few input channels (1x1, stride 1, unpadded, ungrouped) as
-register tiles read from NCHW and written to NCHW, each output vector finished in registers and
-stored once.
+"""Pointwise convs (1x1, stride 1, unpadded, ungrouped) as register tiles read from NCHW and
+written to NCHW, each output vector finished in registers and stored once, where that beats
+the GEMM path (``conv.conv2d_gemm``): widening layers from few input channels, maps of 8x8 or
+smaller, and small maps of several images with small weights (the regimes at
+``MAX_CHANNELS``, measured there).
 
-Why: with 32 input channels or fewer an output element costs at most 32 multiply-adds, and a
-layer that widens them four times or more (MobileNet v2's expansions: 16 -> 96 on 112x112,
-24 -> 144 on 56x56, 32 -> 192 on 28x28) spends its time moving its output, not multiplying.
-The GEMM path (``conv.conv2d_gemm``) packs its operands for a BLAS call, writes each block,
-then reads it back for the epilogue; here the input block is read in place and each output
-vector is written once, after the epilogue. Inside MobileNet v2 at batch 1 (2 threads,
-``exe.profile``, us against the GEMM path): 16 -> 96 on 112x112 399 against 417, 24 -> 144 on
-56x56 127 against 140, 32 -> 192 on 28x28 50-56 against 74-90; the whole network 1% faster.
-Elsewhere BLAS's packed GEMM keeps up with the output and the tile loses (standalone, with
-BatchNorm and ReLU): 64 -> 256 on 56x56 at batch 1 515 against 430 us, 64 -> 384 on 14x14 60
-against 42, the narrowing 32 -> 16 on 112x112 73 against 60, 64 -> 64 on 56x56 at batch 32
-6.8 against 3.3 ms. ResNet-50's 64 -> 256 on 56x56 at batch 32 ran 1.4x faster standalone
-(21.6 against 31.2 ms) but not inside the network (27 ms either way, its 103 MB of output and
-residual bound by memory), with or without non-temporal stores: not taken.
+Why: the GEMM path packs its operands for a BLAS call, writes each block and reads it back
+for the epilogue, and on maps under 256 pixels stages several images side by side (copies in
+and out). When an output element is little arithmetic (MobileNet v2's expansions, 32 -> 192
+on 28x28: 50-62 us against 74-109) or the product is narrow (49 columns on 7x7, where BLAS
+packs all the weights for a few columns), that overhead dominates; the tile reads the input
+in place, the weights straight from OIHW, and writes each output once. Elsewhere BLAS's packed
+GEMM wins (us, inside ResNet-50 at batch 1 unless said): 256 -> 1024 on 14x14 643-908 against
+431-476, 512 -> 128 on 28x28 517-634 against 406-427, the narrowing 32 -> 16 on 112x112 in
+MobileNet v2 159 against 123. ResNet-50's 64 -> 256 on 56x56 at batch 32 ran 1.4x faster
+standalone (21.6 against 31.2 ms) but not inside the network (27 ms either way, its 103 MB of
+output and residual bound by memory), with or without non-temporal stores: not taken.
 
-The register tile (``_tile``, LLVM IR): TILE_ROWS output channels x TILE_VECTORS vectors of
-pixels, 24 accumulators of the 32 vector registers. Per input channel: TILE_VECTORS loads of
-the input row, TILE_ROWS weights broadcast from the OIHW weights, TILE_ROWS x TILE_VECTORS
-fused multiply-adds. The input block (C x 48 pixels in float32: 6 KiB at C = 32) stays in L1
-while the tiles of every output channel read it. Accumulation runs over the input channels in
-order with FMA, so results differ from the GEMM's by float rounding only. The epilogue then
-does ``epilogue.py``'s arithmetic on the vectors (bias, folded BatchNorm, residual,
-none/ReLU/hardtanh, each rounded as there); masked loads and stores cover the last pixels, and
-the rows past the last channel are computed from its weights and not stored.
+A register tile (``_tile_codegen``, LLVM IR, one of TILES): R output channels x V vectors of
+pixels, 24 accumulators of the 32 vector registers. Per input channel: V loads of the input
+row, R weights broadcast from the OIHW weights, R x V fused multiply-adds; the rows of the
+tile PREFETCH_TILES ahead are prefetched. A task's input block (C x 48 pixels in float32: 6 KiB
+at C = 32) stays in cache while the tiles of its output channels read it. Accumulation runs
+over the input channels in order with FMA, so results differ from the GEMM's by float
+rounding only. The epilogue then does ``epilogue.py``'s arithmetic on the vectors (bias,
+folded BatchNorm, residual, none/ReLU/hardtanh, each rounded as there); masked loads and
+stores cover the last pixels, and the rows past the last channel are computed from its
+weights and not stored.
 
 Buffers: the conv kernels' (x, w, bias, affine, residual, consts, y, scratch; the scratch is
-unused). Attrs: [N, C, OC, pixels, strip, kind]: a task is ``strip`` output pixels of one
-image, all its channels.
+unused). Attrs: [N, C, OC, pixels, strip, part, tile, kind]: a task is ``strip`` output pixels
+of one image and ``part`` of its channels (a multiple of the tile's), ``tile`` indexes TILES.
 """
 
 from __future__ import annotations
@@ -55,18 +55,32 @@ from backends.cpu.simd import (
 )
 from graph.ir import Node
 
-TILE_ROWS = 8
-TILE_VECTORS = 3
+# Register tiles (output channels, vectors of pixels), 24 accumulators each; a layer takes the
+# one that pads its pixels least (49 pixels: one tile of 64 rather than two of 48).
+TILES = ((8, 3), (6, 4))
 # The input rows of the tile this many tiles ahead are prefetched: a tile's rows lie a plane
 # apart, too many streams for the hardware prefetchers (64 -> 64 on 56x56 at batch 32: 7.6 ->
 # 6.8 ms).
 PREFETCH_TILES = 2
-# Most input channels, and the least widening (OC / C), for the tile (module docstring);
-# with more input channels each output element is enough arithmetic for BLAS's packed GEMM to
-# win (2 threads, batch 32, ms against the GEMM without its epilogue: 256 -> 64 on 56x56 22
-# against 13, 128 -> 512 on 28x28 14 against 12).
+# The tile's three regimes (``is_pointwise_tiled``; measured inside MobileNet v2 and ResNet-50,
+# ``exe.profile``, us against the GEMM path, module docstring):
+# - widening at least MIN_WIDENING times from at most MAX_CHANNELS input channels: each output
+#   element is little arithmetic, and the GEMM's packing and second pass over the output cost
+#   more (with more input channels the GEMM wins: 64 -> 384 on 14x14 at batch 1 85 against 68,
+#   128 -> 512 on 28x28 585 against 523);
 MAX_CHANNELS = 32
 MIN_WIDENING = 4
+# - maps of at most SMALL_MAP_PIXELS pixels, which one 6x4 tile covers: BLAS packs the weights
+#   for a 49-column product, the tile reads them once an image (batch 1: 320 -> 1280 on 7x7 348
+#   against 397, 960 -> 160 102 against 122, 2048 -> 512 524-550 against 610-636; batch 4:
+#   2.1-2.5x; batch 32: ResNet-50's 7x7 layers 0.97-1.06x);
+SMALL_MAP_PIXELS = 64
+# - several images that the GEMM path would stage side by side (``conv.images_per_task``) when
+#   the weights take at most STAGED_MAX_WEIGHT_BYTES: the tile needs no staging copy, and
+#   small weights stay in cache while it reads them once a tile (MobileNet v2 at batch 4 on
+#   14x14: 64 -> 384 184-198 against 358-419, 576 -> 96 439-471 against 489-500; ResNet-50 at
+#   batch 32 on 14x14, 1-2 MB of weights: 0.74-0.94x, not taken).
+STAGED_MAX_WEIGHT_BYTES = 512 << 10
 # Tasks per thread the strips aim at, and the most tiles in a strip.
 TASKS_PER_THREAD = 4
 MAX_STRIP_TILES = 8
@@ -78,13 +92,18 @@ def lanes_of(dtype: str) -> int:
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-def is_pointwise_tiled(node: Node, kind: int) -> bool:
-    """1x1 convs at stride 1 without padding or groups, with an epilogue of KINDS, widening at
-    least MIN_WIDENING times from at most MAX_CHANNELS input channels."""
+def is_pointwise_tiled(node: Node, kind: int, staged: bool) -> bool:
+    """1x1 convs at stride 1 without padding or groups, with an epilogue of KINDS, in one of
+    the tile's regimes (above); ``staged``: the GEMM path would put several images side by
+    side."""
     c, (oc, _, kh, kw) = node.inputs[0].shape[1], node.inputs[1].shape
+    _, _, oh, ow = node.outputs[0].shape
     unit = (kh, kw) == (1, 1) and node.attrs["stride"] == (1, 1)
     plain = unit and not any(node.attrs["padding"]) and node.attrs["groups"] == 1
-    return plain and kind in KINDS and c <= MAX_CHANNELS and oc >= MIN_WIDENING * c
+    widening = c <= MAX_CHANNELS and oc >= MIN_WIDENING * c
+    small_weights = c * oc * node.outputs[0].type.itemsize <= STAGED_MAX_WEIGHT_BYTES
+    regime = widening or oh * ow <= SMALL_MAP_PIXELS or (staged and small_weights)
+    return plain and kind in KINDS and regime
 
 
 def attrs(node: Node) -> list[int]:
@@ -92,22 +111,37 @@ def attrs(node: Node) -> list[int]:
     _, _, oh, ow = node.outputs[0].shape
     output = node.outputs[0].type
     pixels, lanes = oh * ow, lanes_of(output.dtype)
-    width = TILE_VECTORS * lanes
-    tiles = -(-pixels // width)
+    tile = min(range(len(TILES)), key=lambda t: -(-pixels // (TILES[t][1] * lanes)) * TILES[t][1])
+    rows, vectors = TILES[tile]
+    width = vectors * lanes
+    tiles, channel_tiles = -(-pixels // width), -(-oc // rows)
     wanted = TASKS_PER_THREAD * numba.config.NUMBA_NUM_THREADS
     strip_tiles = min(MAX_STRIP_TILES, tiles, max(1, n * tiles // wanted))
-    return [n, c, oc, pixels, strip_tiles * width]
+    tasks = n * -(-tiles // strip_tiles)
+    parts = min(channel_tiles, -(-wanted // tasks))  # few pixels: cut the channels too
+    part = -(-channel_tiles // parts) * rows
+    return [n, c, oc, pixels, strip_tiles * width, part, tile]
 
 
-@intrinsic
-def _tile(typingctx, y, x, w, bias, affine, residual, consts, geometry):
-    """One register tile (module docstring): output channels ``first`` to ``first +
-    TILE_ROWS`` of one image, ``count`` pixels (at most TILE_VECTORS vectors) from ``y_at``.
+def _tile_intrinsic(rows: int, vectors: int):
+    """The intrinsic of one register tile of ``rows`` channels x ``vectors`` vectors."""
+
+    @intrinsic
+    def tile(typingctx, y, x, w, bias, affine, residual, consts, geometry):
+        return types.none(y, x, w, bias, affine, residual, consts, geometry), _tile_codegen(
+            rows, vectors
+        )
+
+    return tile
+
+
+def _tile_codegen(rows: int, vectors: int):
+    """One register tile (module docstring): output channels ``first`` to ``first + rows`` of
+    one image, ``count`` pixels (at most ``vectors`` vectors) from ``y_at``.
 
     geometry = (y_at, x_at, c, pixels, first, oc, count, kind): the offsets of the tile's first
     output and input element, the input channels, the pixels of a plane, the first channel
     and the channel count, the tile's pixels and the activation kind."""
-    sig = types.none(y, x, w, bias, affine, residual, consts, geometry)
 
     def codegen(context, builder, signature, args):
         a = signature.args
@@ -129,17 +163,16 @@ def _tile(typingctx, y, x, w, bias, affine, residual, consts, geometry):
         y_at, x_at, c, pixels, first, oc, count, kind = fields
         masks = [
             _lane_mask(context, builder, types.intp, builder.sub(count, constant(v * lanes)), lanes)
-            for v in range(TILE_VECTORS)
+            for v in range(vectors)
         ]
         last = builder.sub(oc, constant(1))
         channels = []  # each row's channel, clamped to the last (rows past it are not stored)
-        for r in range(TILE_ROWS):
+        for r in range(rows):
             channel = builder.add(first, constant(r))
             channels.append(builder.select(builder.icmp_signed("<", channel, oc), channel, last))
         zeros = ir.Constant(vector, [0.0] * lanes)
         slots = [
-            [cgutils.alloca_once_value(builder, zeros) for _ in range(TILE_VECTORS)]
-            for _ in range(TILE_ROWS)
+            [cgutils.alloca_once_value(builder, zeros) for _ in range(vectors)] for _ in range(rows)
         ]
         with cgutils.for_range(builder, c) as loop:
             ci = loop.index
@@ -152,32 +185,35 @@ def _tile(typingctx, y, x, w, bias, affine, residual, consts, geometry):
                     vector,
                     masks[v],
                 )
-                for v in range(TILE_VECTORS)
+                for v in range(vectors)
             ]
-            for v in range(TILE_VECTORS):
-                ahead = builder.add(row_at, constant((PREFETCH_TILES * TILE_VECTORS + v) * lanes))
+            for v in range(vectors):
+                ahead = builder.add(row_at, constant((PREFETCH_TILES * vectors + v) * lanes))
                 _prefetch(builder, pointer(1, ahead))
-            for r in range(TILE_ROWS):
+            for r in range(rows):
                 weight = builder.load(pointer(2, builder.add(builder.mul(channels[r], c), ci)))
                 weight = _splat(builder, weight, vector)
-                for v in range(TILE_VECTORS):
+                for v in range(vectors):
                     acc[r][v] = builder.call(fma, [weight, inputs[v], acc[r][v]])
-            for r in range(TILE_ROWS):
-                for v in range(TILE_VECTORS):
+            for r in range(rows):
+                for v in range(vectors):
                     builder.store(acc[r][v], slots[r][v])
         epilogue = _Epilogue(context, builder, a, args, vector, oc, kind)
-        for r in range(TILE_ROWS):
+        for r in range(rows):
             inside = builder.icmp_signed("<", builder.add(first, constant(r)), oc)
             with builder.if_then(inside):
                 params = epilogue.parameters(channels[r])
                 out_at = builder.add(y_at, builder.mul(constant(r), pixels))
-                for v in range(TILE_VECTORS):
+                for v in range(vectors):
                     at = builder.add(out_at, constant(v * lanes))
                     value = epilogue.finish(builder.load(slots[r][v]), params, at, masks[v])
                     _masked_store(builder, value, vector_pointer(0, at), masks[v])
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+_tile_8x3, _tile_6x4 = (_tile_intrinsic(rows, vectors) for rows, vectors in TILES)
 
 
 class _Epilogue:
@@ -264,15 +300,20 @@ def _splat_bit(builder, bit, count):
 
 @kernel(buffers=8)
 def conv2d_pointwise(x, w, b, affine, res, consts, y, scratch, a):
-    n, c, oc, pixels, strip, kind = a[0], a[1], a[2], a[3], a[4], a[5]
-    width = TILE_VECTORS * (VECTOR_BYTES // x.itemsize)
-    strips = (pixels + strip - 1) // strip
-    for task in prange(n * strips):
-        image, start = task // strips, task % strips * strip
+    n, c, oc, pixels, strip, part, tile, kind = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    rows, vectors = TILES[tile]
+    width = vectors * (VECTOR_BYTES // x.itemsize)
+    strips, parts = (pixels + strip - 1) // strip, (oc + part - 1) // part
+    for task in prange(n * strips * parts):
+        image, s, q = task // (strips * parts), task // parts % strips, task % parts
+        start, first = s * strip, q * part
         stop = min(pixels, start + strip)
         for p in range(start, stop, width):
-            for o in range(0, oc, TILE_ROWS):
+            for o in range(first, min(oc, first + part), rows):
                 y_at, x_at = (image * oc + o) * pixels + p, image * c * pixels + p
                 geometry = (y_at, x_at, c, pixels, o, oc, min(width, stop - p), kind)
-                _tile(y, x, w, b, affine, res, consts, geometry)
+                if tile == 0:
+                    _tile_8x3(y, x, w, b, affine, res, consts, geometry)
+                else:
+                    _tile_6x4(y, x, w, b, affine, res, consts, geometry)
     return 0

@@ -153,7 +153,7 @@ def test_conv2d_cases(case, dtype, rng, conv_algorithm):
 # cut in parts of 32 and 16 (a short last part); one image per task (maps of 256+ pixels at
 # batch > 1), as the real rule has it
 SPLIT_CASES = {
-    "pointwise": (32, 48, 1, (7, 7), dict(batch=1)),
+    "pointwise": (48, 48, 1, (9, 9), dict(batch=1)),
     "im2col_stride2": (8, 48, 3, (33, 33), dict(batch=3, stride=2, padding=1)),
     "im2col_stride1": (12, 48, 3, (9, 9), dict(batch=1, padding=1, bias=False)),
     "groups2": (16, 96, 3, (6, 6), dict(batch=1, groups=2, padding=1)),

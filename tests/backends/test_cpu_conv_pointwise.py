@@ -4,10 +4,11 @@ chooses it.
 
 Every kernel case forces the tile onto each plain 1x1 conv, asserts that it ran, and runs on
 fresh random weights and inputs in the tested dtype with NaN-poisoned buffers. The cases cover
-channel counts off the 8-channel tile (the last tile's rows past the last channel computed
-and not stored), maps whose pixels end inside a vector and inside a tile, several images and
-strips, one input channel, and the epilogue's parts: bias, folded BatchNorm, residual, ReLU,
-hardtanh (ReLU6), and an activation the tile leaves to the GEMM (LeakyReLU).
+both tiles (8 channels x 3 vectors, 6 x 4), channel counts off a tile (the last tile's rows
+past the last channel computed and not stored), maps whose pixels end inside a vector and
+inside a tile, several images and strips, channels cut into parts, and the
+epilogue's parts: bias, folded BatchNorm, residual, ReLU, hardtanh (ReLU6), and an activation
+the tile leaves to the GEMM (LeakyReLU).
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import graph.nn as nn
 from backends.cpu import conv, conv_pointwise
 from tests.helpers import DTYPES, OP_TOLERANCE, Net, record_steps, rel_error, torch_run, torch_twin
 
-# (C_in, C_out, input HxW, batch, bias)
+# (C_in, C_out, input HxW, batch, bias); 99 and 121 pixels take the 6x4 tile, the others 8x3
+# (all big enough to pass conv2d_direct's and conv2d_small's rules, which come first)
 CASES = {
     "mobilenet_expansion": (16, 96, (14, 14), 1, False),
-    "channels_off_the_tile": (5, 13, (7, 9), 1, True),
-    "one_input_channel": (1, 8, (4, 4), 1, True),
-    "pixels_end_in_a_vector": (24, 40, (5, 3), 2, True),
+    "channels_off_the_6x4_tile": (19, 45, (11, 9), 1, True),
+    "pixels_end_in_a_vector": (24, 44, (13, 11), 2, True),
     "several_images_and_strips": (32, 64, (28, 28), 3, False),
-    "narrowing": (48, 20, (11, 11), 2, True),
+    "narrowing_6x4_tile": (48, 20, (11, 11), 2, True),
 }
 
 
@@ -103,7 +104,7 @@ ACTIVATIONS = {
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_epilogue_matches_torch(activation, residual, dtype, rng, forced):
     ours, theirs, tiled = ACTIVATIONS[activation]
-    channels, hw = 20, (9, 7)
+    channels, hw = 24, (13, 11)
     model = Block(channels, residual, ours())
     exe = engine.compile(model, (channels, *hw), dtype=dtype)
     state = {}
@@ -128,19 +129,19 @@ def test_fused_epilogue_matches_torch(activation, residual, dtype, rng, forced):
 def test_training_forward_and_gradients_match_the_gemm_path(rng, forced, monkeypatch):
     """A training plan's forward runs on the tile; its loss and gradients equal the GEMM
     path's within float64 rounding."""
-    model = Net(nn.Conv2d(8, 32, 1))
-    x = rng.standard_normal((2, 8, 6, 6))
-    target = rng.standard_normal((2, 32, 6, 6))
+    model = Net(nn.Conv2d(16, 64, 1))
+    x = rng.standard_normal((2, 16, 9, 9))
+    target = rng.standard_normal((2, 64, 9, 9))
 
     def step():
-        exe = engine.compile(model, (8, 6, 6), batch=2, dtype="float64", train=True, loss="mse")
+        exe = engine.compile(model, (16, 9, 9), batch=2, dtype="float64", train=True, loss="mse")
         exe.load_state_dict({k: np.asarray(v, np.float64) for k, v in model.state_dict().items()})
         loss = exe.forward_backward(x, target)
         return loss, {k: np.array(v) for k, v in exe.grads.items()}
 
     tiled_loss, tiled_grads = step()
     assert "conv2d_pointwise" in [kernel for kernel, _ in forced]
-    monkeypatch.setattr(conv_pointwise, "is_pointwise_tiled", lambda node, kind: False)
+    monkeypatch.setattr(conv_pointwise, "is_pointwise_tiled", lambda *_: False)
     loss, grads = step()
     assert abs(tiled_loss - loss) <= 1e-12 * abs(loss)
     for key, grad in grads.items():
@@ -153,8 +154,12 @@ def test_training_forward_and_gradients_match_the_gemm_path(rng, forced, monkeyp
         (16, 96, (112, 112), 1, nn.ReLU6, True),  # MobileNet v2's expansions
         (24, 144, (56, 56), 1, nn.ReLU6, True),
         (32, 192, (28, 28), 1, nn.ReLU6, True),
+        (320, 1280, (7, 7), 1, nn.ReLU6, True),  # maps one tile covers, any batch
+        (2048, 512, (7, 7), 32, nn.ReLU, True),
+        (64, 384, (14, 14), 4, nn.ReLU6, True),  # staged images, small weights
+        (256, 1024, (14, 14), 32, nn.ReLU, False),  # staged images, 1 MB of weights
+        (64, 384, (14, 14), 1, nn.ReLU6, False),  # one image: the GEMM
         (32, 16, (112, 112), 1, nn.Identity, False),  # narrowing
-        (64, 384, (14, 14), 1, nn.ReLU6, False),  # 64 input channels on a small map
         (64, 256, (56, 56), 1, nn.ReLU, False),
         (64, 256, (56, 56), 32, nn.ReLU, False),  # ResNet-50's, even at batch 32
         (16, 32, (56, 56), 1, nn.ReLU, False),  # widening only twice
@@ -166,3 +171,29 @@ def test_rule(cin, cout, hw, batch, activation, expected, monkeypatch):
     model = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), activation())
     engine.compile(model, (cin, *hw), batch=batch)
     assert [kernel for kernel, _ in used] == (["conv2d_pointwise"] if expected else ["conv2d_gemm"])
+
+
+@pytest.mark.parametrize(
+    "hw,dtype,tile",
+    [
+        ((7, 7), "float32", 1),
+        ((14, 14), "float32", 0),
+        ((7, 9), "float64", 1),
+        ((4, 4), "float32", 0),
+    ],
+)
+def test_tile_pads_the_pixels_least(hw, dtype, tile):
+    """49 pixels take one 6x4 tile of 64 (not two 8x3 of 48), 196 four and a bit of 48."""
+    exe = engine.compile(Net(nn.Conv2d(64, 64, 1)), (64, *hw), dtype=dtype)
+    node = next(node for node in exe.graph.nodes if node.op == "conv2d")
+    assert conv_pointwise.attrs(node)[6] == tile
+
+
+def test_one_image_of_few_pixels_is_cut_by_channels():
+    """Batch 1 on 7x7 is one strip: the channels are cut into parts for the threads, each a
+    whole number of tiles."""
+    exe = engine.compile(Net(nn.Conv2d(320, 1280, 1)), (320, 7, 7))
+    node = next(node for node in exe.graph.nodes if node.op == "conv2d")
+    n, c, oc, pixels, strip, part, tile = conv_pointwise.attrs(node)
+    rows = conv_pointwise.TILES[tile][0]
+    assert (strip, part % rows) == (64, 0) and oc // part >= 2

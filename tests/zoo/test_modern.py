@@ -33,10 +33,13 @@ def test_parameter_counts_are_exact(name):
 
 
 # Small inputs where the architecture allows it (adaptive pooling at the end), 10 classes.
+# ShuffleNet v2 takes 64x64: on 32x32 its last stage's BatchNorms see 1x1 maps, four values a
+# channel at batch 4, and three steps are chaotic (float32 and float64 part at the second loss,
+# which one falls is down to rounding); on 2x2 maps both descend alike.
 TRAINABLE = {
     "resnet20_cifar": (3, 32, 32), "resnet18_cifar": (3, 16, 16), "resnet18": (3, 32, 32),
     "resnext50_32x4d": (3, 32, 32), "mobilenet_v1": (3, 32, 32), "mobilenet_v2": (3, 32, 32),
-    "shufflenet_v2_x0_5": (3, 32, 32), "convnext_tiny": (3, 32, 32), "highway_cifar": (3, 16, 16),
+    "shufflenet_v2_x0_5": (3, 64, 64), "convnext_tiny": (3, 32, 32), "highway_cifar": (3, 16, 16),
 }  # fmt: skip
 
 
