@@ -13,6 +13,7 @@ the tile leaves to the GEMM (LeakyReLU).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -189,11 +190,34 @@ def test_tile_pads_the_pixels_least(hw, dtype, tile):
     assert conv_pointwise.attrs(node)[6] == tile
 
 
-def test_one_image_of_few_pixels_is_cut_by_channels():
-    """Batch 1 on 7x7 is one strip: the channels are cut into parts for the threads, each a
+def test_one_image_of_few_pixels_is_cut_by_channels(monkeypatch):
+    """Batch 1 on 7x7 is one strip: the channels are cut into one part per thread, each a
     whole number of tiles."""
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)  # the rule only
     exe = engine.compile(Net(nn.Conv2d(320, 1280, 1)), (320, 7, 7))
     node = next(node for node in exe.graph.nodes if node.op == "conv2d")
     n, c, oc, pixels, strip, part, tile = conv_pointwise.attrs(node)
     rows = conv_pointwise.TILES[tile][0]
-    assert (strip, part % rows) == (64, 0) and oc // part >= 2
+    assert (strip, part % rows, -(-oc // part)) == (64, 0, 2)
+
+
+@pytest.mark.parametrize(
+    "n,tiles,channel_tiles",
+    [(1, 5, 72), (4, 5, 48), (1, 17, 24), (1, 66, 18), (32, 1, 64), (3, 2, 7)],
+)
+def test_split_finishes_the_threads_together(n, tiles, channel_tiles):
+    """Under Numba's static schedule (each of the two threads one contiguous half of the
+    tasks), the threads' tiles differ by at most a tenth: ten tasks of a 14x14 image (five
+    one-tile strips, two parts) had left one thread five full tasks and the other three and
+    two slivers. Strips and parts stay whole numbers of tiles and cover everything."""
+    strip, part = conv_pointwise._split(n, tiles, channel_tiles, threads=2)
+    sizes = [
+        min(strip, tiles - s) * min(part, channel_tiles - q)
+        for _ in range(n)
+        for s in range(0, tiles, strip)
+        for q in range(0, channel_tiles, part)
+    ]
+    half = len(sizes) // 2
+    loads = sum(sizes[:half]), sum(sizes[half:])
+    assert sum(loads) == n * tiles * channel_tiles
+    assert max(loads) <= 1.1 * min(loads) or len(sizes) == 1
