@@ -7,15 +7,16 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
 - ``conv2d_winograd`` (``winograd.py``): 3x3, stride 1, undilated, ungrouped, at least
   ``winograd.MIN_CHANNELS`` channels each side and ``winograd.MIN_TILES`` tiles (most of a
   ResNet or a VGG): 2.25x fewer multiplies than any of the GEMM forms below.
-- ``conv2d_pointwise`` (``conv_pointwise.py``): 1x1 convs widening few input channels four
-  times or more (MobileNet v2's expansions), with an epilogue it applies in registers (none,
-  ReLU, hardtanh): register tiles straight from NCHW to NCHW, no packing, each output written
-  once.
 - ``conv2d_small`` (``conv_small.py``): stride-1 convs too small to split (under
   SMALL_MAX_MACS), with 2+ output channels per group, that neither Winograd nor the pointwise
   GEMM takes: one serial pass, no parallel region and no BLAS call, on the wide grid below with
   4 output channels x 3 taps per vectorised loop (8->8 3x3 on 8x8: 1.8 us against 7.3).
 
+- ``conv2d_pointwise`` (``conv_pointwise.py``; after conv2d_small's and conv2d_direct's rules):
+  unpadded stride-1 1x1 convs with an epilogue it applies in registers (none, ReLU, hardtanh)
+  that widen 32 input channels or fewer four times or more, or have maps of 8x8 or smaller, or
+  several small images with small weights: register tiles straight from NCHW to NCHW, no
+  packing, each output written once.
 - ``conv2d_shifted`` (stride 1, not pointwise, maps of SHIFTED_MIN_PIXELS pixels or more,
   SHIFTED_MIN_CHANNELS input channels per group or more): no im2col. The image is copied
   once into a zero-bordered buffer of row length Wp = W + PL + PR; on the "wide" output grid

@@ -54,6 +54,7 @@ from backends.cpu.simd import (
     _masked_store,
     _splat,
     _vector_of,
+    _vector_pointer,
 )
 from graph.ir import Node
 
@@ -187,7 +188,7 @@ def _tile_codegen(rows: int, vectors: int):
             return _element_pointer(context, builder, a[k], args[k], types.intp, at)
 
         def vector_pointer(k, at):
-            return builder.bitcast(pointer(k, at), vector.as_pointer())
+            return _vector_pointer(builder, pointer(k, at), vector)
 
         fields = [builder.extract_value(args[7], k) for k in range(8)]
         fields = [context.cast(builder, f, a[7].dtype, types.intp) for f in fields]
@@ -298,7 +299,7 @@ class _Epilogue:
         value = builder.select(self.has_bias, builder.fadd(value, bias), value)
         affine = builder.fadd(builder.fmul(value, alpha), beta)
         value = builder.select(self.has_affine, affine, value)
-        pointer = builder.bitcast(self._pointer(5, at), self.vector.as_pointer())
+        pointer = _vector_pointer(builder, self._pointer(5, at), self.vector)
         present = builder.and_(mask, _splat_bit(builder, self.has_residual, self.vector.count))
         residual = _masked_load(builder, pointer, self.vector, present)
         value = builder.select(self.has_residual, builder.fadd(value, residual), value)
