@@ -21,17 +21,20 @@ of three runs, against ``conv2d_direct``): 960 channels of 7x7 66 vs 213, 384 of
 133, 192 of 28x28 60 vs 143, 32 of 112x112 119 vs 175; stride 2: 576 of 7x7 85 vs 223, 96 of
 56x56 166 vs 243. Batch 32 of 32 channels of 112x112: 5.3 vs 9.4 ms.
 
-On planes of 8x8 and smaller a plane's loops are too short to vectorise (a 7x7 plane's wide
-grid is 63 elements: three vectors and a scalar remainder per tap), and what is left is per
-plane. ``conv2d_depthwise_lanes`` turns the layout around for them: a task copies LANES
-channels of one image into a zero-bordered [HP, WP, LANES] block (channels last), so each
-tap is one multiply-add over LANES contiguous channels per output pixel, with the channels'
-weights as a vector, and copies the [OH*OW, LANES] result back out to the planes before the
-epilogue (``LANES_MAX_INPUT_PIXELS`` has the measurements). Taps add in the same order as
+On small planes a plane's loops are too short to vectorise (a 7x7 plane's wide grid is 63
+elements: three vectors and a scalar remainder per tap), and what is left is per plane.
+``conv2d_depthwise_lanes`` turns the layout around for them: a task takes one vector's worth
+of channels (16 float32, 8 float64) of one image, turns each block of that many pixels of their
+planes into per-pixel vectors of channels (``simd.transpose``: 16 loads and 64 shuffles, no
+gather) in a zero-bordered [HP, WP, lanes] block, adds each output pixel's taps as whole
+vectors (the 3x3 weights and tap offsets held in registers, two pixels' chains side by side),
+and turns the sums back into the planes' rows, where the epilogue runs on them as vectors
+(none, ReLU or hardtanh; others through ``finish_channel`` on the stored planes)
+(``LANES_MAX_INPUT_PIXELS`` has the measurements). Taps add in the same order as
 ``_nine_taps``, so both kernels give the same bits.
 
-Larger planes with output rows of at most 16 elements (MobileNet v2's 14x14 layers and its
-28x28 -> 14x14 stride 2) run ``conv2d_depthwise_rows``: no copy at all. Each output row is
+Larger planes with output rows of at most 16 elements (MobileNet v2's 28x28 -> 14x14 stride
+2) run ``conv2d_depthwise_rows``: no copy at all. Each output row is
 one or two SIMD vectors (``simd.py``), eight rows at a time; each tap adds its weight times
 one windowed load of the input row under it (``simd.load_lanes``: lanes outside the plane
 masked off; at stride 2 a load of twice the lanes and a shuffle), in the same tap order as
@@ -44,7 +47,8 @@ Attrs: [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HQ, WQ, block rows, 
 the lanes kernel [N, C, H, W, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW, HP, WP, kind]; the rows
 kernel the first 14, then the kind (no scratch).
 Scratch: one slot per thread: [phase planes | slack | accumulator block]; the lanes kernel's
-[padded block | weights | outputs].
+[padded block | weight vectors | stage: one lanes x lanes block between transposes, also taking
+the last weights transpose's overflow].
 """
 
 from __future__ import annotations
@@ -54,8 +58,10 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from backends.cpu import phases, simd
+from backends.cpu.elementwise import COPY, HARDTANH, RELU
 from backends.cpu.epilogue import finish_channel
 from backends.cpu.kernels import kernel
+from backends.cpu.simd import VECTOR_BYTES
 from backends.cpu.windows import axpy, axpy3
 from graph.ir import Node
 
@@ -65,17 +71,17 @@ from graph.ir import Node
 # 7x7 stride 2 151 vs 124; 64 of 8x8 6.7 vs 12.2).
 PARALLEL_MIN_MACS = 1 << 16
 
-# Channels a task of conv2d_depthwise_lanes computes side by side: its tap loops run over them,
-# 64 long, so LLVM's vector loop (4 AVX-512 registers of float32) repays its overlap check
-# (960 channels of 7x7, us: 16 lanes 142, 32 112, 64 67, 128 66; planes 105).
-LANES = 64
-# Largest input plane (H x W) for conv2d_depthwise_lanes. Measured (float32, batch 1, two
-# threads, us, with the scattered copies in and out of the lanes layout): planes of 2x2 to 8x8
-# 1.2-1.6x faster than conv2d_depthwise (960 channels of 7x7 with folded BatchNorm and ReLU6:
-# 88 vs 140; 256 of 2x2 20 vs 28; 240 of 8x8 41 vs 51; 32 of 7x7 even); from 14x14 slower
-# (384 of 14x14 170 vs 108; 576 of 14x14 stride 2 142 vs 138; 192 of 28x28 0.3x), where the
-# per-plane loops of conv2d_depthwise vectorise and the copies' strided accesses leave L1.
-LANES_MAX_INPUT_PIXELS = 64
+# Largest input plane (H x W) for conv2d_depthwise_lanes. Measured on MobileNet v2's depthwise
+# layers with their folded BatchNorm and ReLU6 (float32, batch 1, us, lanes vs rows vs planes;
+# one thread, then two): 960 channels of 7x7 39 vs 100 vs -, 31-40 vs 59-66 vs 119-127; 576 of
+# 14x14 stride 2 40-46 vs 102-113, 41-50 vs 61-67; 384 of 14x14 57-63 vs 84-93, 49-54 vs 49-57;
+# 576 of 14x14 69-84 vs 76-83 (two threads). From 28x28 up the lanes kernel wins on one thread
+# (192 of 28x28 128 vs 154) but not on two (101 vs 97), where its two threads slow each other
+# more than the others' do (384 of 14x14: 57 us on one, 46-54 on two); MobileNet v2 at batch 1
+# as a network, two threads: lanes up to 7x7 planes 5.32 ms, up to 14x14 5.15, up to 28x28
+# 5.18, up to 56x56 5.24. (Before ``simd.transpose``, the same kernel with scalar copies in
+# and out ran 960 channels of 7x7 in 88 us on two threads, and lost from 14x14 on.)
+LANES_MAX_INPUT_PIXELS = 196
 
 # Widest output row (elements, either dtype) for conv2d_depthwise_rows, on planes above
 # LANES_MAX_INPUT_PIXELS: one float32 vector, two float64. Measured (batch 1, folded BatchNorm
@@ -126,31 +132,130 @@ def conv2d_depthwise(x, w, b, affine, res, consts, y, scratch, a):
 @kernel(buffers=8)
 def conv2d_depthwise_lanes(x, w, b, affine, res, consts, y, scratch, a):
     n, c, h, wd, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, hp, wp, kind = a[:17]
-    hw, ohw, taps, blocks = h * wd, oh * ow, kh * kw, (c + LANES - 1) // LANES
-    padded, weights = hp * wp * LANES, taps * LANES
-    slot = padded + weights + ohw * LANES
+    hw, ohw, taps, lanes = h * wd, oh * ow, kh * kw, simd.lanes(x)
+    blocks, padded = (c + lanes - 1) // lanes, hp * wp * lanes
+    slot = padded + (taps + lanes) * lanes
+    places = np.empty(hw, np.int64)  # input pixel p's vector in the block, -1: never read
+    for p in range(hw):
+        row, column = p // wd + pt, p % wd + pl
+        places[p] = (row * wp + column) * lanes if row < hp and column < wp else -1
+    windows = np.empty(ohw, np.int64)  # output pixel p's window's first input in the block
+    for p in range(ohw):
+        windows[p] = ((p // ow) * sh * wp + p % ow * sw) * lanes
+    shifts = np.zeros(max(taps, 9), np.int64)  # tap t's input from the window's first
+    for t in range(taps):
+        shifts[t] = ((t // kw) * dh * wp + (t % kw) * dw) * lanes
+    nine = (shifts[0], shifts[1], shifts[2], shifts[3], shifts[4])
+    nine = (*nine, shifts[5], shifts[6], shifts[7], shifts[8])
+    in_registers = kind == COPY or kind == RELU or kind == HARDTANH
     fresh = np.ones(scratch.shape[0] // slot, np.bool_)
     for task in prange(n * blocks):
-        i, first, tid = task // blocks, task % blocks * LANES, get_thread_id()
-        lanes, at = min(LANES, c - first), tid * slot
+        i, first, tid = task // blocks, task % blocks * lanes, get_thread_id()
+        count, at = min(lanes, c - first), tid * slot
         if fresh[tid]:  # zero the padded block once: only the input positions are written
             scratch[at : at + padded] = 0
             fresh[tid] = False
-        wat, acc = at + padded, at + padded + weights
-        for t in range(taps):  # lanes past the last channel get weight 0
-            for k in range(LANES):
-                scratch[wat + t * LANES + k] = w[(first + k) * taps + t] if k < lanes else 0.0
-        for k in range(lanes):
-            _place_lane(x, (i * c + first + k) * hw, h, wd, scratch, at + k, pt, pl, hp, wp)
-        _lane_taps(scratch, at, wat, acc, oh, ow, kh, kw, sh, sw, dh, dw, wp)
-        for k in range(lanes):
-            o = first + k
-            out = (i * c + o) * ohw
-            run = y[out : out + ohw]
-            for j in range(ohw):
-                run[j] = scratch[np.uint64(acc + j * LANES + k)]
-            _finish_channel(run, o, b, affine, res[out : out + ohw], kind, consts)
+        wat, stage = at + padded, at + padded + taps * lanes
+        src, out = (i * c + first) * hw, (i * c + first) * ohw
+        for k in range(0, taps, lanes):  # weights [taps, lanes]; channels past c get 0
+            simd.transpose(
+                w, first * taps + k, taps, count, min(lanes, taps - k), scratch, wat + k * lanes
+            )
+        for p0 in range(0, hw, lanes):  # planes -> [HP, WP, lanes], lanes pixels at a time
+            pixels = min(lanes, hw - p0)
+            simd.transpose(x, src + p0, hw, count, pixels, scratch, stage)
+            for j in range(pixels):
+                if places[p0 + j] >= 0:
+                    pixel = simd.load(scratch, stage + j * lanes, lanes)
+                    simd.store(scratch, at + places[p0 + j], pixel, lanes)
+        weights = _nine_weights(scratch, wat, taps)  # in registers: 3x3 kernels' loop reads
+        for p0 in range(0, ohw, lanes):  # lanes output pixels' sums, back to planes
+            pixels = min(lanes, ohw - p0)
+            if taps == 9:  # two pixels at a time: two independent chains of adds
+                for j in range(0, pixels, 2):
+                    window, other = at + windows[p0 + j], at + windows[min(p0 + j + 1, ohw - 1)]
+                    v = _nine_lane_taps(scratch, window, weights, nine)
+                    u = _nine_lane_taps(scratch, other, weights, nine)
+                    simd.store(scratch, stage + j * lanes, v, lanes)
+                    simd.store(scratch, stage + (j + 1) * lanes, u, lanes)
+            else:
+                for j in range(pixels):
+                    v = _lane_taps(scratch, at + windows[p0 + j], wat, shifts, taps)
+                    simd.store(scratch, stage + j * lanes, v, lanes)
+            simd.transpose(scratch, stage, lanes, pixels, lanes, scratch, stage)
+            for k in range(count):
+                at_out = out + k * ohw + p0
+                v = simd.load(scratch, stage + k * lanes, lanes)
+                if in_registers:
+                    v = _finish_pixels(v, first + k, b, affine, res, at_out, pixels, kind, consts)
+                simd.store(y, at_out, v, pixels)
+        if not in_registers:
+            for k in range(count):
+                run, at_out = y[out + k * ohw : out + (k + 1) * ohw], out + k * ohw
+                _finish_channel(run, first + k, b, affine, res[at_out : at_out + ohw], kind, consts)
     return 0
+
+
+@njit(inline="always", cache=True)
+def _nine_weights(scratch, wat, taps):
+    """The first nine taps' weight vectors (zeros past ``taps``, not read; the first two lie
+    in the slot's weights or stage whatever ``taps``)."""
+    lanes = simd.lanes(scratch)
+    w0, w1 = simd.load(scratch, wat, lanes), simd.load(scratch, wat + lanes, lanes)
+    w2 = simd.load(scratch, wat + 2 * lanes, lanes if taps > 2 else 0)
+    w3 = simd.load(scratch, wat + 3 * lanes, lanes if taps > 3 else 0)
+    w4 = simd.load(scratch, wat + 4 * lanes, lanes if taps > 4 else 0)
+    w5 = simd.load(scratch, wat + 5 * lanes, lanes if taps > 5 else 0)
+    w6 = simd.load(scratch, wat + 6 * lanes, lanes if taps > 6 else 0)
+    w7 = simd.load(scratch, wat + 7 * lanes, lanes if taps > 7 else 0)
+    w8 = simd.load(scratch, wat + 8 * lanes, lanes if taps > 8 else 0)
+    return w0, w1, w2, w3, w4, w5, w6, w7, w8
+
+
+@njit(inline="always", cache=True)
+def _nine_lane_taps(scratch, window, weights, shifts):
+    """A 3x3 window's sum, lanes channels at once, in ``_nine_taps``'s order and roundings,
+    with the weights and the taps' shifts in registers."""
+    lanes = simd.lanes(scratch)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = weights
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = shifts
+    v = w0 * simd.load(scratch, window + s0, lanes) + w1 * simd.load(scratch, window + s1, lanes)
+    v = v + w2 * simd.load(scratch, window + s2, lanes)
+    v = v + w3 * simd.load(scratch, window + s3, lanes)
+    v = v + w4 * simd.load(scratch, window + s4, lanes)
+    v = v + w5 * simd.load(scratch, window + s5, lanes)
+    v = v + w6 * simd.load(scratch, window + s6, lanes)
+    v = v + w7 * simd.load(scratch, window + s7, lanes)
+    return v + w8 * simd.load(scratch, window + s8, lanes)
+
+
+@njit(inline="always", cache=True)
+def _lane_taps(scratch, window, wat, shifts, taps):
+    """Any other window's sum: the taps in order, the first stored, the rest added."""
+    lanes = simd.lanes(scratch)
+    v = simd.load(scratch, wat, lanes) * simd.load(scratch, window, lanes)
+    for t in range(1, taps):
+        tap = simd.load(scratch, window + shifts[t], lanes)
+        v = v + simd.load(scratch, wat + t * lanes, lanes) * tap
+    return v
+
+
+@njit(inline="always", cache=True)
+def _finish_pixels(v, channel, b, affine, res, at, pixels, kind, consts):
+    """``finish_channel``'s epilogue with none, ReLU or hardtanh on ``pixels`` outputs of one
+    channel (a vector): its parts in its order, one rounding each, so the same bits."""
+    if b.shape[0]:
+        v = v + b[channel]
+    channels = affine.shape[0] // 2
+    if channels:
+        v = v * affine[channel] + affine[channels + channel]
+    if res.shape[0]:
+        v = v + simd.load(res, at, pixels)
+    if kind == RELU:
+        return simd.relu(v)
+    if kind == HARDTANH:
+        return simd.clamp(v, consts[1], consts[2])
+    return v
 
 
 @kernel(buffers=8)
@@ -211,44 +316,6 @@ def _plane_rows(x, w, y, src, out, first, geometry, columns, windows, sw):
 def _row_bits(row, h):
     """All lanes (-1) for a row inside the plane, none (0) for a padding row."""
     return -1 if row >= 0 and row < h else 0
-
-
-@njit(inline="always", cache=True)
-def _place_lane(src, plane, h, wd, dst, at, pt, pl, hp, wp):
-    """Channel plane ``src[plane:]`` into lane ``at`` of the zero-bordered [HP, WP, LANES]
-    block: rows and columns past HP x WP are never read by a tap, so they are skipped."""
-    for iy in range(min(h, hp - pt)):
-        row, line = at + ((iy + pt) * wp + pl) * LANES, plane + iy * wd
-        for ix in range(min(wd, wp - pl)):
-            dst[np.uint64(row + ix * LANES)] = src[np.uint64(line + ix)]
-
-
-@njit(inline="always", cache=True)
-def _lane_taps(scratch, at, wat, acc, oh, ow, kh, kw, sh, sw, dh, dw, wp):
-    """acc[(oy*OW + ox)*LANES + k] = the sum over taps t, in tap order, of weight t of lane k
-    times the padded input under it: one pass per tap over the block's outputs, LANES
-    channels per vector (the first tap stores, the rest add: the rounding of ``_nine_taps``)."""
-    geometry = (oh, ow, sh, sw, wp)
-    _lane_tap(scratch, at, wat, acc, geometry, False)
-    for t in range(1, kh * kw):
-        shift = ((t // kw) * dh * wp + (t % kw) * dw) * LANES
-        _lane_tap(scratch, at + shift, wat + t * LANES, acc, geometry, True)
-
-
-@njit(inline="always", cache=True)
-def _lane_tap(scratch, src, wt, acc, geometry, add):
-    """One tap over every output of the block: acc (+)= weights at ``wt`` x input at ``src``
-    (the tap's window for output (0, 0)), LANES lanes a pixel."""
-    oh, ow, sh, sw, wp = geometry
-    for oy in range(oh):
-        for ox in range(ow):
-            x_at = src + (oy * sh * wp + ox * sw) * LANES
-            out = acc + (oy * ow + ox) * LANES
-            for k in range(LANES):
-                v = scratch[np.uint64(wt + k)] * scratch[np.uint64(x_at + k)]
-                if add:
-                    v = scratch[np.uint64(out + k)] + v
-                scratch[np.uint64(out + k)] = v
 
 
 @njit(inline="always", cache=True)
@@ -325,11 +392,12 @@ def lanes_attrs(node: Node) -> list[int]:
 
 
 def lanes_scratch_numel(node: Node) -> int:
-    """One slot per thread: the padded [HP, WP, LANES] block, the weights, the outputs."""
+    """One slot per thread: the padded [HP, WP, lanes] block, the taps' weight vectors and
+    the sums of lanes output pixels on their way back to the planes."""
     kh, kw = node.inputs[1].shape[2:]
     hp, wp = lanes_attrs(node)[14:16]
-    oh, ow = node.outputs[0].shape[2:]
-    return numba.config.NUMBA_NUM_THREADS * LANES * (hp * wp + kh * kw + oh * ow)
+    lanes = VECTOR_BYTES // node.outputs[0].type.itemsize
+    return numba.config.NUMBA_NUM_THREADS * lanes * (hp * wp + kh * kw + lanes)
 
 
 def is_rows(node: Node) -> bool:

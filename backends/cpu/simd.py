@@ -20,6 +20,14 @@ are formed), so results are the same bits.
 - ``store_interleaved(a, i, (v0, ..., vk-1), start, stop)``: a[i + e] = element e of
   v0[0], v1[0], ..., vk-1[0], v0[1], ... for start <= e < stop (k = 2 or 4: one output row of
   2x2 or 4x4 tiles, lane = tile; a window of it when the lanes span several rows).
+- ``transpose(a, i, stride, rows, columns, out, j)``: out[j + c * lanes + k] = a[i + k * stride
+  + c] for rows k < ``rows`` and columns c < ``columns`` (zero elsewhere in the lanes x lanes
+  block; nothing past them read): the block turned around in registers (log2(lanes) rounds of
+  shuffles), so channel-first planes become vectors of one pixel's channels and back without
+  a gather or scatter per vector.
+- ``relu(v)``: 0 where v <= 0, else v (NaN stays NaN, as torch.relu); ``clamp(v, low,
+  high)``: low where v < low, high where v > high, else v (hardtanh's, NaN stays NaN): the
+  epilogue's comparisons (``epilogue.py``), so the same bits.
 - ``v + w``, ``v - w``, ``v * w``, ``-v``: lane by lane; a scalar operand is cast to the vector's
   type and repeated in every lane (exact for the small integer and power-of-two constants and
   float32 biases the kernels use).
@@ -299,6 +307,87 @@ def load_gather(typingctx, array, index, offsets, count):
         shifts = builder.sext(shifts, ir.VectorType(ir.IntType(64), lanes))
         mask = _lane_mask(context, builder, count_type, args[3], lanes)
         return _gather(builder, base, shifts, mask, context.get_value_type(vector))
+
+    return sig, codegen
+
+
+@intrinsic
+def transpose(typingctx, array, index, stride, rows, columns, out, at):
+    """See the module docstring."""
+    vector = Vector(array.dtype)
+    sig = types.none(array, index, stride, rows, columns, out, at)
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type, stride_type, rows_type, columns_type = signature.args[:5]
+        out_type, at_type = signature.args[5:]
+        lanes, wide = vector.lanes, context.get_value_type(vector)
+        base = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+        stride = context.cast(builder, args[2], stride_type, types.intp)
+        rows = context.cast(builder, args[3], rows_type, types.intp)
+        within = _lane_mask(context, builder, columns_type, args[4], lanes)
+        none = ir.Constant(within.type, [0] * lanes)
+        vectors = []
+        for k in range(lanes):  # rows past ``rows``: an all-off mask, so no address is read
+            k_ = ir.Constant(cgutils.intp_t, k)
+            pointer = _vector_pointer(builder, builder.gep(base, [builder.mul(stride, k_)]), wide)
+            mask = builder.select(builder.icmp_signed("<", k_, rows), within, none)
+            vectors.append(_masked_load(builder, pointer, wide, mask))
+        target = _element_pointer(context, builder, out_type, args[5], at_type, args[6])
+        for c, value in enumerate(_transpose(builder, vectors)):
+            pointer = builder.gep(target, [ir.Constant(cgutils.intp_t, c * lanes)])
+            builder.store(value, _vector_pointer(builder, pointer, wide), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _transpose(builder, vectors):
+    """The n x n block of n vectors of n lanes turned around: each round swaps, in every pair
+    of rows i and i + s, the elements whose column differs from the row in bit s (one
+    two-input shuffle a row); after the rounds for every bit, element (r, c) holds (c, r)."""
+    n = len(vectors)
+    span = n // 2
+    while span:
+        low = [j if j & span == 0 else n + j - span for j in range(n)]
+        high = [j + span if j & span == 0 else n + j for j in range(n)]
+        low, high = (ir.Constant(ir.VectorType(_i32, n), order) for order in (low, high))
+        turned = list(vectors)
+        for i in range(n):
+            if i & span == 0:
+                a, b = vectors[i], vectors[i + span]
+                turned[i] = builder.shuffle_vector(a, b, low)
+                turned[i + span] = builder.shuffle_vector(a, b, high)
+        vectors, span = turned, span // 2
+    return vectors
+
+
+@intrinsic
+def relu(typingctx, value):
+    if not isinstance(value, Vector):
+        return None
+    sig = value(value)
+
+    def codegen(context, builder, signature, args):
+        zeros = ir.Constant(args[0].type, [0.0] * value.lanes)
+        return builder.select(builder.fcmp_ordered("<=", args[0], zeros), zeros, args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def clamp(typingctx, value, low, high):
+    if not isinstance(value, Vector):
+        return None
+    sig = value(value, low, high)
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        low_, high_ = (
+            _splat(builder, context.cast(builder, bound, kind, value.dtype), v.type)
+            for bound, kind in zip(args[1:], signature.args[1:], strict=True)
+        )
+        above = builder.select(builder.fcmp_ordered(">", v, high_), high_, v)
+        return builder.select(builder.fcmp_ordered("<", v, low_), low_, above)
 
     return sig, codegen
 

@@ -138,6 +138,24 @@ class DepthwiseBlock(nn.Module):
         return self.act(F.add(y, x) if self.residual else y)
 
 
+def run_plan(model, x, dtype, optimize=True):
+    """``model`` compiled for ``x``, run on it NaN-poisoned: (output, the plan's ops)."""
+    exe = engine.compile(model, x.shape[1:], batch=x.shape[0], dtype=dtype, optimize=optimize)
+    exe.poison_buffers()
+    return exe.run(x), [node.op for node in exe.graph.nodes]
+
+
+def fused_and_unfused(model, x, dtype, monkeypatch):
+    """The output of the optimised plan (ending in one conv2d_fused node), of the same plan
+    with ``fuse_epilogues`` off, and the op that plan ends with."""
+    fused, ops = run_plan(model, x, dtype)
+    assert ops[-1] == "conv2d_fused"
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "fuse_epilogues", lambda graph: graph)
+        unfused, unfused_ops = run_plan(model, x, dtype)
+    return fused, unfused, unfused_ops[-1]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "channels,side,stride,residual,bias,batch",
@@ -166,20 +184,10 @@ def test_fused_epilogue_matches_unfused(
             state[key] = 2.0 * rng.standard_normal(value.shape)
     model.load_state_dict({k: np.asarray(v, dtype) for k, v in state.items()})
     x = rng.standard_normal((batch, channels, side, side)).astype(dtype)
-
-    def run(optimize=True):
-        exe = engine.compile(model, x.shape[1:], batch=batch, dtype=dtype, optimize=optimize)
-        exe.poison_buffers()
-        return exe.run(x), [node.op for node in exe.graph.nodes]
-
-    fused, ops = run()
-    assert ops[-1] == "conv2d_fused"
-    with monkeypatch.context() as patch:
-        patch.setattr(inference, "fuse_epilogues", lambda graph: graph)
-        folded, folded_ops = run()
-    assert folded_ops[-1] == "hardtanh"
+    fused, folded, folded_last = fused_and_unfused(model, x, dtype, monkeypatch)
+    assert folded_last == "hardtanh"
     np.testing.assert_array_equal(fused, folded)
-    unoptimized, _ = run(optimize=False)
+    unoptimized = run_plan(model, x, dtype, optimize=False)[0]
     assert rel_error(fused, unoptimized) < OP_TOLERANCE[dtype]
     assert [name for name, _ in used] == [depthwise_kernel] * 3
     t = {k: torch.from_numpy(np.asarray(v, dtype)) for k, v in model.state_dict().items()}
@@ -191,6 +199,60 @@ def test_fused_epilogue_matches_unfused(
     )
     ref = TF.relu6(ref + torch.from_numpy(x) if residual else ref).numpy()
     err = rel_error(fused, ref)
+    assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
+
+
+class DepthwiseActivation(nn.Module):
+    """depthwise conv with bias -> (eval BatchNorm) -> activation: one conv2d_fused node."""
+
+    def __init__(self, channels: int, activation: nn.Module, batch_norm: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels)
+        self.bn = nn.BatchNorm2d(channels) if batch_norm else None
+        self.act = activation
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.act(self.bn(y) if self.bn is not None else y)
+
+
+ACTIVATIONS = {
+    "relu": (nn.ReLU, TF.relu),
+    "leaky_relu": (lambda: nn.LeakyReLU(0.2), lambda t: TF.leaky_relu(t, 0.2)),
+    "gelu": (nn.GELU, TF.gelu),
+    "sigmoid": (nn.Sigmoid, torch.sigmoid),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_every_activation_epilogue_matches_unfused(
+    activation, batch_norm, dtype, depthwise_kernel, rng, monkeypatch
+):
+    """The lanes kernel runs none, ReLU and hardtanh on its vectors and the rest through
+    ``finish_channel`` on the stored planes: either way the fused plan equals the plan with
+    the activation left to its own kernel, bit for bit, and torch within the op tolerance."""
+    used = record_depthwise(monkeypatch)
+    make, reference = ACTIVATIONS[activation]
+    model = DepthwiseActivation(20, make(), batch_norm)
+    state = {}
+    for key, value in model.state_dict().items():
+        low_high = (0.3, 3.0) if key.endswith("running_var") else (-2.0, 2.0)
+        state[key] = np.asarray(rng.uniform(*low_high, value.shape), dtype)
+    model.load_state_dict(state)
+    x = rng.standard_normal((2, 20, 7, 9)).astype(dtype)
+    fused, unfused, unfused_last = fused_and_unfused(model, x, dtype, monkeypatch)
+    assert unfused_last == activation  # the table's keys are the ops' names
+    np.testing.assert_array_equal(fused, unfused)
+    assert [name for name, _ in used] == [depthwise_kernel] * 2
+    t = {k: torch.from_numpy(np.asarray(v, dtype)) for k, v in model.state_dict().items()}
+    ref = TF.conv2d(torch.from_numpy(x), t["conv.weight"], t["conv.bias"], padding=1, groups=20)
+    if batch_norm:
+        ref = TF.batch_norm(
+            ref, t["bn.running_mean"], t["bn.running_var"], t["bn.weight"], t["bn.bias"]
+        )
+    err = rel_error(fused, reference(ref).numpy())
     assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
 
 
@@ -236,20 +298,21 @@ def test_kernels_agree_bit_for_bit(channels, side, stride, dtype, rng, monkeypat
 @pytest.mark.parametrize(
     "side,stride,dtype,expected",
     [
-        (8, 1, "float32", "lanes"),  # 64 pixels
+        (8, 1, "float32", "lanes"),
         (7, 1, "float32", "lanes"),
         (8, 2, "float32", "lanes"),
-        (9, 1, "float32", "rows"),  # 81 pixels, 9-wide rows
-        (14, 1, "float32", "rows"),  # MobileNet v2's 14x14 layers
-        (14, 2, "float32", "rows"),
+        (9, 1, "float32", "lanes"),
+        (14, 1, "float32", "lanes"),  # MobileNet v2's 14x14 layers: 196 pixels
+        (14, 2, "float32", "lanes"),
+        (15, 1, "float32", "rows"),  # 225 pixels, 15-wide rows
         (16, 1, "float32", "rows"),  # 16-wide rows
         (17, 1, "float32", "planes"),  # 17-wide rows
         (28, 2, "float32", "rows"),  # 28x28 -> 14x14
         (33, 2, "float32", "planes"),  # 17-wide output rows
         (28, 1, "float32", "planes"),
-        (14, 1, "float64", "rows"),  # a 14-wide row is two float64 vectors
+        (16, 1, "float64", "rows"),  # a 16-wide row is two float64 vectors
         (28, 2, "float64", "rows"),
-        (8, 1, "float64", "lanes"),
+        (14, 1, "float64", "lanes"),
     ],
 )
 def test_lowering_picks_the_depthwise_kernel_by_plane_size(

@@ -117,6 +117,51 @@ def test_store_interleaved(dtype, count, rng):
         assert np.isnan(out[at : at + start]).all() and np.isnan(out[at + n : at + 100]).all()
 
 
+@njit(cache=True)
+def _transposed(a, i, stride, rows, columns, out):
+    simd.transpose(a, i, stride, rows, columns, out, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,columns", [(16, 16), (3, 16), (16, 5), (1, 1), (7, 9), (0, 4)])
+def test_transpose_turns_a_block_around(dtype, rows, columns, rng):
+    """out[3 + c * lanes + k] = a[i + k * stride + c] inside rows x columns, zero elsewhere in
+    the lanes x lanes block, nothing written past it."""
+    lanes = 64 // np.dtype(dtype).itemsize
+    rows, columns = min(rows, lanes), min(columns, lanes)
+    a = rng.standard_normal(600).astype(dtype)
+    out = _poisoned(3 + lanes * lanes + 10, dtype)
+    _transposed(a, 5, 31, rows, columns, out)
+    expected = np.zeros((lanes, lanes), dtype)  # [column][row]
+    for k in range(rows):
+        expected[:columns, k] = a[5 + k * 31 : 5 + k * 31 + columns]
+    np.testing.assert_array_equal(out[3 : 3 + lanes * lanes].reshape(lanes, lanes), expected)
+    assert np.isnan(out[:3]).all() and np.isnan(out[3 + lanes * lanes :]).all()
+
+
+@njit(cache=True)
+def _activations(a, out, low, high):
+    v = simd.load(a, 0, 64)
+    simd.store(out, 0, simd.relu(v), 64)
+    simd.store(out, 64, simd.clamp(v, low, high), 64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_and_clamp_are_the_epilogues(dtype, rng):
+    """relu and clamp give the scalar epilogue's values, NaN and signed zeros included."""
+    lanes = 64 // np.dtype(dtype).itemsize
+    a = (3 * rng.standard_normal(64)).astype(dtype)
+    a[:4] = [np.nan, -0.0, 0.0, 6.0]
+    out = _poisoned(128, dtype)
+    _activations(a, out, 0.0, 6.0)
+    v = a[:lanes]
+    relu = np.array([0 if x <= 0 else x for x in v], dtype)
+    clamp = np.array([0.0 if x < 0.0 else (6.0 if x > 6.0 else x) for x in v], dtype)
+    np.testing.assert_array_equal(out[:lanes], relu)
+    np.testing.assert_array_equal(out[64 : 64 + lanes], clamp)
+    assert np.signbit(out[1]) == np.signbit(relu[1]) and np.signbit(out[65]) == np.signbit(clamp[1])
+
+
 def test_masked_lanes_never_touch_the_next_page():
     """Loads and stores of a partial vector at an array's very end, right before a page that
     may not be read or written: only the counted lanes are touched (else the process dies)."""
@@ -145,7 +190,9 @@ def test_masked_lanes_never_touch_the_next_page():
             simd.store(a, n - 3, total, 3)
             simd.store_interleaved(a, n - 6, (total, total), 0, 6)
             simd.store_interleaved(a, n - 7, (total, total), 2, 6)
-            return a[n - 1]
+            out = np.zeros(256, np.float32)
+            simd.transpose(a, n - 16, 7, 3, 2, out, 0)  # its last row ends at the guard page
+            return a[n - 1] + out[0] - a[n - 16]
 
         print(touch(a, np.arange(16, dtype=np.int32)))
         """
