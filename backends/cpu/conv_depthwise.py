@@ -33,13 +33,12 @@ and turns the sums back into the planes' rows, where the epilogue runs on them a
 (``LANES_MAX_INPUT_PIXELS`` has the measurements). Taps add in the same order as
 ``_nine_taps``, so both kernels give the same bits.
 
-Larger planes with output rows of at most 16 elements (MobileNet v2's 28x28 -> 14x14 stride
-2) run ``conv2d_depthwise_rows``: no copy at all. Each output row is
-one or two SIMD vectors (``simd.py``), eight rows at a time; each tap adds its weight times
-one windowed load of the input row under it (``simd.load_lanes``: lanes outside the plane
-masked off; at stride 2 a load of twice the lanes and a shuffle), in the same tap order as
-the other two kernels, so all three give the same bits (``ROWS_MAX_OUTPUT_WIDTH`` has the
-measurements).
+Larger planes with output rows of at most 16 elements run ``conv2d_depthwise_rows``: no copy
+at all. Each output row is one or two SIMD vectors (``simd.py``), eight rows at a time; each
+tap adds its weight times one windowed load of the input row under it (``simd.load_lanes``:
+lanes outside the plane masked off; at stride 2 a load of twice the lanes and a shuffle), in
+the same tap order as the other two kernels, so all three give the same bits
+(``ROWS_MAX_OUTPUT_WIDTH`` has the measurements).
 
 Buffers (all kernels): (x, w, bias, affine, residual, consts, y, scratch), absent epilogue
 parts empty.
@@ -73,15 +72,16 @@ PARALLEL_MIN_MACS = 1 << 16
 
 # Largest input plane (H x W) for conv2d_depthwise_lanes. Measured on MobileNet v2's depthwise
 # layers with their folded BatchNorm and ReLU6 (float32, batch 1, us, lanes vs rows vs planes;
-# one thread, then two): 960 channels of 7x7 39 vs 100 vs -, 31-40 vs 59-66 vs 119-127; 576 of
-# 14x14 stride 2 40-46 vs 102-113, 41-50 vs 61-67; 384 of 14x14 57-63 vs 84-93, 49-54 vs 49-57;
-# 576 of 14x14 69-84 vs 76-83 (two threads). From 28x28 up the lanes kernel wins on one thread
-# (192 of 28x28 128 vs 154) but not on two (101 vs 97), where its two threads slow each other
-# more than the others' do (384 of 14x14: 57 us on one, 46-54 on two); MobileNet v2 at batch 1
-# as a network, two threads: lanes up to 7x7 planes 5.32 ms, up to 14x14 5.15, up to 28x28
-# 5.18, up to 56x56 5.24. (Before ``simd.transpose``, the same kernel with scalar copies in
-# and out ran 960 channels of 7x7 in 88 us on two threads, and lost from 14x14 on.)
-LANES_MAX_INPUT_PIXELS = 196
+# one thread, then two): 960 channels of 7x7 42 vs 100 vs 130, 31 vs 54 vs 105; 576 of 14x14
+# stride 2 40 vs 103 vs 115, 33 vs 53 vs 99; 384 of 14x14 57 vs 85 vs 108, 40 vs 45 vs 69; 576
+# of 14x14 85 vs 128 vs 150, 56 vs 67 vs 103; 192 of 28x28 stride 2 56 vs 71 vs 85, 41 vs 46 vs
+# 62; 192 of 28x28 117 vs 141 vs 118, 73 vs 79 vs 80. From 56x56 the planes kernel is as fast
+# or faster (144 of 56x56 stride 2 160 vs 156, 104 vs 110; 144 of 56x56 338 vs 328, 199 vs 189;
+# 32 of 112x112 367 vs 307, 217 vs 171). MobileNet v2 at batch 1 as a network, two threads,
+# interleaved: lanes up to 7x7 planes 4.88 ms, to 14x14 4.80, to 28x28 4.76, to 56x56 4.79.
+# (With scalar copies in and out of a 64-channel block instead of ``simd.transpose``, this
+# kernel ran 960 channels of 7x7 in 88 us on two threads and lost from 14x14 on.)
+LANES_MAX_INPUT_PIXELS = 28 * 28
 
 # Widest output row (elements, either dtype) for conv2d_depthwise_rows, on planes above
 # LANES_MAX_INPUT_PIXELS: one float32 vector, two float64. Measured (batch 1, folded BatchNorm
@@ -135,13 +135,17 @@ def conv2d_depthwise_lanes(x, w, b, affine, res, consts, y, scratch, a):
     hw, ohw, taps, lanes = h * wd, oh * ow, kh * kw, simd.lanes(x)
     blocks, padded = (c + lanes - 1) // lanes, hp * wp * lanes
     slot = padded + (taps + lanes) * lanes
+    # no division per pixel: serial, they had cost a fifth of a 14x14 layer on two threads
     places = np.empty(hw, np.int64)  # input pixel p's vector in the block, -1: never read
-    for p in range(hw):
-        row, column = p // wd + pt, p % wd + pl
-        places[p] = (row * wp + column) * lanes if row < hp and column < wp else -1
+    for iy in range(h):
+        for ix in range(wd):
+            row, column = iy + pt, ix + pl
+            inside = row < hp and column < wp
+            places[iy * wd + ix] = (row * wp + column) * lanes if inside else -1
     windows = np.empty(ohw, np.int64)  # output pixel p's window's first input in the block
-    for p in range(ohw):
-        windows[p] = ((p // ow) * sh * wp + p % ow * sw) * lanes
+    for oy in range(oh):
+        for ox in range(ow):
+            windows[oy * ow + ox] = (oy * sh * wp + ox * sw) * lanes
     shifts = np.zeros(max(taps, 9), np.int64)  # tap t's input from the window's first
     for t in range(taps):
         shifts[t] = ((t // kw) * dh * wp + (t % kw) * dw) * lanes

@@ -298,21 +298,17 @@ def test_kernels_agree_bit_for_bit(channels, side, stride, dtype, rng, monkeypat
 @pytest.mark.parametrize(
     "side,stride,dtype,expected",
     [
-        (8, 1, "float32", "lanes"),
         (7, 1, "float32", "lanes"),
         (8, 2, "float32", "lanes"),
-        (9, 1, "float32", "lanes"),
-        (14, 1, "float32", "lanes"),  # MobileNet v2's 14x14 layers: 196 pixels
-        (14, 2, "float32", "lanes"),
-        (15, 1, "float32", "rows"),  # 225 pixels, 15-wide rows
-        (16, 1, "float32", "rows"),  # 16-wide rows
-        (17, 1, "float32", "planes"),  # 17-wide rows
-        (28, 2, "float32", "rows"),  # 28x28 -> 14x14
+        (14, 1, "float32", "lanes"),  # MobileNet v2's 14x14 layers
+        (28, 2, "float32", "lanes"),  # 28x28 -> 14x14
+        (28, 1, "float32", "lanes"),  # 784 pixels
+        (29, 1, "float32", "planes"),  # 841 pixels, 29-wide rows
+        (31, 2, "float32", "rows"),  # 961 pixels, 16-wide output rows
         (33, 2, "float32", "planes"),  # 17-wide output rows
-        (28, 1, "float32", "planes"),
-        (16, 1, "float64", "rows"),  # a 16-wide row is two float64 vectors
-        (28, 2, "float64", "rows"),
-        (14, 1, "float64", "lanes"),
+        (56, 2, "float32", "planes"),
+        (28, 1, "float64", "lanes"),
+        (31, 2, "float64", "rows"),  # a 16-wide row is two float64 vectors
     ],
 )
 def test_lowering_picks_the_depthwise_kernel_by_plane_size(
