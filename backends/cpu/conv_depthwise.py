@@ -82,6 +82,10 @@ PARALLEL_MIN_MACS = 1 << 16
 # (With scalar copies in and out of a 64-channel block instead of ``simd.transpose``, this
 # kernel ran 960 channels of 7x7 in 88 us on two threads and lost from 14x14 on.)
 LANES_MAX_INPUT_PIXELS = 28 * 28
+# ... and kernels of this many taps or more take it on any plane: each pixel's work repays the
+# transposes (ConvNeXt's 7x7, us, two threads, lanes vs planes: 96 channels of 56x56 355 vs
+# 510, 32 of 112x112 509 vs 617; 5x5: 96 of 56x56 218 vs 279, 144 of 56x56 stride 2 157 vs 198).
+LANES_ANY_PLANE_MIN_TAPS = 10
 
 # Widest output row (elements, either dtype) for conv2d_depthwise_rows, on planes above
 # LANES_MAX_INPUT_PIXELS: one float32 vector, two float64. Measured (batch 1, folded BatchNorm
@@ -175,17 +179,15 @@ def conv2d_depthwise_lanes(x, w, b, affine, res, consts, y, scratch, a):
         weights = _nine_weights(scratch, wat, taps)  # in registers: 3x3 kernels' loop reads
         for p0 in range(0, ohw, lanes):  # lanes output pixels' sums, back to planes
             pixels = min(lanes, ohw - p0)
-            if taps == 9:  # two pixels at a time: two independent chains of adds
-                for j in range(0, pixels, 2):
-                    window, other = at + windows[p0 + j], at + windows[min(p0 + j + 1, ohw - 1)]
+            for j in range(0, pixels, 2):  # two pixels at a time: two chains of adds
+                window, other = at + windows[p0 + j], at + windows[min(p0 + j + 1, ohw - 1)]
+                if taps == 9:
                     v = _nine_lane_taps(scratch, window, weights, nine)
                     u = _nine_lane_taps(scratch, other, weights, nine)
-                    simd.store(scratch, stage + j * lanes, v, lanes)
-                    simd.store(scratch, stage + (j + 1) * lanes, u, lanes)
-            else:
-                for j in range(pixels):
-                    v = _lane_taps(scratch, at + windows[p0 + j], wat, shifts, taps)
-                    simd.store(scratch, stage + j * lanes, v, lanes)
+                else:
+                    v, u = _lane_taps(scratch, window, other, wat, shifts, taps)
+                simd.store(scratch, stage + j * lanes, v, lanes)
+                simd.store(scratch, stage + (j + 1) * lanes, u, lanes)
             simd.transpose(scratch, stage, lanes, pixels, lanes, scratch, stage)
             for k in range(count):
                 at_out = out + k * ohw + p0
@@ -234,14 +236,18 @@ def _nine_lane_taps(scratch, window, weights, shifts):
 
 
 @njit(inline="always", cache=True)
-def _lane_taps(scratch, window, wat, shifts, taps):
-    """Any other window's sum: the taps in order, the first stored, the rest added."""
+def _lane_taps(scratch, window, other, wat, shifts, taps):
+    """Any other window's sums at two pixels (``window``, ``other``): the taps in order, the
+    first stored, the rest added, each tap's weight vector read once for both."""
     lanes = simd.lanes(scratch)
-    v = simd.load(scratch, wat, lanes) * simd.load(scratch, window, lanes)
+    weight = simd.load(scratch, wat, lanes)
+    v = weight * simd.load(scratch, window, lanes)
+    u = weight * simd.load(scratch, other, lanes)
     for t in range(1, taps):
-        tap = simd.load(scratch, window + shifts[t], lanes)
-        v = v + simd.load(scratch, wat + t * lanes, lanes) * tap
-    return v
+        weight = simd.load(scratch, wat + t * lanes, lanes)
+        v = v + weight * simd.load(scratch, window + shifts[t], lanes)
+        u = u + weight * simd.load(scratch, other + shifts[t], lanes)
+    return v, u
 
 
 @njit(inline="always", cache=True)
@@ -406,10 +412,12 @@ def lanes_scratch_numel(node: Node) -> int:
 
 def is_rows(node: Node) -> bool:
     """Whether a depthwise conv runs conv2d_depthwise_rows (see ROWS_MAX_OUTPUT_WIDTH)."""
-    pixels = node.inputs[0].shape[2] * node.inputs[0].shape[3]
-    return pixels > LANES_MAX_INPUT_PIXELS and node.outputs[0].shape[3] <= ROWS_MAX_OUTPUT_WIDTH
+    return not is_lanes(node) and node.outputs[0].shape[3] <= ROWS_MAX_OUTPUT_WIDTH
 
 
 def is_lanes(node: Node) -> bool:
-    """Whether a depthwise conv runs conv2d_depthwise_lanes (see LANES_MAX_INPUT_PIXELS)."""
-    return node.inputs[0].shape[2] * node.inputs[0].shape[3] <= LANES_MAX_INPUT_PIXELS
+    """Whether a depthwise conv runs conv2d_depthwise_lanes: input planes up to
+    LANES_MAX_INPUT_PIXELS, or kernels of LANES_ANY_PLANE_MIN_TAPS taps or more on any plane."""
+    kh, kw = node.inputs[1].shape[2:]
+    pixels = node.inputs[0].shape[2] * node.inputs[0].shape[3]
+    return pixels <= LANES_MAX_INPUT_PIXELS or kh * kw >= LANES_ANY_PLANE_MIN_TAPS

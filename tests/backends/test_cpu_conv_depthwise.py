@@ -59,7 +59,7 @@ KERNELS = {
 def force_kernel(monkeypatch, name: str) -> None:
     """Make the lowering pick kernel ``name`` of KERNELS, whatever the plane size."""
     monkeypatch.setattr(conv_depthwise, "is_rows", lambda node: name == "rows")
-    monkeypatch.setattr(conv_depthwise, "LANES_MAX_INPUT_PIXELS", 1 << 30 if name == "lanes" else 0)
+    monkeypatch.setattr(conv_depthwise, "is_lanes", lambda node: name == "lanes")
 
 
 @pytest.fixture(params=list(KERNELS))
@@ -117,6 +117,26 @@ def test_depthwise_asymmetric_padding(pads, stride, dtype, depthwise_kernel, rng
     err = rel_error(out, ref)
     assert err < OP_TOLERANCE[dtype], f"relative error {err:.3e}"
     assert [name for name, _ in used] == [depthwise_kernel]
+
+
+@pytest.mark.parametrize(
+    "kernel,side,stride,expected",
+    [
+        (3, 56, 1, "planes"),
+        (3, 56, 4, "rows"),  # 14-wide output rows
+        ((3, 4), 56, 1, "lanes"),  # 12 taps
+        (5, 56, 2, "lanes"),
+        (7, 112, 1, "lanes"),
+        (7, 56, 4, "lanes"),
+    ],
+)
+def test_big_kernels_take_the_lanes_kernel_on_any_plane(
+    kernel, side, stride, expected, monkeypatch
+):
+    used = record_depthwise(monkeypatch)
+    model = Net(nn.Conv2d(16, 16, kernel, stride=stride, padding=1, groups=16))
+    engine.compile(model, (16, side, side), batch=1)
+    assert [name for name, _ in used] == [KERNELS[expected].name]
 
 
 # **** the fused epilogue: folded BatchNorm, ReLU6, residual add ****
