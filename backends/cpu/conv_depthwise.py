@@ -58,7 +58,7 @@ from numba import get_thread_id, njit, prange
 
 from backends.cpu import phases, simd
 from backends.cpu.elementwise import COPY, HARDTANH, RELU
-from backends.cpu.epilogue import finish_channel
+from backends.cpu.epilogue import finish_channel, finish_vector
 from backends.cpu.kernels import kernel
 from backends.cpu.simd import VECTOR_BYTES
 from backends.cpu.windows import axpy, axpy3
@@ -193,7 +193,7 @@ def conv2d_depthwise_lanes(x, w, b, affine, res, consts, y, scratch, a):
                 at_out = out + k * ohw + p0
                 v = simd.load(scratch, stage + k * lanes, lanes)
                 if in_registers:
-                    v = _finish_pixels(v, first + k, b, affine, res, at_out, pixels, kind, consts)
+                    v = finish_vector(v, first + k, b, affine, res, at_out, pixels, kind, consts)
                 simd.store(y, at_out, v, pixels)
         if not in_registers:
             for k in range(count):
@@ -248,24 +248,6 @@ def _lane_taps(scratch, window, other, wat, shifts, taps):
         v = v + weight * simd.load(scratch, window + shifts[t], lanes)
         u = u + weight * simd.load(scratch, other + shifts[t], lanes)
     return v, u
-
-
-@njit(inline="always", cache=True)
-def _finish_pixels(v, channel, b, affine, res, at, pixels, kind, consts):
-    """``finish_channel``'s epilogue with none, ReLU or hardtanh on ``pixels`` outputs of one
-    channel (a vector): its parts in its order, one rounding each, so the same bits."""
-    if b.shape[0]:
-        v = v + b[channel]
-    channels = affine.shape[0] // 2
-    if channels:
-        v = v * affine[channel] + affine[channels + channel]
-    if res.shape[0]:
-        v = v + simd.load(res, at, pixels)
-    if kind == RELU:
-        return simd.relu(v)
-    if kind == HARDTANH:
-        return simd.clamp(v, consts[1], consts[2])
-    return v
 
 
 @kernel(buffers=8)

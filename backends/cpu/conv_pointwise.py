@@ -47,11 +47,13 @@ from backends.cpu.elementwise import COPY, HARDTANH, RELU
 from backends.cpu.kernels import kernel
 from backends.cpu.simd import (
     VECTOR_BYTES,
+    _clamp,
     _element_pointer,
     _fma,
     _lane_mask,
     _masked_load,
     _masked_store,
+    _relu,
     _splat,
     _vector_of,
     _vector_pointer,
@@ -303,10 +305,7 @@ class _Epilogue:
         present = builder.and_(mask, _splat_bit(builder, self.has_residual, self.vector.count))
         residual = _masked_load(builder, pointer, self.vector, present)
         value = builder.select(self.has_residual, builder.fadd(value, residual), value)
-        zeros = ir.Constant(self.vector, [0.0] * self.vector.count)
-        relu = builder.select(builder.fcmp_ordered("<=", value, zeros), zeros, value)
-        above = builder.select(builder.fcmp_ordered(">", value, self.high), self.high, value)
-        hardtanh = builder.select(builder.fcmp_ordered("<", value, self.low), self.low, above)
+        relu, hardtanh = _relu(builder, value), _clamp(builder, value, self.low, self.high)
         value = builder.select(_kind_is(builder, self.kind, RELU), relu, value)
         return builder.select(_kind_is(builder, self.kind, HARDTANH), hardtanh, value)
 

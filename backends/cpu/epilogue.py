@@ -13,7 +13,8 @@ still in cache, so a fused layer (``graph.passes.fuse_epilogues``) never reads i
 Each part is its own loop over the row, in the order and with the arithmetic of the unfused
 kernels (conv bias, ``batch_norm``'s ``x * alpha + beta``, ``add``, the activation), so a fused
 plan gives the unfused plan's results bit for bit. Conv kernels call ``finish_channel`` on runs
-of one output channel; ``linear`` calls ``finish_features`` on runs of one sample's features.
+of one output channel (or, holding a run in a SIMD vector, ``finish_vector``, for none, ReLU
+and hardtanh); ``linear`` calls ``finish_features`` on runs of one sample's features.
 
 Buffers, after each layer kernel's x and w: bias, affine, residual, consts (``epilogue_buffers``);
 the activation kind is the kernel's last attr.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from numba import njit
 
+from backends.cpu import simd
 from backends.cpu.elementwise import (
     COPY,
     HARDTANH,
@@ -90,6 +92,26 @@ def _pass(row, alpha, beta, residual, has_residual, act, low, high):
             row[i] = low if v < low else (high if v > high else v)
         else:
             row[i] = v
+
+
+@njit(inline="always", cache=True)
+def finish_vector(v, channel, bias, affine, residual, at, count, kind, consts):
+    """``finish_channel`` with none, ReLU or hardtanh on a run of channel ``channel`` held in a
+    SIMD vector ``v`` (``simd.py``; its first ``count`` lanes are outputs at ``at``, where the
+    residual's run is read): the same parts in the same order, one rounding each, so the same
+    bits. Returns the finished vector."""
+    if bias.shape[0]:
+        v = v + bias[channel]
+    channels = affine.shape[0] // 2
+    if channels:
+        v = v * affine[channel] + affine[channels + channel]
+    if residual.shape[0]:
+        v = v + simd.load(residual, at, count)
+    if kind == RELU:
+        return simd.relu(v)
+    if kind == HARDTANH:
+        return simd.clamp(v, consts[1], consts[2])
+    return v
 
 
 @njit(cache=True)

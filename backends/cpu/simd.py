@@ -368,8 +368,7 @@ def relu(typingctx, value):
     sig = value(value)
 
     def codegen(context, builder, signature, args):
-        zeros = ir.Constant(args[0].type, [0.0] * value.lanes)
-        return builder.select(builder.fcmp_ordered("<=", args[0], zeros), zeros, args[0])
+        return _relu(builder, args[0])
 
     return sig, codegen
 
@@ -381,15 +380,26 @@ def clamp(typingctx, value, low, high):
     sig = value(value, low, high)
 
     def codegen(context, builder, signature, args):
-        v = args[0]
         low_, high_ = (
-            _splat(builder, context.cast(builder, bound, kind, value.dtype), v.type)
+            _splat(builder, context.cast(builder, bound, kind, value.dtype), args[0].type)
             for bound, kind in zip(args[1:], signature.args[1:], strict=True)
         )
-        above = builder.select(builder.fcmp_ordered(">", v, high_), high_, v)
-        return builder.select(builder.fcmp_ordered("<", v, low_), low_, above)
+        return _clamp(builder, args[0], low_, high_)
 
     return sig, codegen
+
+
+def _relu(builder, value):
+    """0 where value <= 0, else value (NaN kept): ``epilogue.py``'s ReLU on a vector."""
+    zeros = ir.Constant(value.type, [0.0] * value.type.count)
+    return builder.select(builder.fcmp_ordered("<=", value, zeros), zeros, value)
+
+
+def _clamp(builder, value, low, high):
+    """low where value < low, high where value > high, else value (NaN kept; low and high
+    vectors): ``epilogue.py``'s hardtanh on a vector."""
+    above = builder.select(builder.fcmp_ordered(">", value, high), high, value)
+    return builder.select(builder.fcmp_ordered("<", value, low), low, above)
 
 
 @intrinsic
