@@ -11,7 +11,6 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   SMALL_MAX_MACS), with 2+ output channels per group, that neither Winograd nor the pointwise
   GEMM takes: one serial pass, no parallel region and no BLAS call, on the wide grid below with
   4 output channels x 3 taps per vectorised loop (8->8 3x3 on 8x8: 1.8 us against 7.3).
-
 - ``conv2d_pointwise`` (``conv_pointwise.py``; after conv2d_small's and conv2d_direct's rules):
   unpadded stride-1 1x1 convs with an epilogue it applies in registers (none, ReLU, hardtanh)
   that widen 32 input channels or fewer four times or more, or have maps of 8x8 or smaller, or
@@ -38,8 +37,10 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   (``gemm_split``), every part reading one im2col of its block.
 - ``conv2d_depthwise`` (``conv_depthwise.py``): depthwise convs (groups == C == OC), each
   plane copied, tapped and finished in one task while it is in L1 (MobileNet v2's depthwise
-  layers at batch 1 on two threads: 2-3x faster than ``conv2d_direct`` below); input planes of
-  8x8 and smaller take ``conv2d_depthwise_lanes``, which computes 64 channels side by side.
+  layers at batch 1 on two threads: 2-3x faster than ``conv2d_direct`` below); input planes up
+  to 28x28, and kernels of ten taps or more on any plane, take ``conv2d_depthwise_lanes``
+  (a vector of channels side by side, turned in and out of the planes in registers), larger
+  planes with output rows of up to 16 elements ``conv2d_depthwise_rows``.
 - ``conv2d_direct``: direct loops, parallel over (image, output channel) planes, for channel
   multipliers (one input channel a group) and convs too thin or too small for a GEMM to pay
   off. Each input plane is split once
