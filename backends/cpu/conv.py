@@ -567,6 +567,8 @@ def _conv2d_scratch(node: Node) -> int:
     numel = _conv2d_scratch_numel(node)
     if conv_blocked.is_blocked(node):  # the plan may be frozen (the memory plan cannot tell)
         numel = max(numel, conv_blocked.scratch_numel(node))
+    if is_pointwise(node):  # the tile's rule also depends on the epilogue's activation
+        numel = max(numel, conv_pointwise.scratch_numel(node))
     return numel * node.outputs[0].type.itemsize
 
 
@@ -605,6 +607,7 @@ def _lower_conv2d(node: Node, io: NodeIO):
         return [conv2d_direct.step(node.name, io.dtype, parallel, buffers, attrs)]
     if conv_pointwise.is_pointwise_tiled(node, kind, images_per_task(node) > 1):
         attrs = conv_pointwise.attrs(node) + [kind]
+        buffers[-1] = io.scratch(conv_pointwise.scratch_numel(node))
         kernel = conv_pointwise.conv2d_pointwise
         return [kernel.step(node.name, io.dtype, parallel, buffers, attrs)]
     if winograd.is_winograd(node):

@@ -17,19 +17,26 @@ standalone (21.6 against 31.2 ms) but not inside the network (27 ms either way, 
 output and residual bound by memory), with or without non-temporal stores: not taken.
 
 A register tile (``_tile_codegen``, LLVM IR, one of TILES): R output channels x V vectors of
-pixels, 24 accumulators of the 32 vector registers. Per input channel: V loads of the input
-row, R weights broadcast from the OIHW weights, R x V fused multiply-adds; the rows of the
-tile PREFETCH_TILES ahead are prefetched. A task's input block (C x 48 pixels in float32: 6 KiB
-at C = 32) stays in cache while the tiles of its output channels read it. Accumulation runs
-over the input channels in order with FMA, so results differ from the GEMM's by float
-rounding only. The epilogue then does ``epilogue.py``'s arithmetic on the vectors (bias,
-folded BatchNorm, residual, none/ReLU/hardtanh, each rounded as there); masked loads and
-stores cover the last pixels, and the rows past the last channel are computed from its
-weights and not stored.
+pixels, 24 accumulators of the 32 vector registers. Per input channel: V loads of the input row,
+R weights broadcast from the OIHW weights, R x V fused multiply-adds; the rows of the tile
+PREFETCH_TILES ahead are prefetched, and one line of the next tile's weight rows (they come from
+memory at batch 1, in runs too short for the hardware prefetchers to pick up: MobileNet v2's 320
+-> 1280 on 7x7 in the network, one thread, 632 -> 410 us). A task's input block (C x 48 pixels
+in float32: 6 KiB at C = 32) stays in cache while the tiles of its output channels read it.
+Accumulation runs over the input channels in order with FMA, so results differ from the GEMM's
+by float rounding only. The epilogue then does ``epilogue.py``'s arithmetic on the vectors
+(bias, folded BatchNorm, residual, none/ReLU/hardtanh, each rounded as there); masked loads and
+stores cover a map smaller than a vector, and the rows past the last channel are computed from
+its weights and not stored. The tiles cover a plane's whole vectors; the pixels past them
+(``tiled_pixels``) are dot products (``_remainder``), which a masked vector would have computed
+with most of its lanes idle (7x7: 4 vectors for 49 pixels; 160 -> 960 on one thread 152 -> 123
+us).
 
-Buffers: the conv kernels' (x, w, bias, affine, residual, consts, y, scratch; the scratch is
-unused). Attrs: [N, C, OC, pixels, strip, part, tile, kind]: a task is ``strip`` output pixels
-of one image and ``part`` of its channels (a multiple of the tile's), ``tile`` indexes TILES.
+Buffers: the conv kernels' (x, w, bias, affine, residual, consts, y, scratch; the scratch
+holds each thread's remainder columns). Attrs: [N, C, OC, pixels, tiled pixels, strip, part,
+tile, kind]: a task is ``strip`` output pixels of one image and ``part`` of its channels (a
+multiple of the tile's), ``tile`` indexes TILES; the task with a plane's last strip also
+computes the remainder of its channels.
 """
 
 from __future__ import annotations
@@ -39,11 +46,13 @@ import itertools
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import get_thread_id, njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from backends.cpu import simd
 from backends.cpu.elementwise import COPY, HARDTANH, RELU
+from backends.cpu.epilogue import activated
 from backends.cpu.kernels import kernel
 from backends.cpu.simd import (
     VECTOR_BYTES,
@@ -61,7 +70,7 @@ from backends.cpu.simd import (
 from graph.ir import Node
 
 # Register tiles (output channels, vectors of pixels), 24 accumulators each; a layer takes the
-# one that pads its pixels least (49 pixels: one tile of 64 rather than two of 48).
+# one that pads its whole vectors least (14x14's 12: four 8x3 tiles or three 6x4, the first).
 TILES = ((8, 3), (6, 4))
 # The input rows of the tile this many tiles ahead are prefetched: a tile's rows lie a plane
 # apart, too many streams for the hardware prefetchers (64 -> 64 on 56x56 at batch 32: 7.6 ->
@@ -86,6 +95,18 @@ SMALL_MAP_PIXELS = 64
 #   14x14: 64 -> 384 184-198 against 358-419, 576 -> 96 439-471 against 489-500; ResNet-50 at
 #   batch 32 on 14x14, 1-2 MB of weights: 0.74-0.94x, not taken).
 STAGED_MAX_WEIGHT_BYTES = 512 << 10
+# - at batch 1, widening layers on maps of at most MEDIUM_MAP_PIXELS pixels with weights of at
+#   most STAGED_MAX_WEIGHT_BYTES (MobileNet v2's 14x14 expansions, in the network, one thread
+#   / two: 64 -> 384 104-106 / 68-73 us against 114-122 / 72-85, 96 -> 576 216-218 / 127-132
+#   against 227-235 / 133-146; whole network on two threads 5.41 -> 5.30 ms). Its narrowing
+#   layers ran even or slower (576 -> 96 200-201 / 134-136 against 200-206 / 129-139, 384 ->
+#   64 on two threads 0.93-0.97x), and ResNet-50's 14x14 layers, with 1-2 MB of weights, much
+#   slower (1024 -> 256 on one thread: 1188 against 913): they stay on the GEMM.
+MEDIUM_MAP_PIXELS = 196
+# What one output of the remainder's dot products (``_remainder``) costs, in outputs of a tile
+# (160 -> 960 on 7x7, one thread: 15 us for the 960 outputs of the last pixel, 103 us for the
+# tiles' 46080).
+REMAINDER_COST = 7
 # The most tiles in a strip, and the most channel parts per thread (``_split``).
 MAX_STRIP_TILES = 8
 MAX_PARTS_PER_THREAD = 4
@@ -109,7 +130,8 @@ def is_pointwise_tiled(node: Node, kind: int, staged: bool) -> bool:
     plain = unit and not any(node.attrs["padding"]) and node.attrs["groups"] == 1
     widening = c <= MAX_CHANNELS and oc >= MIN_WIDENING * c
     small_weights = c * oc * node.outputs[0].type.itemsize <= STAGED_MAX_WEIGHT_BYTES
-    regime = widening or oh * ow <= SMALL_MAP_PIXELS or (staged and small_weights)
+    medium_map = oh * ow <= MEDIUM_MAP_PIXELS and c < oc
+    regime = widening or oh * ow <= SMALL_MAP_PIXELS or (small_weights and (staged or medium_map))
     return plain and kind in KINDS and regime
 
 
@@ -118,28 +140,51 @@ def attrs(node: Node) -> list[int]:
     _, _, oh, ow = node.outputs[0].shape
     output = node.outputs[0].type
     pixels, lanes = oh * ow, lanes_of(output.dtype)
-    tile = min(range(len(TILES)), key=lambda t: -(-pixels // (TILES[t][1] * lanes)) * TILES[t][1])
-    rows, vectors = TILES[tile]
-    width = vectors * lanes
-    tiles, channel_tiles = -(-pixels // width), -(-oc // rows)
-    strip, part = _split(n, tiles, channel_tiles, numba.config.NUMBA_NUM_THREADS)
-    return [n, c, oc, pixels, strip * width, part * rows, tile]
+    full = tiled_pixels(pixels, lanes)
+    vectors = -(-full // lanes)
+    tile = min(range(len(TILES)), key=lambda t: -(-vectors // TILES[t][1]) * TILES[t][1])
+    rows, tile_vectors = TILES[tile]
+    width = tile_vectors * lanes
+    tiles, channel_tiles = -(-full // width), -(-oc // rows)
+    tail = REMAINDER_COST * (pixels - full) / width
+    strip, part = _split(n, tiles, channel_tiles, numba.config.NUMBA_NUM_THREADS, tail)
+    return [n, c, oc, pixels, full, strip * width, part * rows, tile]
 
 
-def _split(n: int, tiles: int, channel_tiles: int, threads: int) -> tuple[int, int]:
-    """(pixel tiles per strip, channel tiles per part) for which the busiest thread has the
-    least work under Numba's static schedule (each thread one contiguous run of the tasks,
-    image by image, strip by strip, part by part), counting TASK_TILES per task; ties go to
-    fewer tasks. At batch 1 on 14x14, five strips of one tile made ten tasks of which one
-    thread got five full ones and the other three and two slivers; balanced (two tasks of the
-    whole image and half the channels), 96 -> 576 took 100 us instead of 119, 64 -> 384 46
-    instead of 54 (the GEMM path: 95 and 48)."""
+def tiled_pixels(pixels: int, lanes: int) -> int:
+    """The pixels of a plane the register tiles compute: its whole vectors. The rest (fewer
+    than a vector: 1 of 7x7's 49 in float32, 4 of 14x14's 196) are dot products
+    (``_remainder``), where a tile's masked vector would waste most of its lanes on them (a
+    7x7 map took 4 vectors for 3 and a pixel). A map smaller than one vector is all tile."""
+    return pixels if pixels < lanes else pixels - pixels % lanes
+
+
+def scratch_numel(node: Node) -> int:
+    """One thread's remainder columns (``_remainder``) per thread."""
+    lanes = lanes_of(node.outputs[0].type.dtype)
+    return numba.config.NUMBA_NUM_THREADS * (lanes - 1) * node.inputs[0].shape[1]
+
+
+def _split(
+    n: int, tiles: int, channel_tiles: int, threads: int, tail: float = 0.0
+) -> tuple[int, int]:
+    """(pixel tiles per strip, channel tiles per part) for which the busiest thread has the least
+    work under Numba's static schedule (each thread one contiguous run of the tasks, image
+    by image, strip by strip, part by part), counting TASK_TILES per task and, in the last
+    strip, ``tail`` tiles per channel tile for the remainder's dot products; ties go to
+    fewer tasks. Without the tail, MobileNet v2's 14x14 layers at batch 1 were cut into two
+    strips, and the thread with the second did all the remainder (96 -> 576 on two threads
+    173-182 us against 216 on one). At batch 1 on 14x14, five strips of one tile made ten
+    tasks of which one thread got five full ones and the other three and two slivers;
+    balanced (two tasks of the whole image and half the channels), 96 -> 576 took 100 us
+    instead of 119, 64 -> 384 46 instead of 54 (the GEMM path: 95 and 48)."""
     best = None
     for strip in range(1, min(MAX_STRIP_TILES, tiles) + 1):
         for parts in range(1, min(channel_tiles, MAX_PARTS_PER_THREAD * threads) + 1):
             part = -(-channel_tiles // parts)
             sizes = [
-                min(strip, tiles - s) * min(part, channel_tiles - q) + TASK_TILES
+                (min(strip, tiles - s) + tail * (s + strip >= tiles)) * min(part, channel_tiles - q)
+                + TASK_TILES
                 for s in range(0, tiles, strip)
                 for q in range(0, channel_tiles, part)
             ]
@@ -224,6 +269,8 @@ def _tile_codegen(rows: int, vectors: int):
             for v in range(vectors):
                 ahead = builder.add(row_at, constant((PREFETCH_TILES * vectors + v) * lanes))
                 _prefetch(builder, pointer(1, ahead))
+            next_rows = builder.mul(builder.add(first, constant(rows)), c)
+            _prefetch(builder, pointer(2, builder.add(next_rows, builder.mul(ci, constant(lanes)))))
             for r in range(rows):
                 weight = builder.load(pointer(2, builder.add(builder.mul(channels[r], c), ci)))
                 weight = _splat(builder, weight, vector)
@@ -329,22 +376,66 @@ def _splat_bit(builder, bit, count):
     return _splat(builder, bit, ir.VectorType(ir.IntType(1), count))
 
 
+@njit(cache=True)
+def _remainder(x, w, bias, affine, residual, consts, y, scratch, image, a, first, last):
+    """Output channels ``first`` to ``last`` of one image at the pixels past the tiles' (fewer
+    than a vector), each a dot product of a weight row with an input column: the columns are
+    copied once into this thread's scratch, then four channels at a time (four independent
+    chains) multiply a vector of input channels and add it to a vector of partial sums, added
+    up in lane order at the end. The order differs from the tile's, so these pixels differ
+    from it by float rounding only. The epilogue is ``epilogue.py``'s parts on each value, in
+    line: as a call taking the arrays, each value paid four reference-count increments and
+    decrements (67 us instead of 15 for 960 outputs)."""
+    c, oc, pixels, full, kind = a[1], a[2], a[3], a[4], a[8]
+    half, low, high = affine.shape[0] // 2, consts[1], consts[2]
+    count, lanes = pixels - full, simd.lanes(x)
+    columns = get_thread_id() * (lanes - 1) * c
+    x_at = image * c * pixels + full
+    for j in range(count):
+        for ci in range(c):
+            scratch[columns + j * c + ci] = x[x_at + ci * pixels + j]
+    for o in range(first, last, 4):
+        o1, o2, o3 = min(o + 1, last - 1), min(o + 2, last - 1), min(o + 3, last - 1)
+        for j in range(count):
+            column = columns + j * c
+            s0 = s1 = s2 = s3 = simd.load(w, 0, 0)
+            for k in range(0, c, lanes):
+                values = simd.load(scratch, column + k, c - k)
+                s0 = s0 + simd.load(w, o * c + k, c - k) * values
+                s1 = s1 + simd.load(w, o1 * c + k, c - k) * values
+                s2 = s2 + simd.load(w, o2 * c + k, c - k) * values
+                s3 = s3 + simd.load(w, o3 * c + k, c - k) * values
+            at = image * oc * pixels + full + j
+            for channel, partial in ((o, s0), (o1, s1), (o2, s2), (o3, s3)):
+                out, value = at + channel * pixels, simd.total(partial)
+                if bias.shape[0]:
+                    value = value + bias[channel]
+                if half:
+                    value = value * affine[channel] + affine[half + channel]
+                if residual.shape[0]:
+                    value = value + residual[out]
+                y[out] = activated(value, kind, low, high)
+
+
 @kernel(buffers=8)
 def conv2d_pointwise(x, w, b, affine, res, consts, y, scratch, a):
-    n, c, oc, pixels, strip, part, tile, kind = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    n, c, oc, pixels, full, strip, part, tile = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    kind = a[8]
     rows, vectors = TILES[tile]
     width = vectors * (VECTOR_BYTES // x.itemsize)
-    strips, parts = (pixels + strip - 1) // strip, (oc + part - 1) // part
+    strips, parts = (full + strip - 1) // strip, (oc + part - 1) // part
     for task in prange(n * strips * parts):
         image, s, q = task // (strips * parts), task // parts % strips, task % parts
         start, first = s * strip, q * part
-        stop = min(pixels, start + strip)
+        stop, last = min(full, start + strip), min(oc, first + part)
         for p in range(start, stop, width):
-            for o in range(first, min(oc, first + part), rows):
+            for o in range(first, last, rows):
                 y_at, x_at = (image * oc + o) * pixels + p, image * c * pixels + p
                 geometry = (y_at, x_at, c, pixels, o, oc, min(width, stop - p), kind)
                 if tile == 0:
                     _tile_8x3(y, x, w, b, affine, res, consts, geometry)
                 else:
                     _tile_6x4(y, x, w, b, affine, res, consts, geometry)
+        if stop == full and full < pixels:
+            _remainder(x, w, b, affine, res, consts, y, scratch, image, a, first, last)
     return 0

@@ -86,12 +86,17 @@ def _pass(row, alpha, beta, residual, has_residual, act, low, high):
         v = row[i] * alpha + beta
         if has_residual:
             v += residual[i]
-        if act == RELU:
-            row[i] = 0 if v <= 0 else v  # keeps NaN, as torch.relu
-        elif act == HARDTANH:
-            row[i] = low if v < low else (high if v > high else v)
-        else:
-            row[i] = v
+        row[i] = activated(v, act, low, high)
+
+
+@njit(inline="always", cache=True)
+def activated(v, kind, low, high):
+    """None, ReLU or hardtanh (``kind``) of one value, the others' activation."""
+    if kind == RELU:
+        return 0 if v <= 0 else v  # keeps NaN, as torch.relu
+    if kind == HARDTANH:
+        return low if v < low else (high if v > high else v)
+    return v
 
 
 @njit(inline="always", cache=True)

@@ -26,13 +26,17 @@ from backends.cpu import conv, conv_pointwise
 from tests.helpers import DTYPES, OP_TOLERANCE, Net, record_steps, rel_error, torch_run, torch_twin
 
 # (C_in, C_out, input HxW, batch, bias); 99 and 121 pixels take the 6x4 tile, the others 8x3
-# (all big enough to pass conv2d_direct's and conv2d_small's rules, which come first)
+# (all big enough to pass conv2d_direct's and conv2d_small's rules, which come first). Every
+# map but 28x28 ends inside a vector (of 16 float32 or 8 float64 lanes): its last pixels are
+# the remainder's dot products; a 3x4 map is all tile in float32 (smaller than a vector).
 CASES = {
     "mobilenet_expansion": (16, 96, (14, 14), 1, False),
     "channels_off_the_6x4_tile": (19, 45, (11, 9), 1, True),
     "pixels_end_in_a_vector": (24, 44, (13, 11), 2, True),
     "several_images_and_strips": (32, 64, (28, 28), 3, False),
     "narrowing_6x4_tile": (48, 20, (11, 11), 2, True),
+    "remainder_in_channel_parts": (64, 203, (15, 15), 2, True),
+    "map_under_a_vector": (96, 160, (3, 4), 2, True),
 }
 
 
@@ -159,7 +163,9 @@ def test_training_forward_and_gradients_match_the_gemm_path(rng, forced, monkeyp
         (2048, 512, (7, 7), 32, nn.ReLU, True),
         (64, 384, (14, 14), 4, nn.ReLU6, True),  # staged images, small weights
         (256, 1024, (14, 14), 32, nn.ReLU, False),  # staged images, 1 MB of weights
-        (64, 384, (14, 14), 1, nn.ReLU6, False),  # one image: the GEMM
+        (64, 384, (14, 14), 1, nn.ReLU6, True),  # one image, small weights, widening
+        (384, 64, (14, 14), 1, nn.Identity, False),  # ... narrowing: the GEMM
+        (256, 1024, (14, 14), 1, nn.ReLU, False),  # ... 1 MB of weights: the GEMM
         (32, 16, (112, 112), 1, nn.Identity, False),  # narrowing
         (64, 256, (56, 56), 1, nn.ReLU, False),
         (64, 256, (56, 56), 32, nn.ReLU, False),  # ResNet-50's, even at batch 32
@@ -175,19 +181,24 @@ def test_rule(cin, cout, hw, batch, activation, expected, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "hw,dtype,tile",
+    "hw,dtype,tiled,tile",
     [
-        ((7, 7), "float32", 1),
-        ((14, 14), "float32", 0),
-        ((7, 9), "float64", 1),
-        ((4, 4), "float32", 0),
+        ((7, 7), "float32", 48, 0),
+        ((14, 14), "float32", 192, 0),
+        ((8, 8), "float32", 64, 1),
+        ((7, 9), "float64", 56, 1),
+        ((3, 4), "float32", 12, 0),
+        ((3, 4), "float64", 8, 0),
     ],
 )
-def test_tile_pads_the_pixels_least(hw, dtype, tile):
-    """49 pixels take one 6x4 tile of 64 (not two 8x3 of 48), 196 four and a bit of 48."""
+def test_tiles_cover_whole_vectors_padding_least(hw, dtype, tiled, tile):
+    """The tiles take a plane's whole vectors (all of a map smaller than one), the tile that
+    pads them least: 7x7's 3 vectors one 8x3 (not a 6x4 with a vector idle), 8x8's 4 one 6x4,
+    14x14's 12 four 8x3 (a tie with three 6x4 goes to the first)."""
     exe = engine.compile(Net(nn.Conv2d(64, 64, 1)), (64, *hw), dtype=dtype)
     node = next(node for node in exe.graph.nodes if node.op == "conv2d")
-    assert conv_pointwise.attrs(node)[6] == tile
+    assert conv_pointwise.attrs(node)[4] == tiled
+    assert conv_pointwise.attrs(node)[7] == tile
 
 
 def test_one_image_of_few_pixels_is_cut_by_channels(monkeypatch):
@@ -196,9 +207,18 @@ def test_one_image_of_few_pixels_is_cut_by_channels(monkeypatch):
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)  # the rule only
     exe = engine.compile(Net(nn.Conv2d(320, 1280, 1)), (320, 7, 7))
     node = next(node for node in exe.graph.nodes if node.op == "conv2d")
-    n, c, oc, pixels, strip, part, tile = conv_pointwise.attrs(node)
+    n, c, oc, pixels, tiled, strip, part, tile = conv_pointwise.attrs(node)
     rows = conv_pointwise.TILES[tile][0]
-    assert (strip, part % rows, -(-oc // part)) == (64, 0, 2)
+    assert (strip, part % rows, -(-oc // part)) == (48, 0, 2)
+
+
+def test_split_shares_the_remainder_among_the_threads():
+    """14x14 at batch 1 (four 8x3 tiles of pixels, 72 of channels): the remainder's dot
+    products, in the last strip, made two strips a thread each unequal; the split cuts the
+    channels instead, so each thread computes half of the remainder."""
+    tail = conv_pointwise.REMAINDER_COST * 4 / 48
+    assert conv_pointwise._split(1, 4, 72, 2) == (2, 72)
+    assert conv_pointwise._split(1, 4, 72, 2, tail) == (4, 36)
 
 
 @pytest.mark.parametrize(
