@@ -14,8 +14,9 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
 - ``conv2d_pointwise`` (``conv_pointwise.py``; after conv2d_small's and conv2d_direct's rules):
   unpadded stride-1 1x1 convs with an epilogue it applies in registers (none, ReLU, hardtanh)
   that widen 32 input channels or fewer four times or more, or have maps of 8x8 or smaller, or
-  several small images with small weights: register tiles straight from NCHW to NCHW, no
-  packing, each output written once.
+  several small images with small weights, or (one image) widen on maps of up to 14x14 with
+  small weights: register tiles straight from NCHW to NCHW, no packing, each output written
+  once, a plane's last pixels past its whole vectors as dot products.
 - ``conv2d_shifted`` (stride 1, not pointwise, maps of SHIFTED_MIN_PIXELS pixels or more,
   SHIFTED_MIN_CHANNELS input channels per group or more): no im2col. The image is copied
   once into a zero-bordered buffer of row length Wp = W + PL + PR; on the "wide" output grid
