@@ -160,7 +160,7 @@ def tiled_pixels(pixels: int, lanes: int) -> int:
 
 
 def scratch_numel(node: Node) -> int:
-    """One thread's remainder columns (``_remainder``) per thread."""
+    """Scratch elements: a slot of remainder columns (``_remainder``) for each thread."""
     lanes = lanes_of(node.outputs[0].type.dtype)
     return numba.config.NUMBA_NUM_THREADS * (lanes - 1) * node.inputs[0].shape[1]
 
