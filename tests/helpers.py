@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 import engine
+import graph.functional as F
 from backends.cpu import winograd
 from graph import nn
 
@@ -103,6 +104,80 @@ def run_with_random_params(
         params[name] = torch.from_numpy(array.copy())
     exe.poison_buffers()
     return exe.run(x), params
+
+
+class ConvBlock(nn.Module):
+    """conv (``kernel`` x ``kernel``, same padding) -> eval BatchNorm -> (+ x) -> activation:
+    one conv2d_fused node, for the fused-epilogue tests of the conv kernels."""
+
+    def __init__(self, channels: int, kernel: int, residual: bool, activation: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=True)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = activation
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(F.add(y, x) if self.residual else y)
+
+
+class TorchConvBlock(torch.nn.Module):
+    """``ConvBlock``'s torch twin."""
+
+    def __init__(self, channels: int, kernel: int, residual: bool, activation) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=True)
+        self.bn = torch.nn.BatchNorm2d(channels)
+        self.act = activation
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(y + x if self.residual else y)
+
+
+# Epilogue activations: (ours, torch's, whether the register tiles apply it in registers).
+TILE_ACTIVATIONS = {
+    "relu": (nn.ReLU, torch.nn.ReLU, True),
+    "relu6": (nn.ReLU6, torch.nn.ReLU6, True),
+    "none": (nn.Identity, torch.nn.Identity, True),
+    "leaky_relu": (lambda: nn.LeakyReLU(0.1), lambda: torch.nn.LeakyReLU(0.1), False),
+}
+
+
+def random_eval_state(exe, rng, dtype: str) -> dict[str, np.ndarray]:
+    """Fresh random values for every entry of ``exe``'s state, variances in [0.3, 3]."""
+    state = {}
+    for key, value in exe.state_dict().items():
+        shape = np.shape(value)
+        low_high = key.endswith("running_var")
+        random = rng.uniform(0.3, 3.0, shape) if low_high else rng.standard_normal(shape)
+        state[key] = random.astype(dtype)
+    return state
+
+
+def assert_training_matches(model, x, target, forced, kernel, switch_off) -> None:
+    """One float64 MSE training step of ``model`` (from its own weights) with ``kernel`` in
+    its forward (``forced``: a ``record_steps`` list), then again after ``switch_off()``
+    (which takes the kernel away): the same loss within 1e-12 and the same gradients within
+    float64 rounding."""
+
+    def step():
+        exe = engine.compile(
+            model, x.shape[1:], batch=x.shape[0], dtype="float64", train=True, loss="mse"
+        )
+        exe.load_state_dict({k: np.asarray(v, np.float64) for k, v in model.state_dict().items()})
+        loss = exe.forward_backward(x, target)
+        return loss, {k: np.array(v) for k, v in exe.grads.items()}
+
+    kernel_loss, kernel_grads = step()
+    assert kernel in [name for name, _ in forced]
+    switch_off()
+    loss, grads = step()
+    assert abs(kernel_loss - loss) <= 1e-12 * abs(loss)
+    for key, grad in grads.items():
+        assert rel_error(kernel_grads[key], grad) < OP_TOLERANCE["float64"]
 
 
 def record_steps(monkeypatch, kernels) -> list[tuple[str, str]]:

@@ -202,25 +202,41 @@ def _split(
     return best[1]
 
 
-def _tile_intrinsic(rows: int, vectors: int):
-    """The intrinsic of one register tile of ``rows`` channels x ``vectors`` vectors."""
+def _tile_intrinsic(rows: int, vectors: int, tapped: bool = False):
+    """The intrinsic of one register tile of ``rows`` channels x ``vectors`` vectors; a tapped
+    tile takes the input rows' offsets as a last argument (``_tile_codegen``)."""
+    codegen = _tile_codegen(rows, vectors, tapped)
+    if tapped:
+
+        @intrinsic
+        def tapped_tile(typingctx, y, x, w, bias, affine, residual, consts, geometry, offsets):
+            arguments = (y, x, w, bias, affine, residual, consts, geometry, offsets)
+            return types.none(*arguments), codegen
+
+        return tapped_tile
 
     @intrinsic
     def tile(typingctx, y, x, w, bias, affine, residual, consts, geometry):
-        return types.none(y, x, w, bias, affine, residual, consts, geometry), _tile_codegen(
-            rows, vectors
-        )
+        return types.none(y, x, w, bias, affine, residual, consts, geometry), codegen
 
     return tile
 
 
-def _tile_codegen(rows: int, vectors: int):
+def tapped_tiles() -> tuple:
+    """The TILES as tapped tiles (``conv_tapped.py``): input "channel" k's row starts at
+    ``x_at + offsets[k]`` instead of ``x_at + k * pixels``."""
+    return tuple(_tile_intrinsic(rows, vectors, True) for rows, vectors in TILES)
+
+
+def _tile_codegen(rows: int, vectors: int, tapped: bool):
     """One register tile (module docstring): output channels ``first`` to ``first + rows`` of
     one image, ``count`` pixels (at most ``vectors`` vectors) from ``y_at``.
 
     geometry = (y_at, x_at, c, pixels, first, oc, count, kind): the offsets of the tile's first
     output and input element, the input channels, the pixels of a plane, the first channel
-    and the channel count, the tile's pixels and the activation kind."""
+    and the channel count, the tile's pixels and the activation kind. ``tapped``: input
+    channel k's row is at ``x_at + offsets[k]`` (a ninth argument), not a plane after the last.
+    """
 
     def codegen(context, builder, signature, args):
         a = signature.args
@@ -256,7 +272,11 @@ def _tile_codegen(rows: int, vectors: int):
         with cgutils.for_range(builder, c) as loop:
             ci = loop.index
             acc = [[builder.load(s) for s in row] for row in slots]
-            row_at = builder.add(x_at, builder.mul(ci, pixels))
+            if tapped:
+                offset = builder.load(pointer(8, ci))
+                row_at = builder.add(x_at, context.cast(builder, offset, a[8].dtype, types.intp))
+            else:
+                row_at = builder.add(x_at, builder.mul(ci, pixels))
             inputs = [
                 _masked_load(
                     builder,

@@ -20,10 +20,22 @@ import torch
 import torch.nn.functional as TF
 
 import engine
-import graph.functional as F
 import graph.nn as nn
 from backends.cpu import conv, conv_pointwise
-from tests.helpers import DTYPES, OP_TOLERANCE, Net, record_steps, rel_error, torch_run, torch_twin
+from tests.helpers import (
+    DTYPES,
+    OP_TOLERANCE,
+    TILE_ACTIVATIONS,
+    ConvBlock,
+    Net,
+    TorchConvBlock,
+    assert_training_matches,
+    random_eval_state,
+    record_steps,
+    rel_error,
+    torch_run,
+    torch_twin,
+)
 
 # (C_in, C_out, input HxW, batch, bias); 99 and 121 pixels take the 6x4 tile, the others 8x3
 # (all big enough to pass conv2d_direct's and conv2d_small's rules, which come first). Every
@@ -68,62 +80,18 @@ def test_conv2d_pointwise_matches_torch(case, dtype, rng, forced):
     assert [kernel for kernel, _ in forced] == ["conv2d_pointwise"]
 
 
-class Block(nn.Module):
-    """1x1 conv -> eval BatchNorm -> (+ x) -> activation: one conv2d_fused node."""
-
-    def __init__(self, channels: int, residual: bool, activation: nn.Module) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 1, bias=True)
-        self.bn = nn.BatchNorm2d(channels)
-        self.act = activation
-        self.residual = residual
-
-    def forward(self, x):
-        y = self.bn(self.conv(x))
-        return self.act(F.add(y, x) if self.residual else y)
-
-
-class TorchBlock(torch.nn.Module):
-    def __init__(self, channels: int, residual: bool, activation: torch.nn.Module) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(channels, channels, 1, bias=True)
-        self.bn = torch.nn.BatchNorm2d(channels)
-        self.act = activation
-        self.residual = residual
-
-    def forward(self, x):
-        y = self.bn(self.conv(x))
-        return self.act(y + x if self.residual else y)
-
-
-ACTIVATIONS = {
-    "relu": (nn.ReLU, torch.nn.ReLU, True),
-    "relu6": (nn.ReLU6, torch.nn.ReLU6, True),
-    "none": (nn.Identity, torch.nn.Identity, True),
-    "leaky_relu": (lambda: nn.LeakyReLU(0.1), lambda: torch.nn.LeakyReLU(0.1), False),
-}
-
-
-@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("activation", list(TILE_ACTIVATIONS))
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_epilogue_matches_torch(activation, residual, dtype, rng, forced):
-    ours, theirs, tiled = ACTIVATIONS[activation]
+    ours, theirs, tiled = TILE_ACTIVATIONS[activation]
     channels, hw = 24, (13, 11)
-    model = Block(channels, residual, ours())
+    model = ConvBlock(channels, 1, residual, ours())
     exe = engine.compile(model, (channels, *hw), dtype=dtype)
-    state = {}
-    for key, value in exe.state_dict().items():
-        shape = np.shape(value)
-        random = (
-            rng.uniform(0.3, 3.0, shape)
-            if key.endswith("running_var")
-            else rng.standard_normal(shape)
-        )
-        state[key] = random.astype(dtype)
+    state = random_eval_state(exe, rng, dtype)
     exe.load_state_dict(state)
     exe.poison_buffers()
-    twin = torch_twin(model, TorchBlock(channels, residual, theirs()), dtype)
+    twin = torch_twin(model, TorchConvBlock(channels, 1, residual, theirs()), dtype)
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     x = (2 * rng.standard_normal((1, channels, *hw))).astype(dtype)  # some past ReLU6's 6
     assert [node.op for node in exe.graph.nodes] == ["batch_norm_fold", "conv2d_fused"]
@@ -138,19 +106,10 @@ def test_training_forward_and_gradients_match_the_gemm_path(rng, forced, monkeyp
     x = rng.standard_normal((2, 16, 9, 9))
     target = rng.standard_normal((2, 64, 9, 9))
 
-    def step():
-        exe = engine.compile(model, (16, 9, 9), batch=2, dtype="float64", train=True, loss="mse")
-        exe.load_state_dict({k: np.asarray(v, np.float64) for k, v in model.state_dict().items()})
-        loss = exe.forward_backward(x, target)
-        return loss, {k: np.array(v) for k, v in exe.grads.items()}
+    def gemm_only():
+        monkeypatch.setattr(conv_pointwise, "is_pointwise_tiled", lambda *_: False)
 
-    tiled_loss, tiled_grads = step()
-    assert "conv2d_pointwise" in [kernel for kernel, _ in forced]
-    monkeypatch.setattr(conv_pointwise, "is_pointwise_tiled", lambda *_: False)
-    loss, grads = step()
-    assert abs(tiled_loss - loss) <= 1e-12 * abs(loss)
-    for key, grad in grads.items():
-        assert rel_error(tiled_grads[key], grad) < OP_TOLERANCE["float64"]
+    assert_training_matches(model, x, target, forced, "conv2d_pointwise", gemm_only)
 
 
 @pytest.mark.parametrize(
