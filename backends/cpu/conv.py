@@ -5,8 +5,8 @@ single-threaded BLAS call inside a parallel task (``blas.py``), with explicit le
 dimensions so it reads and writes sub-matrices in place. The lowering picks one of:
 
 - ``conv2d_winograd`` (``winograd.py``): 3x3, stride 1, undilated, ungrouped, at least
-  ``winograd.MIN_CHANNELS`` channels each side and ``winograd.MIN_TILES`` tiles (most of a
-  ResNet or a VGG): 2.25x fewer multiplies than any of the GEMM forms below.
+  ``winograd.MIN_CHANNELS`` channels each side and ``winograd.MIN_TILES`` tiles (twice that
+  for one image; most of a ResNet or a VGG): 2.25x fewer multiplies than the GEMM forms below.
 - ``conv2d_small`` (``conv_small.py``): stride-1 convs too small to split (under
   SMALL_MAX_MACS), with 2+ output channels per group, that neither Winograd nor the pointwise
   GEMM takes: one serial pass, no parallel region and no BLAS call, on the wide grid below with

@@ -65,6 +65,11 @@ MIN_CHANNELS = 16
 # few tiles cannot repay (ResNet-50's 512 -> 512 3x3 on 7x7 at batch 1, 16 tiles: 3.1 ms,
 # against 1.9 ms as one im2col GEMM cut by output channels; at batch 2 Winograd wins).
 MIN_TILES = 32
+# ... and a single image twice as many: its im2col GEMM is then as wide as its map, which on a
+# 14x14 map (49 tiles) is wide enough to beat the transforms (ResNet-50's 256 -> 256 at batch
+# 1, its five layers interleaved in the network, two runs: 1107-1117 against 1186-1190 us;
+# at batch 2, 98 tiles, Winograd wins by far; its 28x28 layers, 196 tiles, 800 against 1250).
+ONE_IMAGE_TILES_FACTOR = 2
 # Private schedule (``_schedule``), by tile size: V and M bytes of one chunk (a quarter of
 # L2, or all of it), and the fewest GEMM columns worth a chunk of their own. F(4x4, 3x3) has
 # 36 GEMMs on a quarter of the tiles: 2 MiB and 16 columns (with scalar transforms, 1 MiB
@@ -86,17 +91,19 @@ LARGE_TILE_MIN_PIXELS = 3072
 
 def is_winograd(node: Node) -> bool:
     """3x3, stride 1, undilated, ungrouped convs with at least MIN_CHANNELS channels each side
-    and MIN_TILES tiles in the batch (``node`` is a conv2d node, or the forward conv a backward
-    node mirrors)."""
+    and MIN_TILES tiles in the batch (ONE_IMAGE_TILES_FACTOR times that for one image; ``node``
+    is a conv2d node, or the forward conv a backward node mirrors)."""
     oc, c, kh, kw = node.inputs[1].shape
     rows, per_row = _tiles(node, 2)
+    n = node.inputs[0].shape[0]
+    least = MIN_TILES * (ONE_IMAGE_TILES_FACTOR if n == 1 else 1)
     return (
         (kh, kw) == (3, 3)
         and node.attrs["stride"] == (1, 1)
         and node.attrs["dilation"] == (1, 1)
         and node.attrs["groups"] == 1
         and min(oc, c) >= MIN_CHANNELS
-        and node.inputs[0].shape[0] * rows * per_row >= MIN_TILES
+        and n * rows * per_row >= least
     )
 
 
