@@ -33,8 +33,8 @@ from backends.cpu import conv_pointwise, phases, simd
 from backends.cpu.kernels import kernel
 from graph.ir import Node
 
-# Most input channels per group: with more, each tap's loads serve as many multiply-adds and
-# the GEMM's packed product is faster.
+# Most input channels: the regime measured (grey, RGB and RGBA images). Deeper convs have
+# taps enough for the GEMM and Winograd paths' packed products; the tile was not measured there.
 MAX_CHANNELS = 4
 # Fewest output channels: below a tile's rows, most of its accumulators are idle.
 MIN_OUT_CHANNELS = 8
