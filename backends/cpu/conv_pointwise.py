@@ -142,13 +142,18 @@ def attrs(node: Node) -> list[int]:
     pixels, lanes = oh * ow, lanes_of(output.dtype)
     full = tiled_pixels(pixels, lanes)
     vectors = -(-full // lanes)
-    tile = min(range(len(TILES)), key=lambda t: -(-vectors // TILES[t][1]) * TILES[t][1])
+    tile = tile_for(vectors)
     rows, tile_vectors = TILES[tile]
     width = tile_vectors * lanes
     tiles, channel_tiles = -(-full // width), -(-oc // rows)
     tail = REMAINDER_COST * (pixels - full) / width
     strip, part = _split(n, tiles, channel_tiles, numba.config.NUMBA_NUM_THREADS, tail)
     return [n, c, oc, pixels, full, strip * width, part * rows, tile]
+
+
+def tile_for(vectors: int) -> int:
+    """The index in TILES of the tile that pads ``vectors`` vectors least (ties: the first)."""
+    return min(range(len(TILES)), key=lambda t: -(-vectors // TILES[t][1]) * TILES[t][1])
 
 
 def tiled_pixels(pixels: int, lanes: int) -> int:

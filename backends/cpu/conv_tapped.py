@@ -91,10 +91,8 @@ def attrs(node: Node) -> list[int]:
     dh, dw = node.attrs["dilation"]
     hq, wq, _ = _geometry(node)
     lanes = conv_pointwise.lanes_of(node.outputs[0].type.dtype)
-    vectors = -(-ow // lanes)
-    tiles = conv_pointwise.TILES
-    tile = min(range(len(tiles)), key=lambda t: -(-vectors // tiles[t][1]) * tiles[t][1])
-    rows = tiles[tile][0]
+    tile = conv_pointwise.tile_for(-(-ow // lanes))
+    rows = conv_pointwise.TILES[tile][0]
     images, threads = _images_a_pass(node), numba.config.NUMBA_NUM_THREADS
     channel_tiles = -(-oc // rows)
     parts = min(channel_tiles, -(-TASKS_PER_THREAD * threads // (images * oh)))

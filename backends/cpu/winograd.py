@@ -66,9 +66,9 @@ MIN_CHANNELS = 16
 # against 1.9 ms as one im2col GEMM cut by output channels; at batch 2 Winograd wins).
 MIN_TILES = 32
 # ... and a single image twice as many: its im2col GEMM is then as wide as its map, which on a
-# 14x14 map (49 tiles) is wide enough to beat the transforms (ResNet-50's 256 -> 256 at batch
-# 1, its five layers interleaved in the network, two runs: 1107-1117 against 1186-1190 us;
-# at batch 2, 98 tiles, Winograd wins by far; its 28x28 layers, 196 tiles, 800 against 1250).
+# 14x14 map (49 tiles) is wide enough to beat the transforms (ResNet-50's five 256 -> 256 at
+# batch 1, two plans interleaved in the network: 1090-1134 against 1158-1226 us a layer; at
+# batch 2, 98 tiles, Winograd wins by far; its 28x28 layers, 196 tiles, 800 against 1250).
 ONE_IMAGE_TILES_FACTOR = 2
 # Private schedule (``_schedule``), by tile size: V and M bytes of one chunk (a quarter of
 # L2, or all of it), and the fewest GEMM columns worth a chunk of their own. F(4x4, 3x3) has
