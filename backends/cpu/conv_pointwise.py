@@ -1,28 +1,30 @@
 """Pointwise convs (1x1, stride 1, unpadded, ungrouped) as register tiles read from NCHW and
 written to NCHW, each output vector finished in registers and stored once, where that beats
 the GEMM path (``conv.conv2d_gemm``): widening layers from few input channels, maps of 8x8 or
-smaller, and small maps of several images with small weights (the regimes at
-``MAX_CHANNELS``, measured there).
+smaller, small maps of several images with small weights, and outputs too large for the
+caches from at most 128 input channels (the regimes at ``MAX_CHANNELS``, measured there).
 
 Why: the GEMM path packs its operands for a BLAS call, writes each block and reads it back
 for the epilogue, and on maps under 256 pixels stages several images side by side (copies in
 and out). When an output element is little arithmetic (MobileNet v2's expansions, 32 -> 192
 on 28x28: 50-62 us against 74-109) or the product is narrow (49 columns on 7x7, where BLAS
 packs all the weights for a few columns), that overhead dominates; the tile reads the input
-in place, the weights straight from OIHW, and writes each output once. Elsewhere BLAS's packed
-GEMM wins (us, inside ResNet-50 at batch 1 unless said): 256 -> 1024 on 14x14 643-908 against
-431-476, 512 -> 128 on 28x28 517-634 against 406-427, the narrowing 32 -> 16 on 112x112 in
-MobileNet v2 159 against 123. ResNet-50's 64 -> 256 on 56x56 at batch 32 ran 1.4x faster
-standalone (21.6 against 31.2 ms) but not inside the network (27 ms either way, its 103 MB of
-output and residual bound by memory), with or without non-temporal stores: not taken.
+in place, the weights straight from OIHW, and writes each output once. So does a layer whose
+output is too large for the caches (ResNet-50's 64 -> 256 on 56x56 at batch 32: 103 MB of
+output and as much residual), once its tiles run channel-major (``is_channel_major``): in
+the pixel-major order it ran even with the GEMM inside the network (27 ms either way), with or
+without non-temporal stores. Elsewhere BLAS's packed GEMM wins (us, inside ResNet-50 at batch
+1 unless said): 256 -> 1024 on 14x14 643-908 against 431-476, 512 -> 128 on 28x28 517-634
+against 406-427, the narrowing 32 -> 16 on 112x112 in MobileNet v2 159 against 123.
 
 A register tile (``_tile_codegen``, LLVM IR, one of TILES): R output channels x V vectors of
 pixels, 24 accumulators of the 32 vector registers. Per input channel: V loads of the input row,
 R weights broadcast from the OIHW weights, R x V fused multiply-adds; the rows of the tile
 PREFETCH_TILES ahead are prefetched, and one line of the next tile's weight rows (they come from
 memory at batch 1, in runs too short for the hardware prefetchers to pick up: MobileNet v2's 320
--> 1280 on 7x7 in the network, one thread, 632 -> 410 us). A task's input block (C x 48 pixels
-in float32: 6 KiB at C = 32) stays in cache while the tiles of its output channels read it.
+-> 1280 on 7x7 in the network, one thread, 632 -> 410 us). Pixel-major, a tile's input block
+(C x 48 pixels in float32: 6 KiB at C = 32) stays in cache while the tiles of its output
+channels read it; channel-major, the task's strip of input does.
 Accumulation runs over the input channels in order with FMA, so results differ from the GEMM's
 by float rounding only. The epilogue then does ``epilogue.py``'s arithmetic on the vectors
 (bias, folded BatchNorm, residual, none/ReLU/hardtanh, each rounded as there); masked loads and
@@ -34,9 +36,10 @@ us).
 
 Buffers: the conv kernels' (x, w, bias, affine, residual, consts, y, scratch; the scratch
 holds each thread's remainder columns). Attrs: [N, C, OC, pixels, tiled pixels, strip, part,
-tile, kind]: a task is ``strip`` output pixels of one image and ``part`` of its channels (a
-multiple of the tile's), ``tile`` indexes TILES; the task with a plane's last strip also
-computes the remainder of its channels.
+tile, channel-major, kind]: a task is ``strip`` output pixels of one image and ``part`` of its
+channels (a multiple of the tile's), ``tile`` indexes TILES; it runs its tiles pixel-major
+(each strip position's channel groups in turn) or channel-major (each channel group along the
+whole strip); the task with a plane's last strip also computes the remainder of its channels.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ TILES = ((8, 3), (6, 4))
 # apart, too many streams for the hardware prefetchers (64 -> 64 on 56x56 at batch 32: 7.6 ->
 # 6.8 ms).
 PREFETCH_TILES = 2
-# The tile's three regimes (``is_pointwise_tiled``; measured inside MobileNet v2 and ResNet-50,
+# The tile's regimes (``is_pointwise_tiled``; measured inside MobileNet v2 and ResNet-50,
 # ``exe.profile``, us against the GEMM path, module docstring):
 # - widening at least MIN_WIDENING times from at most MAX_CHANNELS input channels: each output
 #   element is little arithmetic, and the GEMM's packing and second pass over the output cost
@@ -103,6 +106,17 @@ STAGED_MAX_WEIGHT_BYTES = 512 << 10
 #   64 on two threads 0.93-0.97x), and ResNet-50's 14x14 layers, with 1-2 MB of weights, much
 #   slower (1024 -> 256 on one thread: 1188 against 913): they stay on the GEMM.
 MEDIUM_MAP_PIXELS = 196
+# - large outputs (CHANNEL_MAJOR_MIN_OUTPUT_BYTES, run channel-major) of layers that do not
+#   narrow, from at most STREAMING_MAX_CHANNELS input channels: little arithmetic per output
+#   byte, so the output (and residual) streams bound them, and the tile writes each output
+#   once where the GEMM path writes a block and reads it back for the epilogue. ResNet-50,
+#   interleaved in one process, GEMM against the tile (strips of 8 tiles): at batch 32, ms,
+#   64 -> 256 on 56x56 115 against 75 (four layers), 128 -> 512 on 28x28 70 against 62, 64 ->
+#   64 4.8 against 4.4 (profile sum 1108 -> 1040); at batch 1, us, 64 -> 256 2376 against 2066,
+#   128 -> 512 2057 against 1981. Narrowing layers ran even (256 -> 64 on 56x56 at batch 32 35
+#   against 34, 512 -> 128 on 28x28 38 against 37) and 256 -> 1024 on 14x14 lost (92-103
+#   against 100-108): they stay on the GEMM.
+STREAMING_MAX_CHANNELS = 128
 # What one output of the remainder's dot products (``_remainder``) costs, in outputs of a tile
 # (160 -> 960 on 7x7, one thread: 15 us for the 960 outputs of the last pixel, 103 us for the
 # tiles' 46080).
@@ -114,6 +128,25 @@ MAX_PARTS_PER_THREAD = 4
 TASK_TILES = 0.25
 # The epilogue activations the tile applies; the others take the GEMM path.
 KINDS = (COPY, RELU, HARDTANH)
+# Outputs of at least this many bytes go channel-major: a task runs its tiles channel group by
+# channel group, each along its strip of pixels, so every output (and residual) row streams
+# out in one run. Pixel-major, a tile's rows lie a plane apart and one strip of pixels touches
+# every output channel: too many streams for the hardware prefetchers and write combining
+# once the output leaves the caches. The pure stream of a 64 -> 256 layer's output and
+# residual on 56x56 at batch 32, no arithmetic: 21.4 ms pixel-major, 14.4 channel-major. The
+# same plan in both orders, interleaved in one process (us unless said, pixel- against
+# channel-major): MobileNet v2 at batch 1, 16 -> 96 on 112x112 (4.8 MB) 395 against 238, 24
+# -> 144 on 56x56 (1.8 MB) 240 against 233, but 32 -> 192 on 28x28 (0.6 MB) 179 against 185
+# and 64 -> 384 on 14x14 230 against 240: under this size the pixel-major order's reuse of a
+# tile's input block across its channel groups wins. ResNet-50 at batch 32, ms: 64 -> 256 on
+# 56x56 110 against 75 (four layers), 128 -> 512 on 28x28 74 against 64, 64 -> 64 6.0 against
+# 4.5.
+CHANNEL_MAJOR_MIN_OUTPUT_BYTES = 1 << 20
+# ... and their strips may be this many tiles (a 56x56 plane is 49 6x4 tiles), not
+# MAX_STRIP_TILES: longer runs of each row (strips of 64 against 8 tiles, interleaved, ResNet-50
+# at batch 32: 64 -> 256 on 56x56 73.7 against 70.0 ms, 128 -> 512 on 28x28 62.3 against 58.7;
+# MobileNet v2's 16 -> 96 on 112x112 236 against 222 us).
+CHANNEL_MAJOR_MAX_STRIP_TILES = 64
 
 
 def lanes_of(dtype: str) -> int:
@@ -131,7 +164,9 @@ def is_pointwise_tiled(node: Node, kind: int, staged: bool) -> bool:
     widening = c <= MAX_CHANNELS and oc >= MIN_WIDENING * c
     small_weights = c * oc * node.outputs[0].type.itemsize <= STAGED_MAX_WEIGHT_BYTES
     medium_map = oh * ow <= MEDIUM_MAP_PIXELS and c < oc
+    streaming = c <= STREAMING_MAX_CHANNELS and oc >= c and is_channel_major(node)
     regime = widening or oh * ow <= SMALL_MAP_PIXELS or (small_weights and (staged or medium_map))
+    regime = regime or streaming
     return plain and kind in KINDS and regime
 
 
@@ -147,8 +182,16 @@ def attrs(node: Node) -> list[int]:
     width = tile_vectors * lanes
     tiles, channel_tiles = -(-full // width), -(-oc // rows)
     tail = REMAINDER_COST * (pixels - full) / width
-    strip, part = _split(n, tiles, channel_tiles, numba.config.NUMBA_NUM_THREADS, tail)
-    return [n, c, oc, pixels, full, strip * width, part * rows, tile]
+    channel_major = is_channel_major(node)
+    longest = CHANNEL_MAJOR_MAX_STRIP_TILES if channel_major else MAX_STRIP_TILES
+    threads = numba.config.NUMBA_NUM_THREADS
+    strip, part = _split(n, tiles, channel_tiles, threads, tail, longest)
+    return [n, c, oc, pixels, full, strip * width, part * rows, tile, int(channel_major)]
+
+
+def is_channel_major(node: Node) -> bool:
+    """Whether the tile runs channel-major (see CHANNEL_MAJOR_MIN_OUTPUT_BYTES)."""
+    return node.outputs[0].type.nbytes >= CHANNEL_MAJOR_MIN_OUTPUT_BYTES
 
 
 def tile_for(vectors: int) -> int:
@@ -171,7 +214,12 @@ def scratch_numel(node: Node) -> int:
 
 
 def _split(
-    n: int, tiles: int, channel_tiles: int, threads: int, tail: float = 0.0
+    n: int,
+    tiles: int,
+    channel_tiles: int,
+    threads: int,
+    tail: float = 0.0,
+    longest: int = MAX_STRIP_TILES,
 ) -> tuple[int, int]:
     """(pixel tiles per strip, channel tiles per part) for which the busiest thread has the least
     work under Numba's static schedule (each thread one contiguous run of the tasks, image
@@ -184,7 +232,7 @@ def _split(
     balanced (two tasks of the whole image and half the channels), 96 -> 576 took 100 us
     instead of 119, 64 -> 384 46 instead of 54 (the GEMM path: 95 and 48)."""
     best = None
-    for strip in range(1, min(MAX_STRIP_TILES, tiles) + 1):
+    for strip in range(1, min(longest, tiles) + 1):
         for parts in range(1, min(channel_tiles, MAX_PARTS_PER_THREAD * threads) + 1):
             part = -(-channel_tiles // parts)
             sizes = [
@@ -411,7 +459,7 @@ def _remainder(x, w, bias, affine, residual, consts, y, scratch, image, a, first
     from it by float rounding only. The epilogue is ``epilogue.py``'s parts on each value, in
     line: as a call taking the arrays, each value paid four reference-count increments and
     decrements (67 us instead of 15 for 960 outputs)."""
-    c, oc, pixels, full, kind = a[1], a[2], a[3], a[4], a[8]
+    c, oc, pixels, full, kind = a[1], a[2], a[3], a[4], a[9]
     half, low, high = affine.shape[0] // 2, consts[1], consts[2]
     count, lanes = pixels - full, simd.lanes(x)
     columns = get_thread_id() * (lanes - 1) * c
@@ -445,7 +493,7 @@ def _remainder(x, w, bias, affine, residual, consts, y, scratch, image, a, first
 @kernel(buffers=8)
 def conv2d_pointwise(x, w, b, affine, res, consts, y, scratch, a):
     n, c, oc, pixels, full, strip, part, tile = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
-    kind = a[8]
+    channel_major, kind = a[8], a[9]
     rows, vectors = TILES[tile]
     width = vectors * (VECTOR_BYTES // x.itemsize)
     strips, parts = (full + strip - 1) // strip, (oc + part - 1) // part
@@ -453,14 +501,18 @@ def conv2d_pointwise(x, w, b, affine, res, consts, y, scratch, a):
         image, s, q = task // (strips * parts), task // parts % strips, task % parts
         start, first = s * strip, q * part
         stop, last = min(full, start + strip), min(oc, first + part)
-        for p in range(start, stop, width):
-            for o in range(first, last, rows):
-                y_at, x_at = (image * oc + o) * pixels + p, image * c * pixels + p
-                geometry = (y_at, x_at, c, pixels, o, oc, min(width, stop - p), kind)
-                if tile == 0:
-                    _tile_8x3(y, x, w, b, affine, res, consts, geometry)
-                else:
-                    _tile_6x4(y, x, w, b, affine, res, consts, geometry)
+        tiles, groups = (stop - start + width - 1) // width, (last - first + rows - 1) // rows
+        for t in range(tiles * groups):
+            if channel_major:
+                o, p = first + t // tiles * rows, start + t % tiles * width
+            else:
+                o, p = first + t % groups * rows, start + t // groups * width
+            y_at, x_at = (image * oc + o) * pixels + p, image * c * pixels + p
+            geometry = (y_at, x_at, c, pixels, o, oc, min(width, stop - p), kind)
+            if tile == 0:
+                _tile_8x3(y, x, w, b, affine, res, consts, geometry)
+            else:
+                _tile_6x4(y, x, w, b, affine, res, consts, geometry)
         if stop == full and full < pixels:
             _remainder(x, w, b, affine, res, consts, y, scratch, image, a, first, last)
     return 0

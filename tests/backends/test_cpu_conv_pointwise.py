@@ -6,9 +6,9 @@ Every kernel case forces the tile onto each plain 1x1 conv, asserts that it ran,
 fresh random weights and inputs in the tested dtype with NaN-poisoned buffers. The cases cover
 both tiles (8 channels x 3 vectors, 6 x 4), channel counts off a tile (the last tile's rows
 past the last channel computed and not stored), maps whose pixels end inside a vector and
-inside a tile, several images and strips, channels cut into parts, and the
-epilogue's parts: bias, folded BatchNorm, residual, ReLU, hardtanh (ReLU6), and an activation
-the tile leaves to the GEMM (LeakyReLU).
+inside a tile, several images and strips, channels cut into parts, both orders of a task's
+tiles (pixel-major, channel-major), and the epilogue's parts: bias, folded BatchNorm,
+residual, ReLU, hardtanh (ReLU6), and an activation the tile leaves to the GEMM (LeakyReLU).
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ CASES = {
     "narrowing_6x4_tile": (48, 20, (11, 11), 2, True),
     "remainder_in_channel_parts": (64, 203, (15, 15), 2, True),
     "map_under_a_vector": (96, 160, (3, 4), 2, True),
+    "channel_major": (16, 96, (56, 56), 1, True),  # outputs of 1 MB or more
+    "channel_major_images_and_strips": (24, 45, (45, 45), 3, True),
 }
 
 
@@ -126,9 +128,12 @@ def test_training_forward_and_gradients_match_the_gemm_path(rng, forced, monkeyp
         (384, 64, (14, 14), 1, nn.Identity, False),  # ... narrowing: the GEMM
         (256, 1024, (14, 14), 1, nn.ReLU, False),  # ... 1 MB of weights: the GEMM
         (32, 16, (112, 112), 1, nn.Identity, False),  # narrowing
-        (64, 256, (56, 56), 1, nn.ReLU, False),
-        (64, 256, (56, 56), 32, nn.ReLU, False),  # ResNet-50's, even at batch 32
-        (16, 32, (56, 56), 1, nn.ReLU, False),  # widening only twice
+        (64, 256, (56, 56), 1, nn.ReLU, True),  # ResNet-50's: outputs of 1 MB or more
+        (64, 256, (56, 56), 32, nn.ReLU, True),
+        (128, 512, (28, 28), 32, nn.ReLU, True),
+        (256, 64, (56, 56), 32, nn.ReLU, False),  # ... narrowing
+        (512, 128, (28, 28), 32, nn.ReLU, False),
+        (16, 32, (56, 56), 1, nn.ReLU, False),  # widening only twice, 0.4 MB of output
         (16, 96, (112, 112), 1, lambda: nn.LeakyReLU(0.1), False),  # not an epilogue of KINDS
     ],
 )
@@ -166,9 +171,51 @@ def test_one_image_of_few_pixels_is_cut_by_channels(monkeypatch):
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)  # the rule only
     exe = engine.compile(Net(nn.Conv2d(320, 1280, 1)), (320, 7, 7))
     node = next(node for node in exe.graph.nodes if node.op == "conv2d")
-    n, c, oc, pixels, tiled, strip, part, tile = conv_pointwise.attrs(node)
+    n, c, oc, pixels, tiled, strip, part, tile, channel_major = conv_pointwise.attrs(node)
     rows = conv_pointwise.TILES[tile][0]
     assert (strip, part % rows, -(-oc // part)) == (48, 0, 2)
+
+
+@pytest.mark.parametrize(
+    "cin,cout,hw,dtype,expected",
+    [
+        (16, 96, (56, 56), "float32", 1),  # 1.2 MB of output
+        (32, 192, (28, 28), "float32", 0),  # 0.6 MB
+        (32, 192, (28, 28), "float64", 1),  # 1.2 MB
+    ],
+)
+def test_large_outputs_run_channel_major_with_long_strips(cin, cout, hw, dtype, expected):
+    """Outputs of CHANNEL_MAJOR_MIN_OUTPUT_BYTES or more go channel-major, and may take
+    strips longer than MAX_STRIP_TILES (a whole 56x56 plane is one strip at batch 1)."""
+    exe = engine.compile(Net(nn.Conv2d(cin, cout, 1)), (cin, *hw), dtype=dtype)
+    node = next(node for node in exe.graph.nodes if node.op == "conv2d")
+    attrs = conv_pointwise.attrs(node)
+    assert attrs[8] == expected
+    width = conv_pointwise.TILES[attrs[7]][1] * conv_pointwise.lanes_of(dtype)
+    longest = conv_pointwise.MAX_STRIP_TILES * width
+    assert attrs[5] > longest if expected else attrs[5] <= longest
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_major_order_gives_the_same_bits(dtype, rng, forced, monkeypatch):
+    """The order of a task's tiles changes nothing but the order: each output is the same
+    accumulation and epilogue, so both orders give the same bits (residual and ReLU6 in the
+    epilogue, three images, channels off the tiles)."""
+    model = ConvBlock(40, 1, True, nn.ReLU6())
+    outputs = []
+    for least in (1 << 40, 0):  # pixel-major, then channel-major
+        monkeypatch.setattr(conv_pointwise, "CHANNEL_MAJOR_MIN_OUTPUT_BYTES", least)
+        exe = engine.compile(model, (40, 29, 31), batch=3, dtype=dtype)
+        node = next(node for node in exe.graph.nodes if node.op == "conv2d_fused")
+        assert conv_pointwise.attrs(node)[8] == (least == 0)
+        if not outputs:
+            state = random_eval_state(exe, rng, dtype)
+            x = (2 * rng.standard_normal((3, 40, 29, 31))).astype(dtype)
+        exe.load_state_dict(state)
+        exe.poison_buffers()
+        outputs.append(exe.run(x).copy())
+    assert np.array_equal(outputs[0], outputs[1])
+    assert [kernel for kernel, _ in forced] == ["conv2d_pointwise"] * 2
 
 
 def test_split_shares_the_remainder_among_the_threads():
