@@ -36,7 +36,8 @@ dimensions so it reads and writes sub-matrices in place. The lowering picks one 
   ``W_g [OC/g, C/g*KH*KW] @ cols`` straight into the block's columns of the output, then the
   bias. A pointwise conv (1x1, stride 1, no padding) skips im2col: the image is the column
   matrix. Maps smaller than MIN_GEMM_COLUMNS pixels put several whole images side by side in
-  one task's columns (staging the output), so the GEMM is wide enough to pay for packing.
+  one task's columns (staging the output), so the GEMM is wide enough to pay for packing,
+  except narrowing 1x1s with large weights, where staging costs more (``forward_images``).
   Where the tasks would not split evenly over the threads and a balanced pixel split would
   make narrow GEMMs (batch 1 on small maps), the output channels are cut in parts instead
   (``gemm_split``), every part reading one im2col of its block.
@@ -117,6 +118,15 @@ SHIFTED_MIN_PIXELS = MIN_GEMM_COLUMNS
 # 64, 8.7 against 2.6 ms; 8->32 3x3 on 32x32 at batch 64, 5.8 against 3.5; 12->32, 1.55
 # against 1.32; 16->32 5x5, 4.2 against 4.6; 64->64 5x5 on 56x56 at batch 1, 3.3 against 7.7).
 SHIFTED_MIN_CHANNELS = 16
+# The forward GEMM of a narrowing 1x1 conv (C > OC) with weights of at least
+# SINGLE_IMAGE_MIN_WEIGHT_BYTES, on maps of at least SINGLE_IMAGE_MIN_COLUMNS pixels, takes one
+# image a call instead of staging several (``forward_images``): staging copies the wide input
+# in and the output out, and costs more than BLAS packing the weights for each image.
+# ResNet-50 at batch 32, interleaved in one process, staged against one image a call, ms:
+# 1024 -> 256 on 14x14 80.6 against 66.2 (five layers), 1024 -> 512 27.3 against 26.1.
+# Widening layers stay staged (256 -> 1024 on 14x14: 93 against 95).
+SINGLE_IMAGE_MIN_WEIGHT_BYTES = 512 << 10
+SINGLE_IMAGE_MIN_COLUMNS = 128
 # Fewest output channels in one part when a GEMM is cut by output channels (``gemm_split``).
 MIN_PART_ROWS = 32
 # Below this many output channels per group, a GEMM's M dimension is too thin for BLAS.
@@ -523,6 +533,19 @@ def images_per_task(node: Node) -> int:
     return 1 if oh * ow >= MIN_GEMM_COLUMNS else min(n, -(-MIN_GEMM_COLUMNS // (oh * ow)))
 
 
+def forward_images(node: Node) -> int:
+    """``images_per_task`` for the forward GEMM, but one image a call for an ungrouped
+    narrowing 1x1 conv with large weights (see SINGLE_IMAGE_MIN_WEIGHT_BYTES). Its block and
+    split stay the same: both are the whole map either way."""
+    c, oc = node.inputs[0].shape[1], node.inputs[1].shape[0]
+    _, _, oh, ow = node.outputs[0].shape
+    large = node.inputs[1].type.nbytes >= SINGLE_IMAGE_MIN_WEIGHT_BYTES
+    narrowing = is_pointwise(node) and node.attrs["groups"] == 1 and c > oc
+    if narrowing and large and oh * ow >= SINGLE_IMAGE_MIN_COLUMNS:
+        return 1
+    return images_per_task(node)
+
+
 def _is_shifted(node: Node) -> bool:
     """Stride-1 convs on maps of at least SHIFTED_MIN_PIXELS pixels, with at least
     SHIFTED_MIN_CHANNELS input channels per group."""
@@ -563,7 +586,7 @@ def _conv2d_scratch_numel(node: Node) -> int:
         return n * c * sh * sw * hq * wq + (kw - 1) * dw // sw + threads * rows * wq
     if winograd.is_winograd(node):
         return winograd.scratch_numel(node)
-    images = images_per_task(node)
+    images = forward_images(node)
     if is_pointwise(node) and images == 1:
         return 0
     if _is_shifted(node):
@@ -625,7 +648,7 @@ def _lower_conv2d(node: Node, io: NodeIO):
         attrs = conv_tapped.attrs(node) + [kind]
         buffers[-1] = io.scratch(conv_tapped.scratch_numel(node))
         return [conv_tapped.conv2d_tapped.step(node.name, io.dtype, parallel, buffers, attrs)]
-    if conv_pointwise.is_pointwise_tiled(node, kind, images_per_task(node) > 1):
+    if conv_pointwise.is_pointwise_tiled(node, kind, forward_images(node) > 1):
         attrs = conv_pointwise.attrs(node) + [kind]
         buffers[-1] = io.scratch(conv_pointwise.scratch_numel(node))
         kernel = conv_pointwise.conv2d_pointwise
@@ -638,7 +661,7 @@ def _lower_conv2d(node: Node, io: NodeIO):
         return [conv2d_shifted.step(node.name, io.dtype, parallel, buffers, attrs)]
     block, part_rows = gemm_split(node)
     attrs = shape + [sh, sw, pt, pl, dh, dw, groups, int(is_pointwise(node)), block]
-    attrs += [images_per_task(node), numba.config.NUMBA_NUM_THREADS, part_rows, kind]
+    attrs += [forward_images(node), numba.config.NUMBA_NUM_THREADS, part_rows, kind]
     return [conv2d_gemm.step(node.name, io.dtype, parallel, buffers, attrs)]
 
 

@@ -107,6 +107,8 @@ CONV_CASES = {
     "wide_rows_256_channels": (256, 8, 3, (6, 5), dict(padding=1)),
     "staged_more_channels_than_columns": (4, 64, 3, (4, 4), dict(batch=3, padding=1)),
     "parallel_staged_lenet_5x5": (6, 16, 5, (14, 14), dict(batch=8)),
+    # a narrowing 1x1 with 640 KB of weights: one image a GEMM call (forward_images)
+    "narrowing_pointwise_one_image_a_call": (640, 256, 1, (12, 12), dict(batch=3)),
     # direct: maps whose wide grid spans several accumulator blocks (phases.BLOCK_BYTES), odd
     # widths and odd left padding through stride 2's deinterleaved phase planes
     "depthwise_blocks": (2, 2, 3, (70, 150), dict(batch=1, padding=1, groups=2)),
@@ -197,6 +199,29 @@ def test_gemm_split_rule(n, c, oc, kernel, stride, side, expected, monkeypatch):
     y = Value("y", TensorType((n, oc, side, side)), "activation")
     attrs = dict(stride=(stride,) * 2, padding=(kernel // 2,) * 4, dilation=(1, 1), groups=1)
     assert cpu_conv.gemm_split(Node("conv2d", [x, w], [y], attrs, "conv")) == expected
+
+
+@pytest.mark.parametrize(
+    "n,c,oc,side,groups,expected",
+    [
+        (32, 1024, 256, 14, 1, 1),  # ResNet-50 layer3's narrowing 1x1: one image a call
+        (32, 1024, 512, 14, 1, 1),
+        (32, 256, 1024, 14, 1, 2),  # widening: staged, two images fill 256 columns
+        (32, 384, 64, 14, 1, 2),  # narrowing, 96 KB of weights: staged
+        (32, 2048, 512, 7, 1, 6),  # 49 pixels: staged
+        (32, 1024, 256, 14, 2, 2),  # grouped: staged
+        (1, 1024, 256, 14, 1, 1),  # one image either way
+    ],
+)
+def test_forward_images_rule(n, c, oc, side, groups, expected):
+    """Images a forward GEMM call takes (``forward_images``): narrowing ungrouped 1x1s with
+    at least SINGLE_IMAGE_MIN_WEIGHT_BYTES of weights on maps of at least
+    SINGLE_IMAGE_MIN_COLUMNS pixels take one, the rest ``images_per_task``."""
+    x = Value("x", TensorType((n, c, side, side)), "input")
+    w = Value("w", TensorType((oc, c // groups, 1, 1)), "param")
+    y = Value("y", TensorType((n, oc, side, side)), "activation")
+    attrs = dict(stride=(1, 1), padding=(0,) * 4, dilation=(1, 1), groups=groups)
+    assert cpu_conv.forward_images(Node("conv2d", [x, w], [y], attrs, "conv")) == expected
 
 
 # **** conv2d: Winograd F(2x2, 3x3) ****
