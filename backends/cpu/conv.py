@@ -98,8 +98,13 @@ from backends.cpu.lowering import NodeIO, lowers
 from backends.cpu.windows import axpy, axpy3, valid_range
 from graph.ir import Node
 
-# im2col blocks aim at this many bytes, so a block stays in L2 while the GEMM reads it.
-BLOCK_BYTES = 256 * 1024
+# im2col blocks aim at this many bytes, so a block stays in L2 (2 MB a core here) while the
+# GEMM reads it. Against 256 KB, interleaved in one process (profile sums, ms): ResNet-50 at
+# batch 32 1000 -> 979 (its 256 -> 512 1x1 stride 2 on 28x28 38.8 -> 32.3, 512 -> 128 1x1s
+# 36.3 -> 33.7), at batch 1 37.9 -> 37.6 (wider blocks for its 1x1s on 56x56 and 28x28); ResNet-18
+# CIFAR at batch 64 and MobileNet v2 even; training steps (bench/train.py) even. 4 MB was no
+# faster and grew ResNet-50's arena at batch 1 from 8.6 to 10.1 MB.
+BLOCK_BYTES = 2 << 20
 # Wide pixels (output rows x padded width) per shifted-GEMM task.
 SHIFTED_PIXELS = 256
 # Fewest GEMM columns per call: below this, BLAS spends its time packing the weights.

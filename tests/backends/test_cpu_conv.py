@@ -184,7 +184,7 @@ def test_conv2d_gemm_in_channel_parts(case, dtype, rng, monkeypatch):
     [
         (1, 256, 1024, 1, 1, 14, (196, 512)),  # ResNet-50 layer3 1x1 at batch 1: halves
         (1, 256, 256, 3, 2, 14, (196, 128)),  # its 3x3 stride 2: one block of 196 pixels
-        (1, 64, 256, 1, 1, 56, (784, 256)),  # four blocks of 784 pixels: even
+        (1, 64, 256, 1, 1, 56, (1568, 256)),  # two blocks of 1568 pixels: even
         (3, 256, 1024, 1, 1, 14, (196, 1024)),  # two images a task (staged): not cut
         (1, 16, 32, 3, 1, 14, (112, 32)),  # 16-row halves are too thin: two pixel blocks
     ],
