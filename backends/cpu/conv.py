@@ -127,9 +127,9 @@ SHIFTED_MIN_CHANNELS = 16
 # SINGLE_IMAGE_MIN_WEIGHT_BYTES, on maps of at least SINGLE_IMAGE_MIN_COLUMNS pixels, takes one
 # image a call instead of staging several (``forward_images``): staging copies the wide input
 # in and the output out, and costs more than BLAS packing the weights for each image.
-# ResNet-50 at batch 32, interleaved in one process, staged against one image a call, ms:
-# 1024 -> 256 on 14x14 80.6 against 66.2 (five layers), 1024 -> 512 27.3 against 26.1.
-# Widening layers stay staged (256 -> 1024 on 14x14: 93 against 95).
+# ResNet-50 at batch 32, interleaved in one process, staged against one image a call, ms, two
+# runs: 1024 -> 256 on 14x14 80.6 / 80.2 against 66.2 / 64.1 (five layers), 1024 -> 512
+# 27.3 / 26.9 against 26.1 / 24.9. Widening layers stay staged (256 -> 1024: 93 against 95).
 SINGLE_IMAGE_MIN_WEIGHT_BYTES = 512 << 10
 SINGLE_IMAGE_MIN_COLUMNS = 128
 # Fewest output channels in one part when a GEMM is cut by output channels (``gemm_split``).
